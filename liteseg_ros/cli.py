@@ -1,0 +1,133 @@
+"""`liteseg`: the command-line face of the package (thin: parse, call, print).
+
+Ring 4. Each subcommand lives with the code it drives (model, engines, bag, train, demo) and is
+registered here; heavy imports happen inside the handlers so ``liteseg --help`` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+#: subcommand -> (one-line help, "module:function" that adds its parser to the subparsers)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("parameters, MACs and feature sizes of a LiteSeg variant (compare with the paper)",
+             "liteseg_ros.cli:add_info_parser"),
+    "demo": ("run the real node on a generated drive (or your images/video/bag) and write a video, "
+             "a contact sheet and a latency table", "liteseg_ros.demo:add_demo_parser"),
+    "bag": ("segment every image of a rosbag offline into a new bag", "liteseg_ros.bag:add_bag_parser"),
+    "play": ("publish a rosbag's messages with their timing and /clock (ros2 bag play stand-in)",
+             "liteseg_ros.bag:add_play_parser"),
+    "train": ("train LiteSeg (paper recipe; Cityscapes, folder or synthetic data; torchrun for DDP)",
+              "liteseg_ros.train.cli:add_train_parser"),
+    "eval": ("mIoU of a checkpoint (or a folder of predictions) with the Cityscapes protocol",
+             "liteseg_ros.train.cli:add_eval_parser"),
+    "export": ("export ONNX / build a TensorRT engine", "liteseg_ros.engines.cli:add_export_parser"),
+    "bench": ("time backends model-only and end to end (paper-style)", "liteseg_ros.engines.cli:add_bench_parser"),
+    "launch-cmd": ("print the liteseg_node command line that `ros2 launch liteseg_ros segment.launch.py` runs",
+                   "liteseg_ros.cli:add_launch_cmd_parser"),
+}
+
+
+def _size(text: str) -> tuple[int, int]:
+    """'HxW' -> (H, W)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} must look like 360x640 (HxW)") from None
+    if h < 8 or w < 8:
+        raise argparse.ArgumentTypeError(f"size {text!r} is too small")
+    return h, w
+
+
+# ------------------------------------------------------------------------------------------ info
+def add_info_parser(sub) -> None:
+    p = sub.add_parser("info", help=SUBCOMMANDS["info"][0], description=SUBCOMMANDS["info"][0])
+    p.add_argument("--backbone", default="mobilenetv2", choices=("mobilenetv2", "shufflenet", "darknet19"))
+    p.add_argument("--size", type=_size, default=(512, 1024), help="input HxW (default 512x1024, the paper's)")
+    p.add_argument("--weights", help="describe this checkpoint's network instead (backbone from the file)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_run_info)
+
+
+def _run_info(args) -> int:
+    from liteseg_ros.model import describe
+
+    backbone = args.backbone
+    if args.weights:
+        from liteseg_ros.model import CheckpointError, load_checkpoint
+
+        try:
+            backbone = load_checkpoint(args.weights).meta.backbone
+        except CheckpointError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    d = describe(backbone, *args.size)
+    if args.json:
+        print(json.dumps(d, indent=2, default=str))
+        return 0
+    width = max(len(k) for k in d)
+    for k, v in d.items():
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ launch-cmd
+def add_launch_cmd_parser(sub) -> None:
+    p = sub.add_parser("launch-cmd", help=SUBCOMMANDS["launch-cmd"][0], description=SUBCOMMANDS["launch-cmd"][0])
+    p.add_argument("overrides", nargs="*", metavar="NAME:=VALUE", help="launch arguments, as for ros2 launch")
+    p.set_defaults(func=_run_launch_cmd)
+
+
+def _run_launch_cmd(args) -> int:
+    import shlex
+
+    from liteseg_ros import launch_check
+
+    repo = Path(__file__).resolve().parents[1]
+    over = dict(o.split(":=", 1) for o in args.overrides)
+    print(shlex.join(["liteseg_node", *launch_check.launch_argv(repo, **over)]))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ main
+def _loader(spec: str) -> Callable:
+    import importlib
+
+    mod, fn = spec.split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="liteseg", description="LiteSeg semantic segmentation for ROS 2: tools around the liteseg_node. "
+        "`liteseg COMMAND --help` explains each command.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, spec) in SUBCOMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_text, add_help=False)
+            continue
+        _loader(spec)(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Import only the module of the subcommand being run: `liteseg --help` must not load torch.
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=command if command in SUBCOMMANDS else "")
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,430 @@
+"""sensor_msgs Image / CompressedImage <-> numpy: encodings, row padding, byte order, validation.
+
+Ring 3 (ROS edge) that never imports rclpy, cv_bridge or any message package: every function
+duck-types on the message fields (``height``, ``width``, ``encoding``, ``is_bigendian``, ``step``,
+``data`` for Image; ``format``, ``data`` for CompressedImage), so rclpy messages (``data`` is an
+``array.array('B')``) and ``rosbags`` messages (``data`` is a numpy uint8 array) both work and the
+node and the bag tool share one converter.
+
+Why our own converter and not ``cv_bridge``: ROS 2 cv_bridge has no wheel (Boost.Python), the PyPI
+``cv-bridge`` is a broken ROS 1 repackaging, and ``rosbags-image`` ignores ``step`` and lets raw
+numpy/OpenCV exceptions through (see shared/reference/ros2-wheels.md section 6). This module
+follows cv_bridge's semantics (16-bit scaled to 8-bit by taking the high byte, cv_bridge's Bayer
+codes, ``IMREAD_UNCHANGED`` for compressed data) and turns every bad input into
+:class:`ImageDecodeError` naming the encoding and sizes.
+
+Hot path: an unpadded ``bgr8`` (or ``rgb8`` when ``want="rgb8"``) frame decodes with no copy at
+all; the returned array then shares memory with ``msg.data`` (read-only when ``data`` is
+``bytes``). Every other case makes exactly one pass (``cv2.cvtColor`` or one contiguous copy),
+except 16-bit inputs, which first gather their high bytes.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "ImageDecodeError",
+    "SUPPORTED_ENCODINGS",
+    "OUTPUT_ENCODINGS",
+    "MAX_SIDE",
+    "MAX_BYTES",
+    "decode_image",
+    "decode_compressed",
+    "decode_any",
+    "image_to_fields",
+    "fill_image",
+    "encode_compressed",
+]
+
+#: Largest accepted height or width, in pixels.
+MAX_SIDE = 16384
+#: Largest accepted ``data`` (and ``step * height``), in bytes.
+MAX_BYTES = 1 << 28
+
+_WANTS = ("bgr8", "rgb8")
+
+
+class ImageDecodeError(ValueError):
+    """A message that cannot be turned into an image; the text names the encoding and sizes."""
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """How one input encoding is laid out: bytes per pixel, 16-bit or not, the 8-bit twin."""
+
+    bytes_per_pixel: int
+    channels: int  # channels of the 8-bit view handed to OpenCV (1 for mono and Bayer, 2 for YUV 4:2:2)
+    sixteen_bit: bool
+    eight_bit: str  # the 8-bit encoding with the same layout (itself for 8-bit encodings)
+
+
+_BAYER = ("rggb", "bggr", "gbrg", "grbg")
+
+_SPECS: dict[str, _Spec] = {
+    "bgr8": _Spec(3, 3, False, "bgr8"),
+    "rgb8": _Spec(3, 3, False, "rgb8"),
+    "bgra8": _Spec(4, 4, False, "bgra8"),
+    "rgba8": _Spec(4, 4, False, "rgba8"),
+    "mono8": _Spec(1, 1, False, "mono8"),
+    "mono16": _Spec(2, 1, True, "mono8"),
+    "bgr16": _Spec(6, 3, True, "bgr8"),
+    "rgb16": _Spec(6, 3, True, "rgb8"),
+    "yuv422": _Spec(2, 2, False, "yuv422"),  # UYVY
+    "uyvy": _Spec(2, 2, False, "yuv422"),  # sensor_msgs alias of yuv422
+    "yuv422_yuy2": _Spec(2, 2, False, "yuv422_yuy2"),  # YUYV
+    "yuyv": _Spec(2, 2, False, "yuv422_yuy2"),  # sensor_msgs alias of yuv422_yuy2
+    **{f"bayer_{p}8": _Spec(1, 1, False, f"bayer_{p}8") for p in _BAYER},
+    **{f"bayer_{p}16": _Spec(2, 1, True, f"bayer_{p}8") for p in _BAYER},
+}
+
+#: Every ``Image.encoding`` that :func:`decode_image` accepts.
+SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_SPECS)
+
+# (8-bit encoding, want) -> cv2 conversion code; None means the bytes are already in that order.
+# Bayer codes as in cv_bridge: OpenCV names a pattern by the 2x2 block starting at pixel (1, 1),
+# so ROS bayer_rggb8 (R at (0, 0)) is OpenCV "BayerBG".
+_CODES: dict[tuple[str, str], int | None] = {
+    ("bgr8", "bgr8"): None,
+    ("bgr8", "rgb8"): cv2.COLOR_BGR2RGB,
+    ("rgb8", "bgr8"): cv2.COLOR_RGB2BGR,
+    ("rgb8", "rgb8"): None,
+    ("bgra8", "bgr8"): cv2.COLOR_BGRA2BGR,
+    ("bgra8", "rgb8"): cv2.COLOR_BGRA2RGB,
+    ("rgba8", "bgr8"): cv2.COLOR_RGBA2BGR,
+    ("rgba8", "rgb8"): cv2.COLOR_RGBA2RGB,
+    ("mono8", "bgr8"): cv2.COLOR_GRAY2BGR,
+    ("mono8", "rgb8"): cv2.COLOR_GRAY2RGB,
+    ("yuv422", "bgr8"): cv2.COLOR_YUV2BGR_UYVY,
+    ("yuv422", "rgb8"): cv2.COLOR_YUV2RGB_UYVY,
+    ("yuv422_yuy2", "bgr8"): cv2.COLOR_YUV2BGR_YUY2,
+    ("yuv422_yuy2", "rgb8"): cv2.COLOR_YUV2RGB_YUY2,
+    ("bayer_rggb8", "bgr8"): cv2.COLOR_BayerBG2BGR,
+    ("bayer_rggb8", "rgb8"): cv2.COLOR_BayerBG2RGB,
+    ("bayer_bggr8", "bgr8"): cv2.COLOR_BayerRG2BGR,
+    ("bayer_bggr8", "rgb8"): cv2.COLOR_BayerRG2RGB,
+    ("bayer_gbrg8", "bgr8"): cv2.COLOR_BayerGR2BGR,
+    ("bayer_gbrg8", "rgb8"): cv2.COLOR_BayerGR2RGB,
+    ("bayer_grbg8", "bgr8"): cv2.COLOR_BayerGB2BGR,
+    ("bayer_grbg8", "rgb8"): cv2.COLOR_BayerGB2RGB,
+}
+
+
+def _check_want(want: str) -> None:
+    if want not in _WANTS:
+        raise ValueError(f"want={want!r} is not supported; use one of {_WANTS}")
+
+
+def _byte_view(data: Any) -> np.ndarray:
+    """``data`` as a flat uint8 array, without copying when it exposes a contiguous buffer."""
+    if isinstance(data, np.ndarray) and data.dtype == np.uint8:
+        return data.reshape(-1)  # a view when contiguous, a copy otherwise
+    try:
+        return np.frombuffer(data, dtype=np.uint8)  # bytes, bytearray, array.array('B'), memoryview
+    except (TypeError, ValueError, BufferError):
+        return np.asarray(data, dtype=np.uint8).reshape(-1)  # e.g. a list of ints
+
+
+def _nbytes(data: Any) -> int:
+    if isinstance(data, np.ndarray):
+        return int(data.nbytes)
+    try:
+        return memoryview(data).nbytes
+    except TypeError:
+        return len(data)
+
+
+# ---------------------------------------------------------------------------------------- Image
+
+
+def decode_image(msg: Any, want: str = "bgr8") -> np.ndarray:
+    """Decode a sensor_msgs Image into a C-contiguous ``(H, W, 3)`` uint8 array in ``want`` order.
+
+    ``want`` is ``"bgr8"`` (OpenCV order) or ``"rgb8"``. 16-bit data is scaled to 8 bits by taking
+    the high byte (``>> 8``, honouring ``is_bigendian``), mono is replicated to three channels,
+    alpha is dropped, Bayer is demosaiced and YUV 4:2:2 converted, all as cv_bridge does.
+    ``step`` (row padding) is honoured. When no conversion is needed and rows are unpadded the
+    result is a view of ``msg.data`` (read-only if ``data`` is ``bytes``); copy it before writing.
+
+    Raises :class:`ImageDecodeError` for an unknown encoding, a ``step`` smaller than a row, a
+    ``data`` length other than ``step * height``, an empty or absurdly large image, or odd widths
+    where the encoding needs pairs of pixels.
+    """
+    _check_want(want)
+    try:
+        encoding = str(msg.encoding)
+        height, width, step = int(msg.height), int(msg.width), int(msg.step)
+        big_endian = bool(msg.is_bigendian)
+        data = msg.data
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ImageDecodeError(f"object of type {type(msg).__name__} is not a usable Image: {exc}") from exc
+    nbytes = _nbytes(data)
+
+    def fail(reason: str) -> ImageDecodeError:
+        return ImageDecodeError(
+            f"cannot decode Image (encoding={encoding!r}, height={height}, width={width}, "
+            f"step={step}, len(data)={nbytes}): {reason}"
+        )
+
+    spec = _SPECS.get(encoding)
+    if spec is None:
+        raise fail(f"unsupported encoding; supported: {', '.join(SUPPORTED_ENCODINGS)}")
+    if height <= 0 or width <= 0:
+        raise fail("image is empty (height and width must be positive)")
+    if height > MAX_SIDE or width > MAX_SIDE:
+        raise fail(f"image side exceeds {MAX_SIDE} pixels")
+    row_bytes = width * spec.bytes_per_pixel
+    if step < row_bytes:
+        raise fail(f"step is smaller than one row of {width} x {spec.bytes_per_pixel} = {row_bytes} bytes")
+    if step * height > MAX_BYTES or nbytes > MAX_BYTES:
+        raise fail(f"image exceeds {MAX_BYTES} bytes")
+    if nbytes != step * height:
+        raise fail(f"data length does not match step * height = {step * height}")
+    if spec.channels == 2 and width % 2:
+        raise fail("YUV 4:2:2 needs an even width")
+    if encoding.startswith("bayer_") and (width < 2 or height < 2):
+        raise fail("Bayer demosaicing needs at least 2 x 2 pixels")
+
+    rows = _byte_view(data).reshape(height, step)[:, :row_bytes]  # views: no copy so far
+    if spec.sixteen_bit:
+        # The high byte of each sample is exactly value >> 8: pick it instead of doing arithmetic.
+        rows = np.ascontiguousarray(rows[:, (0 if big_endian else 1) :: 2])
+    pixels = rows.reshape(height, width, spec.channels) if spec.channels > 1 else rows
+    code = _CODES[(spec.eight_bit, want)]
+    if code is None:
+        return pixels if pixels.flags.c_contiguous else np.ascontiguousarray(pixels)
+    try:
+        return cv2.cvtColor(pixels, code)
+    except cv2.error as exc:  # not expected after the checks above; never leak a raw cv2 error
+        raise fail(f"OpenCV conversion failed: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------- CompressedImage
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_CODEC_WORD = re.compile(r"\b(jpeg|jpg|png)\b")
+
+
+def _sniff(head: bytes) -> str | None:
+    if head.startswith(_JPEG_MAGIC):
+        return "jpeg"
+    if head.startswith(_PNG_MAGIC):
+        return "png"
+    return None
+
+
+def _declared_size(buf: np.ndarray, codec: str) -> tuple[int, int] | None:
+    """(height, width) from a PNG IHDR or JPEG SOF header, or None when it cannot be found."""
+    if codec == "png":
+        if buf.size < 24 or bytes(buf[12:16]) != b"IHDR":
+            return None
+        return int.from_bytes(bytes(buf[20:24]), "big"), int.from_bytes(bytes(buf[16:20]), "big")
+    i, n = 2, buf.size
+    while i + 9 < n:  # walk JPEG segments up to the first start-of-frame marker
+        if buf[i] != 0xFF:
+            return None
+        marker = int(buf[i + 1])
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD9:  # markers without a length
+            i += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return (int(buf[i + 5]) << 8 | int(buf[i + 6]), int(buf[i + 7]) << 8 | int(buf[i + 8]))
+        i += 2 + (int(buf[i + 2]) << 8 | int(buf[i + 3]))
+    return None
+
+
+def decode_compressed(msg: Any, want: str = "bgr8") -> np.ndarray:
+    """Decode a sensor_msgs CompressedImage (JPEG or PNG) into a ``(H, W, 3)`` uint8 array.
+
+    ``msg.format`` may be a bare codec (``"jpeg"``, ``"png"``) or image_transport's long form
+    (``"rgb8; jpeg compressed bgr8"``); an empty format is accepted and the codec is read from the
+    data. Decoding uses ``cv2.IMREAD_UNCHANGED`` so 16-bit PNGs keep their depth before being
+    scaled ``>> 8``; gray is replicated, alpha dropped, channels put in ``want`` order.
+
+    Raises :class:`ImageDecodeError` (naming the format and ``len(data)``) for an unsupported
+    format (including ``compressedDepth``), data that is not JPEG/PNG, a declared size above the
+    limits, or bytes OpenCV cannot decode.
+    """
+    _check_want(want)
+    try:
+        fmt = str(msg.format)
+        data = msg.data
+    except AttributeError as exc:
+        raise ImageDecodeError(
+            f"object of type {type(msg).__name__} is not a usable CompressedImage: {exc}"
+        ) from exc
+    nbytes = _nbytes(data)
+    size_note = ""
+
+    def fail(reason: str) -> ImageDecodeError:
+        return ImageDecodeError(
+            f"cannot decode CompressedImage (format={fmt!r}, len(data)={nbytes}{size_note}): {reason}"
+        )
+
+    lowered = fmt.lower()
+    if "compresseddepth" in lowered:
+        raise fail("compressedDepth images are not supported")
+    named = _CODEC_WORD.search(lowered)
+    if named is None and lowered.strip():
+        raise fail("unsupported format; expected one naming jpeg or png")
+    if nbytes == 0:
+        raise fail("data is empty")
+    if nbytes > MAX_BYTES:
+        raise fail(f"data exceeds {MAX_BYTES} bytes")
+    buf = _byte_view(data)
+    codec = _sniff(bytes(buf[:8]))
+    if codec is None:
+        raise fail(f"data is not a JPEG or PNG stream (starts with {bytes(buf[:8])!r})")
+    declared = _declared_size(buf, codec)
+    if declared is not None:
+        size_note = f", height={declared[0]}, width={declared[1]}"
+        if min(declared) <= 0 or max(declared) > MAX_SIDE:
+            raise fail(f"declared image size is empty or exceeds {MAX_SIDE} pixels per side")
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise fail(f"OpenCV could not decode the {codec} data: {exc}") from exc
+    if img is None or img.size == 0:
+        raise fail(f"corrupt {codec} data (OpenCV could not decode it)")
+    return _to_want(img, want, fail)
+
+
+def _to_want(img: np.ndarray, want: str, fail: Any) -> np.ndarray:
+    """An OpenCV-decoded image (gray/BGR/BGRA, 8 or 16 bit) as uint8 in ``want`` order."""
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise fail(f"decoded to unsupported depth {img.dtype}")
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    if channels == 2:  # gray + alpha
+        img, channels = np.ascontiguousarray(img[:, :, 0]), 1
+    order = "rgb" if want == "rgb8" else "bgr"
+    codes = {
+        (1, "bgr"): cv2.COLOR_GRAY2BGR,
+        (1, "rgb"): cv2.COLOR_GRAY2RGB,
+        (3, "bgr"): None,
+        (3, "rgb"): cv2.COLOR_BGR2RGB,
+        (4, "bgr"): cv2.COLOR_BGRA2BGR,
+        (4, "rgb"): cv2.COLOR_BGRA2RGB,
+    }
+    if (channels, order) not in codes:
+        raise fail(f"decoded to unsupported channel count {channels}")
+    code = codes[(channels, order)]
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    return np.ascontiguousarray(img) if code is None else cv2.cvtColor(img, code)
+
+
+def decode_any(msg: Any, want: str = "bgr8") -> np.ndarray:
+    """Decode an Image or a CompressedImage, chosen by which fields the message has."""
+    if hasattr(msg, "encoding"):
+        return decode_image(msg, want)
+    if hasattr(msg, "format"):
+        return decode_compressed(msg, want)
+    raise ImageDecodeError(
+        f"object of type {type(msg).__name__} has neither `encoding` (Image) nor `format` (CompressedImage)"
+    )
+
+
+# ------------------------------------------------------------------------------ numpy -> message
+
+# encoding -> (dtype, channels); the arrays our node publishes and what decode_image reads back.
+_OUTPUTS: dict[str, tuple[np.dtype, int]] = {
+    "mono8": (np.dtype(np.uint8), 1),
+    "mono16": (np.dtype(np.uint16), 1),
+    "bgr8": (np.dtype(np.uint8), 3),
+    "rgb8": (np.dtype(np.uint8), 3),
+    "bgra8": (np.dtype(np.uint8), 4),
+    "rgba8": (np.dtype(np.uint8), 4),
+}
+#: Every encoding :func:`image_to_fields` and :func:`fill_image` can write.
+OUTPUT_ENCODINGS: tuple[str, ...] = tuple(_OUTPUTS)
+
+
+def image_to_fields(arr: np.ndarray, encoding: str) -> dict[str, Any]:
+    """The Image fields for ``arr``: ``{height, width, encoding, is_bigendian, step, data}``.
+
+    ``arr`` must match ``encoding``: ``(H, W)`` for mono8/mono16, ``(H, W, 3)`` for rgb8/bgr8,
+    ``(H, W, 4)`` for rgba8/bgra8, uint8 (uint16 for mono16). Rows are written unpadded and 16-bit
+    little-endian; ``data`` is ``bytes`` (one copy). Raises ``ValueError`` naming the encoding,
+    shape and dtype on a mismatch.
+    """
+    if encoding not in _OUTPUTS:
+        raise ValueError(f"cannot write encoding {encoding!r}; supported: {', '.join(OUTPUT_ENCODINGS)}")
+    if not isinstance(arr, np.ndarray):
+        raise ValueError(f"encoding {encoding!r} needs a numpy array, got {type(arr).__name__}")
+    dtype, channels = _OUTPUTS[encoding]
+    shape_ok = arr.ndim == 2 if channels == 1 else (arr.ndim == 3 and arr.shape[2] == channels)
+    if not shape_ok or arr.dtype != dtype:
+        want_shape = "(H, W)" if channels == 1 else f"(H, W, {channels})"
+        raise ValueError(
+            f"encoding {encoding!r} needs a {want_shape} {dtype} array, got shape {arr.shape} dtype {arr.dtype}"
+        )
+    height, width = int(arr.shape[0]), int(arr.shape[1])
+    if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
+        raise ValueError(
+            f"encoding {encoding!r}: image size {height} x {width} is empty or exceeds {MAX_SIDE} per side"
+        )
+    if dtype.itemsize > 1:
+        arr = arr.astype(dtype.newbyteorder("<"), copy=False)
+    return {
+        "height": height,
+        "width": width,
+        "encoding": encoding,
+        "is_bigendian": 0,
+        "step": width * channels * dtype.itemsize,
+        "data": arr.tobytes(),
+    }
+
+
+def fill_image(msg: Any, arr: np.ndarray, encoding: str, header: Any = None) -> Any:
+    """Set the Image fields of an existing message (rclpy or rosbags) from ``arr``; returns ``msg``.
+
+    ``data`` is assigned as ``bytes`` for rclpy messages (assigning a numpy array there converts
+    element by element, ~1 s at 1080p); ``rosbags`` messages, whose serializer needs a numpy array,
+    get a zero-copy ``np.frombuffer`` over those bytes. ``header``, when given, is assigned by
+    reference (not copied).
+    """
+    fields = image_to_fields(arr, encoding)
+    if isinstance(getattr(msg, "data", None), np.ndarray):
+        fields["data"] = np.frombuffer(fields["data"], dtype=np.uint8)
+    for name, value in fields.items():
+        setattr(msg, name, value)
+    if header is not None:
+        msg.header = header
+    return msg
+
+
+def encode_compressed(arr: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> tuple[str, bytes]:
+    """Encode ``arr`` (gray ``(H, W)`` or BGR/BGRA, uint8; uint16 for PNG) as ``(format, bytes)``.
+
+    The format string follows image_transport, e.g. ``"bgr8; jpeg compressed bgr8"``. ``quality``
+    (1-100) is the JPEG quality and is ignored for PNG. Meant for tests and tools.
+    """
+    codec = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png"}.get(str(fmt).lower())
+    if codec is None:
+        raise ValueError(f"fmt={fmt!r} is not supported; use 'jpeg' or 'png'")
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"quality={quality} must be in 1..100")
+    if not isinstance(arr, np.ndarray) or arr.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"encode_compressed needs a uint8/uint16 numpy array, got {getattr(arr, 'dtype', type(arr))}")
+    channels = 1 if arr.ndim == 2 else (arr.shape[2] if arr.ndim == 3 else 0)
+    names = {1: "mono", 3: "bgr", 4: "bgra"}
+    if channels not in names or arr.size == 0:
+        raise ValueError(f"encode_compressed needs an (H, W), (H, W, 3) or (H, W, 4) array, got shape {arr.shape}")
+    if codec == "jpeg" and (arr.dtype == np.uint16 or channels == 4):
+        raise ValueError(f"JPEG cannot hold a {arr.dtype} array of shape {arr.shape}; use png")
+    encoding = f"{names[channels]}{8 * arr.dtype.itemsize}"
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if codec == "jpeg" else []
+    ok, out = cv2.imencode(".jpg" if codec == "jpeg" else ".png", arr, params)
+    if not ok:
+        raise ValueError(f"OpenCV failed to encode a {arr.dtype} array of shape {arr.shape} as {codec}")
+    return f"{encoding}; {codec} compressed {encoding}", out.tobytes()

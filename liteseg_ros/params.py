@@ -1,0 +1,264 @@
+"""The node's parameter schema: one table -> ROS descriptors, YAML validation, README/YAML checks.
+
+Ring 3 (ROS edge) but importable without ROS: rclpy types are imported lazily inside the functions
+that build descriptors, so the bag tool and the CLI can validate a params file on a machine with no
+ROS install. Every parameter name, type, range, default and help text lives here and nowhere else.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from liteseg_ros.classes import DEFAULT_MASK_GROUPS, ClassTable
+
+#: Mask groups are a map in YAML (``mask_groups: {drivable: [road]}``) which ROS 2 flattens to one
+#: string-array parameter per group: ``mask_groups.drivable``.
+MASK_GROUPS_PREFIX = "mask_groups."
+
+BACKBONES = ("mobilenetv2", "shufflenet", "darknet19")
+BACKENDS = ("auto", "pytorch", "onnxruntime", "tensorrt", "openvino")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class ParameterError(ValueError):
+    """A parameter value that is not allowed; the message names the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: what it is, what it may be, and whether it can change while running."""
+
+    name: str
+    default: Any
+    description: str
+    choices: tuple[str, ...] = ()
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    read_only: bool = False
+    pattern: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def type_name(self) -> str:
+        return type_name_of(self.default)
+
+
+def type_name_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "string[]"
+    raise TypeError(f"unsupported parameter type {type(value).__name__}")
+
+
+PARAMS: tuple[Param, ...] = (
+    # --- model and engine (need a reload: read-only) ---
+    Param("weights", "", "checkpoint file: official LiteSeg .pth, torchvision-style or our own (.pt); "
+          "'demo' for the bundled synthetic-scene demo weights", read_only=True),
+    Param("allow_random_weights", False, "run with random weights when 'weights' is empty (tests, demos)",
+          read_only=True),
+    Param("backbone", "mobilenetv2", "encoder for random weights; checked against the checkpoint otherwise",
+          choices=BACKBONES, read_only=True),
+    Param("backend", "auto", "inference backend; auto = TensorRT if usable, else PyTorch CUDA, else the CPU "
+          "default", choices=BACKENDS, read_only=True),
+    Param("device", "auto", "auto, cpu, cuda or cuda:N", pattern=_DEVICE_RE.pattern, read_only=True),
+    Param("precision", "auto", "auto = fp16 on CUDA, fp32 on CPU", choices=PRECISIONS, read_only=True),
+    Param("num_threads", 0, "CPU threads for inference; 0 = all available cores", min=0, max=256, step=1,
+          read_only=True),
+    Param("engine_cache_dir", "", "where exported ONNX / TensorRT engines are cached; '' = "
+          "~/.cache/liteseg_ros", read_only=True),
+    Param("build_only", False, "build/export the engine, then exit (TensorRT/ONNX ahead of time)",
+          read_only=True),
+    Param("network_width", 640, "network input width in pixels", min=32, max=4096, step=1, read_only=True),
+    Param("network_height", 360, "network input height in pixels", min=32, max=4096, step=1, read_only=True),
+    Param("resize_mode", "stretch", "how frames are fitted to the network size", choices=("stretch", "letterbox"),
+          read_only=True),
+    # --- inputs ---
+    Param("input_transport", "raw", "subscribe to 'image' (raw) or 'image/compressed'",
+          choices=("raw", "compressed"), read_only=True),
+    Param("process_all_frames", False, "queue every frame (reliable, no drops) for offline replay instead "
+          "of keeping only the newest", read_only=True),
+    Param("queue_size", 100, "queue depth when process_all_frames is true", min=1, max=10000, step=1,
+          read_only=True),
+    Param("max_input_age", 0.0, "drop frames older than this many seconds at pickup (node clock); 0 = off",
+          min=0.0, max=3600.0),
+    # --- outputs (live) ---
+    Param("output_resolution", "input", "publish label/masks at the input or the network resolution",
+          choices=("input", "network")),
+    Param("overlay_alpha", 0.5, "weight of the class colours in ~/overlay", min=0.0, max=1.0),
+    Param("confidence_threshold", 0.0, "pixels whose max softmax is below this become 255 (ignore)",
+          min=0.0, max=1.0),
+    Param("publish_label", True, "publish ~/label and ~/label/camera_info"),
+    Param("publish_color", True, "publish ~/color"),
+    Param("publish_overlay", True, "publish ~/overlay"),
+    Param("publish_confidence", True, "publish ~/confidence"),
+    Param("publish_masks", True, "publish ~/masks/<group>"),
+    Param("publish_boundary", True, "publish ~/drivable_boundary (needs a 'drivable' mask group)"),
+    Param("diagnostics_period", 1.0, "seconds between /diagnostics and rate updates", min=0.1, max=60.0),
+    Param("error_log_period", 5.0, "seconds between repeated log lines about bad input", min=0.0,
+          max=3600.0),
+    # --- lifecycle ---
+    Param("autostart", True, "configure and activate at start-up (a plain launch just works)", read_only=True),
+)
+
+PARAMS_BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
+#: Parameters rclpy declares by itself; allowed in YAML, never declared by us.
+BUILTIN_PARAMS = ("use_sim_time", "start_type_description_service")
+LIVE_PARAMS = tuple(p.name for p in PARAMS if not p.read_only)
+
+
+def check_value(name: str, value: Any, classes: ClassTable | None = None) -> Any:
+    """Validate one parameter value; returns it normalised or raises ParameterError naming the key."""
+    if name.startswith(MASK_GROUPS_PREFIX):
+        group = name[len(MASK_GROUPS_PREFIX):]
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ParameterError(f"{name}: expected a list of class names, got {value!r}")
+        try:
+            (classes or ClassTable()).resolve_groups({group: list(value)})
+        except ValueError as exc:
+            raise ParameterError(str(exc)) from None
+        return list(value)
+    spec = PARAMS_BY_NAME.get(name)
+    if spec is None:
+        if name in BUILTIN_PARAMS or name.startswith("qos_overrides."):
+            return value
+        raise ParameterError(f"unknown parameter {name!r}; known: {', '.join(sorted(PARAMS_BY_NAME))}, "
+                             f"{MASK_GROUPS_PREFIX}<group>")
+    want = spec.type_name
+    if want == "float" and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type_name_of(value) != want:
+        raise ParameterError(f"{name}: expected {want}, got {type(value).__name__} {value!r}")
+    if spec.choices and value not in spec.choices:
+        raise ParameterError(f"{name}: {value!r} is not one of {', '.join(spec.choices)}")
+    if spec.pattern and not re.match(spec.pattern, value):
+        raise ParameterError(f"{name}: {value!r} does not match {spec.pattern} (e.g. cpu, cuda, cuda:0)")
+    if spec.min is not None and value < spec.min or spec.max is not None and value > spec.max:
+        raise ParameterError(f"{name}: {value!r} is out of range [{spec.min}, {spec.max}]")
+    return value
+
+
+def defaults() -> dict[str, Any]:
+    """Every parameter's default, mask groups flattened as the node declares them."""
+    out: dict[str, Any] = {p.name: p.default for p in PARAMS}
+    out.update({MASK_GROUPS_PREFIX + g: list(v) for g, v in DEFAULT_MASK_GROUPS.items()})
+    return out
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested YAML maps -> dotted names, as ROS 2 does with a params file."""
+    out: dict[str, Any] = {}
+    for k, v in mapping.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def read_params_file(path: str | Path, node_name: str = "liteseg", namespace: str = "") -> dict[str, Any]:
+    """The parameters a params file gives node ``/<namespace>/<node_name>``, merged as rcl does.
+
+    Sections apply in file order when their key matches: ``/**``, ``node_name``, ``/ns/node_name``,
+    wildcards ``/**/node_name``. Raises ParameterError on a malformed file.
+    """
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParameterError(f"params file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ParameterError(f"params file {path} is not valid YAML: {exc}") from None
+    if not isinstance(doc, Mapping):
+        raise ParameterError(f"params file {path}: expected '<node>: {{ros__parameters: ...}}' at the top")
+    fq = "/" + "/".join(p for p in (namespace.strip("/"), node_name) if p)
+    accepted = {"/**", node_name, fq, "/**/" + node_name, fq.lstrip("/")}
+    merged: dict[str, Any] = {}
+    for key, section in doc.items():
+        if key not in accepted:
+            continue
+        if not isinstance(section, Mapping) or "ros__parameters" not in section:
+            raise ParameterError(f"params file {path}: section {key!r} has no 'ros__parameters'")
+        merged.update(flatten(section["ros__parameters"] or {}))
+    return merged
+
+
+def validate(values: Mapping[str, Any], classes: ClassTable | None = None) -> dict[str, Any]:
+    """Validate a flat parameter map (from a params file or overrides); returns the full effective set.
+
+    Defaults fill what is missing. If any ``mask_groups.*`` key is given, those groups replace the
+    default groups entirely (a YAML that lists two groups gets two mask topics, not five).
+    """
+    errors = []
+    effective = {k: v for k, v in defaults().items() if not k.startswith(MASK_GROUPS_PREFIX)}
+    given_groups = {k: v for k, v in values.items() if k.startswith(MASK_GROUPS_PREFIX)}
+    if not given_groups:
+        effective.update({k: v for k, v in defaults().items() if k.startswith(MASK_GROUPS_PREFIX)})
+    for k, v in values.items():
+        try:
+            effective[k] = check_value(k, v, classes)
+        except ParameterError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ParameterError("; ".join(errors))
+    return effective
+
+
+def mask_groups_of(values: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``{'mask_groups.drivable': [...]}`` -> ``{'drivable': [...]}`` in declaration order."""
+    return {k[len(MASK_GROUPS_PREFIX):]: list(v) for k, v in values.items() if k.startswith(MASK_GROUPS_PREFIX)}
+
+
+def descriptor(spec: Param):
+    """The rcl_interfaces ParameterDescriptor for a spec (imports ROS lazily)."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+
+    types = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
+             "float": ParameterType.PARAMETER_DOUBLE, "string": ParameterType.PARAMETER_STRING,
+             "string[]": ParameterType.PARAMETER_STRING_ARRAY}
+    text = spec.description
+    if spec.choices:
+        text += f" [{'|'.join(spec.choices)}]"
+    d = ParameterDescriptor(name=spec.name, type=types[spec.type_name], description=text,
+                            read_only=spec.read_only, additional_constraints=(
+                                f"one of: {', '.join(spec.choices)}" if spec.choices else ""))
+    if spec.type_name == "int" and spec.min is not None:
+        d.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max),
+                                        step=int(spec.step or 0))]
+    elif spec.type_name == "float" and spec.min is not None:
+        d.floating_point_range = [FloatingPointRange(from_value=float(spec.min), to_value=float(spec.max),
+                                                     step=0.0)]
+    return d
+
+
+def group_descriptor(name: str):
+    from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+
+    return ParameterDescriptor(name=name, type=ParameterType.PARAMETER_STRING_ARRAY,
+                               description="class names whose pixels form this mask group's mask "
+                                           f"(~/masks/{name[len(MASK_GROUPS_PREFIX):]})")
+
+
+def yaml_keys(path: str | Path, node_name: str = "liteseg") -> set[str]:
+    """Keys a shipped params file sets (for the config/README consistency test)."""
+    return set(read_params_file(path, node_name))
+
+
+def documented_names() -> Iterable[str]:
+    return [p.name for p in PARAMS] + [MASK_GROUPS_PREFIX + "<group>"]

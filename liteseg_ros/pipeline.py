@@ -1,0 +1,294 @@
+"""THE per-frame pipeline: uint8 image(s) -> Segmentation (label, confidence, colour, overlay, masks, boundary).
+
+Ring 2: numpy, OpenCV and the engine interface; never rclpy, message packages or the node. The node,
+the bag tool, the demo and the benchmarks all call this one implementation, so preprocessing,
+argmax, colouring and masking exist exactly once.
+
+Data flows one way: images -> ``preprocess`` (resize/letterbox + normalise into one NCHW batch) ->
+``Engine.infer`` (labels and confidence at network size, post-processing inside the graph) ->
+``postprocess`` (threshold, map back to the input size, colour, blend, masks, boundary).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import cv2
+import numpy as np
+
+from liteseg_ros.classes import IMAGENET_MEAN, IMAGENET_STD, ClassTable
+from liteseg_ros.engines.base import Engine
+
+RESIZE_MODES = ("stretch", "letterbox")
+OUTPUT_RESOLUTIONS = ("input", "network")
+#: The mask group whose free-space boundary is computed (``~/drivable_boundary``).
+BOUNDARY_GROUP = "drivable"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything that shapes the outputs. Frozen: live changes swap in a new config atomically."""
+
+    network_size: tuple[int, int] = (360, 640)  # (height, width)
+    resize_mode: str = "stretch"
+    output_resolution: str = "input"
+    overlay_alpha: float = 0.5
+    confidence_threshold: float = 0.0
+    mask_groups: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        h, w = self.network_size
+        if h < 8 or w < 8:
+            raise ValueError(f"network_size {self.network_size} is too small (>= 8x8)")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode {self.resize_mode!r} is not one of {RESIZE_MODES}")
+        if self.output_resolution not in OUTPUT_RESOLUTIONS:
+            raise ValueError(f"output_resolution {self.output_resolution!r} is not one of {OUTPUT_RESOLUTIONS}")
+        if not 0.0 <= self.overlay_alpha <= 1.0:
+            raise ValueError(f"overlay_alpha {self.overlay_alpha} is not in [0, 1]")
+        if not 0.0 <= self.confidence_threshold <= 1.0:
+            raise ValueError(f"confidence_threshold {self.confidence_threshold} is not in [0, 1]")
+
+
+@dataclass(frozen=True)
+class Wants:
+    """Which outputs to compute. The node sets these from subscriber counts: nothing unused is made."""
+
+    label: bool = True
+    confidence: bool = True
+    color: bool = True
+    overlay: bool = True
+    masks: frozenset[str] | None = None  # None = every group
+    boundary: bool = True
+
+    @classmethod
+    def all(cls) -> Wants:
+        return cls()
+
+    @classmethod
+    def only_label(cls) -> Wants:
+        return cls(confidence=False, color=False, overlay=False, masks=frozenset(), boundary=False)
+
+    def any(self) -> bool:
+        return (self.label or self.confidence or self.color or self.overlay or self.boundary
+                or self.masks is None or bool(self.masks))
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How one input frame maps into the network input (and back)."""
+
+    input_size: tuple[int, int]  # (h, w) of the frame
+    network_size: tuple[int, int]  # (h, w)
+    content: tuple[int, int, int, int]  # (top, left, height, width) of the image inside the network input
+
+    @classmethod
+    def fit(cls, input_size: tuple[int, int], network_size: tuple[int, int], mode: str) -> Geometry:
+        ih, iw = input_size
+        nh, nw = network_size
+        if mode == "stretch":
+            return cls(input_size, network_size, (0, 0, nh, nw))
+        s = min(nh / ih, nw / iw)
+        ch, cw = max(1, min(nh, round(ih * s))), max(1, min(nw, round(iw * s)))
+        return cls(input_size, network_size, ((nh - ch) // 2, (nw - cw) // 2, ch, cw))
+
+    def output_size(self, output_resolution: str) -> tuple[int, int]:
+        """Label size: the frame's, or the network's (the letterbox content area, not the padding)."""
+        if output_resolution == "input":
+            return self.input_size
+        return self.content[2], self.content[3]
+
+    def crop(self, a: np.ndarray) -> np.ndarray:
+        """The content area of a network-size map (drops letterbox padding)."""
+        t, left, h, w = self.content
+        return a[t:t + h, left:left + w]
+
+    def scale_xy(self, output_resolution: str) -> tuple[float, float]:
+        """(sx, sy) from input pixel coordinates to output pixel coordinates (for camera_info)."""
+        oh, ow = self.output_size(output_resolution)
+        return ow / self.input_size[1], oh / self.input_size[0]
+
+
+@dataclass
+class Boundary:
+    """Free-space boundary: per column the top row of the drivable region touching the bottom row."""
+
+    row: np.ndarray  # (W,) int32, -1 where the bottom pixel is not drivable
+    drivable_fraction: float
+
+
+@dataclass
+class Segmentation:
+    """All outputs for one frame; fields not asked for (Wants) are None / empty."""
+
+    label: np.ndarray  # (h, w) uint8 trainIds, 255 = ignore; at output resolution
+    geometry: Geometry
+    confidence: np.ndarray | None = None  # (h, w) uint8, max softmax x 255, output resolution
+    color: np.ndarray | None = None  # (h, w, 3) uint8 RGB, output resolution
+    overlay: np.ndarray | None = None  # (H, W, 3) uint8 BGR, always input resolution
+    masks: dict[str, np.ndarray] = field(default_factory=dict)  # group -> (h, w) uint8 0/255
+    boundary: Boundary | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # ms: preprocess, infer, postprocess
+
+
+def free_space_boundary(mask: np.ndarray) -> Boundary:
+    """Per column, the top row of the run of mask pixels that starts at the bottom row (-1 if none).
+
+    A column-wise flood from the bottom: what a planner reads as "free up to here" per image column.
+    """
+    m = mask.astype(bool, copy=False)
+    h = m.shape[0]
+    blocked_from_bottom = ~m[::-1]  # row 0 = bottom row
+    first_blocked = np.where(blocked_from_bottom.any(axis=0), blocked_from_bottom.argmax(axis=0), h)
+    row = (h - first_blocked).astype(np.int32)
+    row[~m[-1]] = -1
+    return Boundary(row=row, drivable_fraction=float(np.count_nonzero(m)) / max(1, m.size))
+
+
+class Pipeline:
+    """Runs frames through an engine and turns labels into every published product.
+
+    Thread-safe for one worker thread calling ``run`` while other threads call ``update`` (live
+    parameters): the config is swapped atomically and read once per batch.
+    """
+
+    def __init__(self, engine: Engine, classes: ClassTable, config: PipelineConfig | None = None) -> None:
+        self.engine = engine
+        self.classes = classes
+        self._lock = threading.Lock()
+        self._config = config or PipelineConfig(mask_groups={})
+        self._apply(self._config)
+
+    # ----------------------------------------------------------------- configuration
+    @property
+    def config(self) -> PipelineConfig:
+        return self._config
+
+    def update(self, **changes) -> PipelineConfig:
+        """Change live settings (overlay_alpha, confidence_threshold, mask_groups, output_resolution)."""
+        with self._lock:
+            cfg = replace(self._config, **changes)
+            self._apply(cfg)
+            return cfg
+
+    def _apply(self, cfg: PipelineConfig) -> None:
+        for g, ids in cfg.mask_groups.items():
+            bad = [i for i in ids if not 0 <= i < len(self.classes)]
+            if bad:
+                raise ValueError(f"mask group {g!r} has label ids {bad} outside 0..{len(self.classes) - 1}")
+        mean = np.asarray(cfg.mean, np.float32)
+        std = np.asarray(cfg.std, np.float32)
+        # Per channel (RGB order): x_norm = x * scale + bias, with x in 0..255.
+        scale = 1.0 / (255.0 * std)
+        bias = -mean / std
+        state = {
+            "scale": scale,
+            "bias": bias,
+            "palette_rgb": self.classes.palette_lut().reshape(256, 1, 3),
+            "palette_bgr": self.classes.palette_lut(bgr=True).reshape(256, 1, 3),
+            "group_luts": {g: self.classes.group_lut(ids) for g, ids in cfg.mask_groups.items()},
+        }
+        self._state = state
+        self._config = cfg
+
+    # ----------------------------------------------------------------- stages
+    def preprocess(self, images: Sequence[np.ndarray], color_order: str = "bgr",
+                   cfg: PipelineConfig | None = None) -> tuple[np.ndarray, list[Geometry]]:
+        """uint8 (H, W, 3) frames -> one float32 (N, 3, h, w) RGB-normalised batch + their geometry."""
+        cfg = cfg or self._config
+        nh, nw = cfg.network_size
+        batch = np.empty((len(images), 3, nh, nw), np.float32)
+        geoms = []
+        scale, bias = self._state["scale"], self._state["bias"]
+        # channel c of the batch (R, G, B) comes from source channel src[c]
+        src = (2, 1, 0) if color_order == "bgr" else (0, 1, 2)
+        for i, img in enumerate(images):
+            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                raise ValueError(f"expected a (H, W, 3) uint8 image, got {img.shape} {img.dtype}")
+            g = Geometry.fit(img.shape[:2], (nh, nw), cfg.resize_mode)
+            t, left, ch, cw = g.content
+            if (ch, cw) == img.shape[:2]:
+                resized = img
+            else:
+                interp = cv2.INTER_AREA if ch < img.shape[0] and cw < img.shape[1] else cv2.INTER_LINEAR
+                resized = cv2.resize(img, (cw, ch), interpolation=interp)
+            if (ch, cw) != (nh, nw):
+                batch[i] = 0.0  # letterbox padding = the mean colour (zero after normalisation)
+            for c in range(3):
+                np.multiply(resized[:, :, src[c]], scale[c], out=batch[i, c, t:t + ch, left:left + cw],
+                            casting="unsafe")
+                batch[i, c, t:t + ch, left:left + cw] += bias[c]
+            geoms.append(g)
+        return batch, geoms
+
+    def postprocess(self, label: np.ndarray, confidence: np.ndarray | None, geom: Geometry,
+                    image: np.ndarray | None, color_order: str = "bgr", wants: Wants = Wants(),
+                    cfg: PipelineConfig | None = None) -> Segmentation:
+        """Network-size label/confidence of one frame -> every product at the configured resolution."""
+        cfg = cfg or self._config
+        st = self._state
+        if cfg.confidence_threshold > 0.0 and confidence is not None:
+            label = label.copy()
+            label[confidence < round(cfg.confidence_threshold * 255)] = self.classes.ignore_label
+        label = geom.crop(label)
+        conf = geom.crop(confidence) if confidence is not None else None
+        out_h, out_w = geom.output_size(cfg.output_resolution)
+        if label.shape != (out_h, out_w):
+            label = cv2.resize(label, (out_w, out_h), interpolation=cv2.INTER_NEAREST)
+            if conf is not None and wants.confidence:
+                conf = cv2.resize(conf, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+        label = np.ascontiguousarray(label)
+        seg = Segmentation(label=label, geometry=geom)
+        if wants.confidence and conf is not None:
+            seg.confidence = np.ascontiguousarray(conf)
+        if wants.color or wants.overlay:
+            label3 = cv2.merge((label, label, label))
+            if wants.color:
+                seg.color = cv2.LUT(label3, st["palette_rgb"])
+            if wants.overlay and image is not None:
+                ih, iw = geom.input_size
+                lab_in = label3 if label.shape == (ih, iw) else cv2.resize(
+                    label3, (iw, ih), interpolation=cv2.INTER_NEAREST)
+                col = cv2.LUT(lab_in, st["palette_bgr"] if color_order == "bgr" else st["palette_rgb"])
+                over = cv2.addWeighted(image, 1.0 - cfg.overlay_alpha, col, cfg.overlay_alpha, 0.0)
+                seg.overlay = over if color_order == "bgr" else cv2.cvtColor(over, cv2.COLOR_RGB2BGR)
+        groups = st["group_luts"]
+        names = groups.keys() if wants.masks is None else [g for g in groups if g in wants.masks]
+        for g in names:
+            seg.masks[g] = cv2.LUT(label, groups[g])
+        if wants.boundary and BOUNDARY_GROUP in groups:
+            m = seg.masks.get(BOUNDARY_GROUP)
+            if m is None:
+                m = cv2.LUT(label, groups[BOUNDARY_GROUP])
+            seg.boundary = free_space_boundary(m)
+        return seg
+
+    def run(self, images: Sequence[np.ndarray], color_order: str = "bgr",
+            wants: Wants = Wants()) -> list[Segmentation]:
+        """A batch of uint8 frames (any sizes) -> one Segmentation each, with per-stage timings (ms)."""
+        if not images:
+            return []
+        cfg = self._config  # one consistent config for the whole batch
+        t0 = time.perf_counter()
+        batch, geoms = self.preprocess(images, color_order, cfg)
+        t1 = time.perf_counter()
+        need_conf = wants.confidence or cfg.confidence_threshold > 0.0
+        out = self.engine.infer(batch, want_confidence=need_conf)
+        t2 = time.perf_counter()
+        results = []
+        for i, (img, g) in enumerate(zip(images, geoms, strict=True)):
+            conf = out.confidence[i] if out.confidence is not None else None
+            results.append(self.postprocess(out.label[i], conf, g, img, color_order, wants, cfg))
+        t3 = time.perf_counter()
+        n = len(images)
+        for seg in results:
+            seg.timings = {"preprocess": (t1 - t0) * 1e3 / n, "infer": (t2 - t1) * 1e3 / n,
+                           "postprocess": (t3 - t2) * 1e3 / n}
+        return results
+
+    def __call__(self, image: np.ndarray, color_order: str = "bgr", wants: Wants = Wants()) -> Segmentation:
+        return self.run([image], color_order, wants)[0]

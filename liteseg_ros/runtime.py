@@ -1,0 +1,126 @@
+"""From settings to a ready Pipeline: resolve weights, load the model, pick the engine.
+
+Ring 2: torch, the model and engine libraries; never rclpy or message packages. The node, the bag
+tool, the demo and ``liteseg bench`` build their pipeline here, so weights resolution, the random-
+weights guard and engine selection behave identically everywhere.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from liteseg_ros.classes import ClassTable
+from liteseg_ros.pipeline import Pipeline, PipelineConfig
+
+#: ``weights: demo`` resolves to this file shipped inside the package (synthetic-scene demo model).
+DEMO_WEIGHTS_NAME = "liteseg_demo_mobilenetv2.pt"
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded as configured; the message says what to change."""
+
+
+@dataclass
+class ModelSource:
+    """What was loaded, for ~/info and diagnostics."""
+
+    name: str
+    backbone: str
+    weights: str  # resolved path, or "" for random weights
+    random: bool
+
+
+def demo_weights_path() -> Path:
+    return Path(str(resources.files("liteseg_ros") / "data" / DEMO_WEIGHTS_NAME))
+
+
+def resolve_weights(weights: str) -> Path | None:
+    """'' -> None; 'demo' -> the bundled demo checkpoint; else an existing file (with ~ and $VARS)."""
+    if not weights:
+        return None
+    if weights == "demo":
+        p = demo_weights_path()
+        if not p.is_file():
+            raise ModelLoadError(f"the bundled demo weights are missing ({p}); reinstall liteseg_ros")
+        return p
+    p = Path(os.path.expandvars(os.path.expanduser(weights)))
+    if not p.is_file():
+        raise ModelLoadError(f"weights file {p} does not exist (parameter 'weights')")
+    return p
+
+
+def load_model(weights: str, allow_random_weights: bool = False, backbone: str = "mobilenetv2",
+               num_classes: int = 19):
+    """Returns (model in eval mode, ClassTable, mean, std, ModelSource)."""
+    from liteseg_ros.model import CheckpointError, LiteSeg, load_checkpoint
+
+    path = resolve_weights(weights)
+    if path is None:
+        if not allow_random_weights:
+            raise ModelLoadError(
+                "no weights given: set parameter 'weights' to a checkpoint file (official LiteSeg .pth or a "
+                "liteseg_ros .pt), or 'demo' for the bundled synthetic-scene demo model; set "
+                "'allow_random_weights: true' only for tests")
+        import torch
+
+        torch.manual_seed(0)
+        model = LiteSeg(backbone, num_classes).eval()
+        classes = ClassTable.generic(num_classes)
+        from liteseg_ros.classes import IMAGENET_MEAN, IMAGENET_STD
+
+        return model, classes, IMAGENET_MEAN, IMAGENET_STD, ModelSource(
+            f"liteseg-{backbone}-random", backbone, "", True)
+    try:
+        model = load_checkpoint(path, map_location="cpu")
+    except CheckpointError as exc:
+        raise ModelLoadError(str(exc)) from None
+    meta = model.meta
+    if backbone and meta.backbone != backbone and backbone != "mobilenetv2":
+        # 'mobilenetv2' is the default; only an explicit other choice that disagrees is an error.
+        raise ModelLoadError(f"parameter backbone={backbone!r} but {path} holds a {meta.backbone} model")
+    return model.eval(), meta.classes, tuple(meta.mean), tuple(meta.std), ModelSource(
+        getattr(meta, "model_name", "") or path.stem, meta.backbone, str(path), False)
+
+
+def resolve_device(device: str, precision: str) -> tuple[str, str]:
+    """'auto' device -> cuda when usable, else cpu; 'auto' precision -> fp16 on CUDA, fp32 on CPU."""
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if precision == "auto":
+        precision = "fp16" if device.startswith("cuda") else "fp32"
+    return device, precision
+
+
+def build_pipeline(values: Mapping, classes_override: ClassTable | None = None,
+                   log: Callable[[str], None] = print):
+    """Settings (the node's parameter names) -> (Pipeline, ModelSource).
+
+    ``values`` needs: weights, allow_random_weights, backbone, backend, device, precision,
+    num_threads, engine_cache_dir, network_width, network_height, resize_mode, output_resolution,
+    overlay_alpha, confidence_threshold, and ``mask_groups`` as {group: [class names]}.
+    """
+    from liteseg_ros.engines import create_engine
+
+    model, classes, mean, std, source = load_model(values["weights"], values["allow_random_weights"],
+                                                   values["backbone"])
+    classes = classes_override or classes
+    size = (int(values["network_height"]), int(values["network_width"]))
+    if source.backbone == "darknet19" and (size[0] % 4 or size[1] % 4):
+        raise ModelLoadError(f"darknet19 needs network_width/height divisible by 4, got {size[1]}x{size[0]}")
+    groups = classes.resolve_groups(values.get("mask_groups", {}))
+    cfg = PipelineConfig(network_size=size, resize_mode=values["resize_mode"],
+                         output_resolution=values["output_resolution"],
+                         overlay_alpha=float(values["overlay_alpha"]),
+                         confidence_threshold=float(values["confidence_threshold"]),
+                         mask_groups=groups, mean=tuple(mean), std=tuple(std))
+    device, precision = resolve_device(values["device"], values["precision"])
+    engine = create_engine(model, backend=values["backend"], device=device,
+                           precision=precision, input_size=size,
+                           num_threads=int(values["num_threads"]) or None,
+                           cache_dir=values.get("engine_cache_dir") or None, log=log)
+    return Pipeline(engine, classes, cfg), source

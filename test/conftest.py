@@ -1,0 +1,174 @@
+"""Shared fixtures: an isolated DDS domain, a tiny checkpoint, generated scenes, the node as a process.
+
+Every ROS test runs real rclpy over real Fast DDS, isolated by a per-session ROS_DOMAIN_ID and
+localhost-only discovery, with the large shared-memory profile so best-effort delivery is lossless.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FASTDDS_XML = REPO / "config" / "fastdds_large_shm.xml"
+
+
+def _domain_id() -> int:
+    # 1..100, different for parallel sessions (pid) and xdist workers; never 0 (the default domain).
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return 1 + (os.getpid() * 7 + int(worker[2:] or 0)) % 100
+
+
+os.environ.setdefault("ROS_DOMAIN_ID", str(_domain_id()))
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_XML)
+os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_XML)
+os.environ.setdefault("RCUTILS_LOGGING_BUFFERED_STREAM", "0")
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+def ros_env(**extra: str) -> dict[str, str]:
+    """Environment for a child process in the same isolated domain."""
+    env = dict(os.environ)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random-weight LiteSeg-MobileNetV2 saved in our format with Cityscapes metadata."""
+    import torch
+
+    from liteseg_ros.classes import ClassTable
+    from liteseg_ros.model import CheckpointMeta, LiteSeg, save_checkpoint
+
+    torch.manual_seed(0)
+    model = LiteSeg("mobilenetv2", 19).eval()
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    save_checkpoint(model, path, CheckpointMeta(backbone="mobilenetv2", num_classes=19,
+                                                classes=ClassTable.cityscapes(), model_name="tiny-random"))
+    return path
+
+
+# ------------------------------------------------------------------------------------------ rclpy helpers
+class RosHarness:
+    """An rclpy context + node in the test process, spun in a background thread."""
+
+    def __init__(self, name: str = "liteseg_test") -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.rclpy = rclpy
+        self.context = Context()
+        rclpy.init(context=self.context, args=["liteseg_test"])
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._stop = False
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop and self.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # shutdown races
+                if self._stop:
+                    return
+                raise
+
+    def collect(self, msg_type, topic: str, qos=None) -> list:
+        """Subscribe and return the list that fills with received messages."""
+        from rclpy.qos import QoSProfile, QoSReliabilityPolicy
+
+        got: list = []
+        qos = qos or QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE)
+        self.node.create_subscription(msg_type, topic, got.append, qos)
+        return got
+
+    def wait_for(self, cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if cond():
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=5)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.shutdown(context=self.context)
+
+
+@pytest.fixture
+def ros() -> Iterator[RosHarness]:
+    h = RosHarness()
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+class NodeProcess:
+    """``liteseg_node`` started as its own process, exactly as a user (or launch_ros) starts it."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
+        exe = Path(sys.executable).parent / "liteseg_node"
+        self.cmd = [str(exe), *args]
+        self.log_path = log_path
+        self._log = open(log_path, "w+") if log_path else subprocess.PIPE  # noqa: SIM115
+        self.proc = subprocess.Popen(self.cmd, env=env or ros_env(), stdout=self._log, stderr=subprocess.STDOUT,
+                                     text=True, start_new_session=True)
+
+    def output(self) -> str:
+        if self.log_path:
+            return Path(self.log_path).read_text()
+        return ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_node(tmp_path) -> Iterator[Callable[..., NodeProcess]]:
+    """Factory: start_node(params: dict, extra_args=[...]) writes a params file and starts the node."""
+    import yaml
+
+    procs: list[NodeProcess] = []
+
+    def _start(params: dict | None = None, extra_args: list[str] | None = None, name: str = "liteseg",
+               params_file: Path | None = None) -> NodeProcess:
+        args = ["--ros-args", "-r", f"__node:={name}"]
+        if params is not None:
+            params_file = tmp_path / f"params_{len(procs)}.yaml"
+            params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
+        if params_file is not None:
+            args += ["--params-file", str(params_file)]
+        args += extra_args or []
+        p = NodeProcess(args, log_path=tmp_path / f"node_{len(procs)}.log")
+        procs.append(p)
+        return p
+
+    yield _start
+    for p in procs:
+        p.stop()

@@ -1,0 +1,517 @@
+"""Tests for liteseg_ros.image_codec on real rclpy sensor_msgs and rosbags message classes.
+
+Ground truth is built by hand per encoding (byte layouts written out here, not taken from the codec);
+Bayer and YUV are also checked against cv2.cvtColor on the same buffer and against an independent
+colour model (flat colours, smooth gradients).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from rosbags.typesys import Stores, get_typestore
+from rosbags.typesys.stores.ros2_jazzy import builtin_interfaces__msg__Time as RbTime
+from rosbags.typesys.stores.ros2_jazzy import sensor_msgs__msg__CompressedImage as RbCompressedImage
+from rosbags.typesys.stores.ros2_jazzy import sensor_msgs__msg__Image as RbImage
+from rosbags.typesys.stores.ros2_jazzy import std_msgs__msg__Header as RbHeader
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+
+from liteseg_ros.image_codec import (
+    MAX_BYTES,
+    MAX_SIDE,
+    OUTPUT_ENCODINGS,
+    SUPPORTED_ENCODINGS,
+    ImageDecodeError,
+    decode_any,
+    decode_compressed,
+    decode_image,
+    encode_compressed,
+    fill_image,
+    image_to_fields,
+)
+
+H, W = 8, 12
+KINDS = ("rclpy", "rosbags")
+
+
+# ------------------------------------------------------------------------------------ builders
+
+
+def make_image(kind, height, width, encoding, step, data, big=0):
+    """A real Image message of the given kind with these raw fields."""
+    data = bytes(data)
+    if kind == "rclpy":
+        msg = Image()
+        msg.height, msg.width, msg.encoding, msg.step, msg.is_bigendian = height, width, encoding, step, big
+        msg.data = data
+        return msg
+    header = RbHeader(stamp=RbTime(sec=0, nanosec=0), frame_id="cam")
+    return RbImage(
+        header=header, height=height, width=width, encoding=encoding, is_bigendian=big, step=step,
+        data=np.frombuffer(data, dtype=np.uint8),
+    )
+
+
+def make_compressed(kind, fmt, data):
+    data = bytes(data)
+    if kind == "rclpy":
+        msg = CompressedImage()
+        msg.format = fmt
+        msg.data = data
+        return msg
+    header = RbHeader(stamp=RbTime(sec=0, nanosec=0), frame_id="cam")
+    return RbCompressedImage(header=header, format=fmt, data=np.frombuffer(data, dtype=np.uint8))
+
+
+def pad_rows(rows: np.ndarray, pad: int) -> tuple[bytes, int]:
+    """Raw bytes of a (H, row_bytes) uint8 array with `pad` garbage bytes after each row, and the step."""
+    if pad:
+        rows = np.concatenate([rows, np.full((rows.shape[0], pad), 0xAB, np.uint8)], axis=1)
+    return rows.tobytes(), rows.shape[1]
+
+
+def mosaic(rgb: np.ndarray, pattern: str) -> np.ndarray:
+    """Bayer mosaic of an (H, W, 3) RGB image; `pattern` names the colours of the top-left 2x2 block."""
+    out = np.empty(rgb.shape[:2], rgb.dtype)
+    index = {"r": 0, "g": 1, "b": 2}
+    for k, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        out[dy::2, dx::2] = rgb[dy::2, dx::2, index[pattern[k]]]
+    return out
+
+
+def yuv601(bgr: tuple[int, int, int]) -> tuple[int, int, int]:
+    """BT.601 limited-range Y, U (Cb), V (Cr) of one BGR colour, written out from the standard."""
+    b, g, r = (c / 255.0 for c in bgr)
+    y = 16 + 65.481 * r + 128.553 * g + 24.966 * b
+    u = 128 - 37.797 * r - 74.203 * g + 112.0 * b
+    v = 128 + 112.0 * r - 93.786 * g - 18.214 * b
+    return round(y), round(u), round(v)
+
+
+def raw_case(encoding: str, rng: np.random.Generator, big: bool = False):
+    """(rows (H, row_bytes) uint8, expected BGR (H, W, 3) uint8 or None) for one encoding.
+
+    Expected is None for YUV and Bayer, whose reference is cv2.cvtColor of the same buffer.
+    """
+    bgr = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    if encoding == "bgr8":
+        return bgr.reshape(H, -1), bgr
+    if encoding == "rgb8":
+        return bgr[..., ::-1].reshape(H, -1).copy(), bgr
+    if encoding in ("bgra8", "rgba8"):
+        alpha = rng.integers(0, 256, (H, W, 1), dtype=np.uint8)
+        color = bgr if encoding == "bgra8" else bgr[..., ::-1]
+        return np.concatenate([color, alpha], axis=2).reshape(H, -1), bgr
+    if encoding == "mono8":
+        return bgr[..., 0].copy(), np.repeat(bgr[..., :1], 3, axis=2)
+    order = ">u2" if big else "<u2"
+    if encoding == "mono16":
+        v = rng.integers(0, 65536, (H, W), dtype=np.uint16)
+        hi = (v >> 8).astype(np.uint8)
+        return v.astype(order).view(np.uint8).reshape(H, -1), np.repeat(hi[..., None], 3, axis=2)
+    if encoding in ("bgr16", "rgb16"):
+        v = rng.integers(0, 65536, (H, W, 3), dtype=np.uint16)
+        hi = (v >> 8).astype(np.uint8)
+        expected = hi if encoding == "bgr16" else hi[..., ::-1]
+        return v.astype(order).view(np.uint8).reshape(H, -1), np.ascontiguousarray(expected)
+    if encoding.startswith("bayer_") and encoding.endswith("16"):
+        v = rng.integers(0, 65536, (H, W), dtype=np.uint16)
+        return v.astype(order).view(np.uint8).reshape(H, -1), None
+    # yuv422 / uyvy / yuv422_yuy2 / yuyv / bayer_*8: any bytes are a valid image
+    width_bytes = 2 * W if "yu" in encoding or encoding == "uyvy" else W
+    return rng.integers(0, 256, (H, width_bytes), dtype=np.uint8), None
+
+
+CV_REFERENCE = {  # cv_bridge's codes, for the cvtColor-of-the-same-buffer comparison
+    "yuv422": cv2.COLOR_YUV2BGR_UYVY,
+    "uyvy": cv2.COLOR_YUV2BGR_UYVY,
+    "yuv422_yuy2": cv2.COLOR_YUV2BGR_YUY2,
+    "yuyv": cv2.COLOR_YUV2BGR_YUY2,
+    "bayer_rggb": cv2.COLOR_BayerBG2BGR,
+    "bayer_bggr": cv2.COLOR_BayerRG2BGR,
+    "bayer_gbrg": cv2.COLOR_BayerGR2BGR,
+    "bayer_grbg": cv2.COLOR_BayerGB2BGR,
+}
+
+
+def reference_bgr(encoding: str, rows: np.ndarray, big: bool) -> np.ndarray:
+    if encoding.startswith("bayer_"):
+        key = encoding[:10]
+        if encoding.endswith("16"):
+            rows = rows.reshape(H, W, 2)[..., 0 if big else 1].copy()
+        return cv2.cvtColor(rows.reshape(H, W), CV_REFERENCE[key])
+    return cv2.cvtColor(rows.reshape(H, W, 2), CV_REFERENCE[encoding])
+
+
+# ------------------------------------------------------------------------------ decode_image
+
+
+def test_supported_encodings_cover_issue_4():
+    required = {
+        "rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "rgb16", "bgr16", "yuv422", "yuv422_yuy2",
+        "bayer_rggb8", "bayer_bggr8", "bayer_gbrg8", "bayer_grbg8",
+    }
+    assert required <= set(SUPPORTED_ENCODINGS)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("pad", [0, 7])
+@pytest.mark.parametrize("encoding", SUPPORTED_ENCODINGS)
+def test_decode_every_encoding(kind, pad, encoding):
+    rng = np.random.default_rng(zlib.crc32(f"{encoding}/{pad}".encode()))
+    for big in ([False, True] if "16" in encoding else [False]):
+        rows, expected = raw_case(encoding, rng, big)
+        if expected is None:
+            expected = reference_bgr(encoding, rows, big)
+        data, step = pad_rows(rows, pad)
+        msg = make_image(kind, H, W, encoding, step, data, big=int(big))
+        out = decode_image(msg)
+        assert out.shape == (H, W, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
+        np.testing.assert_array_equal(out, expected, err_msg=f"{encoding} pad={pad} big={big}")
+        rgb = decode_image(msg, want="rgb8")
+        assert rgb.flags.c_contiguous
+        np.testing.assert_array_equal(rgb, expected[..., ::-1])
+        np.testing.assert_array_equal(decode_any(msg), expected)
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+@pytest.mark.parametrize("depth", [8, 16])
+def test_bayer_flat_colour_and_gradient(pattern, depth):
+    """A Bayer mosaic of a flat colour decodes to that colour; of a smooth image, close to it."""
+    h, w = 16, 20
+    rgb_colour = (200, 90, 30)
+    flat = np.empty((h, w, 3), np.uint8)
+    flat[:] = rgb_colour
+    yy, xx = np.mgrid[0:h, 0:w]
+    smooth = np.stack([40 + 6 * xx, 60 + 5 * yy, 200 - 4 * xx - 3 * yy], axis=2).astype(np.uint8)
+    for rgb, tol in ((flat, 1), (smooth, 4)):
+        m = mosaic(rgb, pattern)
+        if depth == 16:
+            raw = (m.astype(np.uint16) * 257).astype("<u2").view(np.uint8).reshape(h, -1)
+        else:
+            raw = m
+        msg = make_image("rclpy", h, w, f"bayer_{pattern}{depth}", raw.shape[1], raw.tobytes())
+        out_rgb = decode_image(msg, want="rgb8").astype(int)
+        inner = (slice(2, -2), slice(2, -2))  # demosaicing borders are approximate
+        err = np.abs(out_rgb[inner] - rgb[inner].astype(int)).max()
+        assert err <= tol, f"bayer_{pattern}{depth}: max error {err}"
+
+
+@pytest.mark.parametrize("encoding", ["yuv422", "uyvy", "yuv422_yuy2", "yuyv"])
+@pytest.mark.parametrize("bgr", [(30, 160, 220), (255, 255, 255), (0, 0, 0), (200, 40, 90)])
+def test_yuv_flat_colour(encoding, bgr):
+    y, u, v = yuv601(bgr)
+    h, w = 4, 6
+    pair = [u, y, v, y] if encoding in ("yuv422", "uyvy") else [y, u, y, v]
+    raw = np.tile(np.array(pair, np.uint8), (h, w // 2))
+    out = decode_image(make_image("rosbags", h, w, encoding, 2 * w, raw.tobytes()))
+    assert np.abs(out.astype(int) - np.array(bgr)).max() <= 3, (encoding, bgr, out[0, 0])
+
+
+def test_bgr8_unpadded_is_zero_copy_and_padded_is_not():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    msg = make_image("rclpy", H, W, "bgr8", 3 * W, img.tobytes())
+    out = decode_image(msg)
+    assert np.shares_memory(out, np.frombuffer(msg.data, np.uint8))
+    rb = make_image("rosbags", H, W, "rgb8", 3 * W, img.tobytes())
+    assert np.shares_memory(decode_image(rb, want="rgb8"), rb.data)
+    data, step = pad_rows(img.reshape(H, -1), 4)
+    padded = decode_image(make_image("rclpy", H, W, "bgr8", step, data))
+    assert padded.flags.c_contiguous
+    np.testing.assert_array_equal(padded, img)
+
+
+def _assert_names_sizes(exc_info, encoding, height, width, step, nbytes):
+    text = str(exc_info.value)
+    for part in (repr(encoding), f"height={height}", f"width={width}", f"step={step}", f"len(data)={nbytes}"):
+        assert part in text, f"{part!r} missing from: {text}"
+
+
+BAD_IMAGES = [
+    # (id, encoding, height, width, step, nbytes, expected reason fragment)
+    ("unknown_encoding", "8UC3", 4, 6, 18, 72, "unsupported encoding"),
+    ("nv21", "nv21", 4, 6, 6, 36, "unsupported encoding"),
+    ("step_too_small", "bgr8", 4, 6, 17, 68, "step is smaller"),
+    ("step_too_small_16bit", "mono16", 4, 6, 6, 24, "step is smaller"),
+    ("data_short", "bgr8", 4, 6, 18, 71, "does not match"),
+    ("data_long", "bgr8", 4, 6, 18, 73, "does not match"),
+    ("wrong_step", "bgr8", 4, 6, 20, 72, "does not match"),
+    ("zero_height", "mono8", 0, 6, 6, 0, "empty"),
+    ("zero_width", "mono8", 4, 0, 0, 0, "empty"),
+    ("too_wide", "mono8", 1, MAX_SIDE + 1, MAX_SIDE + 1, 16, "exceeds"),
+    ("too_tall", "mono8", MAX_SIDE + 1, 1, 1, 16, "exceeds"),
+    ("too_many_bytes", "bgr8", MAX_SIDE, MAX_SIDE, 3 * MAX_SIDE, 16, f"exceeds {MAX_BYTES} bytes"),
+    ("huge_step", "mono8", 4, 4, MAX_BYTES, 16, f"exceeds {MAX_BYTES} bytes"),
+    ("yuv_odd_width", "yuv422", 2, 5, 10, 20, "even width"),
+    ("bayer_one_row", "bayer_rggb8", 1, 8, 8, 8, "2 x 2"),
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", BAD_IMAGES, ids=[c[0] for c in BAD_IMAGES])
+def test_decode_image_errors_name_encoding_and_sizes(kind, case):
+    _, encoding, height, width, step, nbytes, reason = case
+    msg = make_image(kind, height, width, encoding, step, bytes(nbytes))
+    with pytest.raises(ImageDecodeError, match=reason) as exc_info:
+        decode_image(msg)
+    assert isinstance(exc_info.value, ValueError)
+    _assert_names_sizes(exc_info, encoding, height, width, step, nbytes)
+
+
+def test_bad_want_and_non_message():
+    msg = make_image("rclpy", 2, 2, "mono8", 2, bytes(4))
+    with pytest.raises(ValueError, match="want='mono8'"):
+        decode_image(msg, want="mono8")
+    with pytest.raises(ImageDecodeError, match="neither"):
+        decode_any(object())
+    with pytest.raises(ImageDecodeError, match="SimpleNamespace"):
+        from types import SimpleNamespace
+
+        decode_image(SimpleNamespace(encoding="mono8", height=2, width=2, step=2, data=bytes(4)))
+
+
+# --------------------------------------------------------------------------- decode_compressed
+
+
+def _smooth_bgr(h=48, w=64):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([2 * xx, 3 * yy + 20, 255 - 2 * xx - yy], axis=2).clip(0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_png_round_trips_exactly(kind):
+    rng = np.random.default_rng(2)
+    bgr = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    gray = rng.integers(0, 256, (20, 30), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (20, 30, 1), dtype=np.uint8)
+    gray16 = rng.integers(0, 65536, (20, 30), dtype=np.uint16)
+    bgr16 = rng.integers(0, 65536, (20, 30, 3), dtype=np.uint16)
+    cases = [
+        (bgr, bgr),
+        (gray, np.repeat(gray[..., None], 3, axis=2)),
+        (np.concatenate([bgr, alpha], axis=2), bgr),
+        (gray16, np.repeat((gray16 >> 8).astype(np.uint8)[..., None], 3, axis=2)),
+        (bgr16, (bgr16 >> 8).astype(np.uint8)),
+    ]
+    for arr, expected in cases:
+        fmt, data = encode_compressed(arr, "png")
+        assert "png compressed" in fmt
+        msg = make_compressed(kind, fmt, data)
+        out = decode_compressed(msg)
+        assert out.dtype == np.uint8 and out.flags.c_contiguous
+        np.testing.assert_array_equal(out, expected, err_msg=f"{arr.dtype} {arr.shape}")
+        np.testing.assert_array_equal(decode_compressed(msg, want="rgb8"), expected[..., ::-1])
+        np.testing.assert_array_equal(decode_any(msg), expected)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fmt", ["jpeg", "rgb8; jpeg compressed bgr8", "bgr8; jpeg compressed bgr8", "jpg", ""])
+def test_jpeg_decodes_close(kind, fmt):
+    bgr = _smooth_bgr()
+    _, data = encode_compressed(bgr, "jpeg", quality=95)
+    out = decode_compressed(make_compressed(kind, fmt, data))
+    assert out.shape == bgr.shape
+    assert np.abs(out.astype(int) - bgr).mean() < 2.0
+    flat = np.empty((16, 16, 3), np.uint8)
+    flat[:] = (20, 140, 230)
+    _, data = encode_compressed(flat, "jpeg", quality=90)
+    rgb = decode_compressed(make_compressed(kind, fmt, data), want="rgb8")
+    assert np.abs(rgb.astype(int) - (230, 140, 20)).max() <= 4
+
+
+@pytest.mark.parametrize("fmt", ["png", "bgr8; png compressed", "bgr8; png compressed bgr8", "PNG"])
+def test_png_format_strings(fmt):
+    img = _smooth_bgr(10, 14)
+    _, data = encode_compressed(img, "png")
+    np.testing.assert_array_equal(decode_compressed(make_compressed("rclpy", fmt, data)), img)
+
+
+def _patch_png_size(data: bytes, height: int, width: int) -> bytes:
+    return data[:16] + width.to_bytes(4, "big") + height.to_bytes(4, "big") + data[24:]
+
+
+def _patch_jpeg_size(data: bytes, height: int, width: int) -> bytes:
+    i = data.index(b"\xff\xc0")  # baseline SOF0 written by libjpeg
+    return data[: i + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + data[i + 9 :]
+
+
+def test_declared_size_is_read_from_headers():
+    _, png = encode_compressed(_smooth_bgr(10, 14), "png")
+    _, jpg = encode_compressed(_smooth_bgr(10, 14), "jpeg")
+    for fmt, data in (("png", _patch_png_size(png, 10, MAX_SIDE + 1)), ("jpeg", _patch_jpeg_size(jpg, 20000, 14))):
+        with pytest.raises(ImageDecodeError, match="exceeds") as exc_info:
+            decode_compressed(make_compressed("rclpy", fmt, data))
+        assert f"len(data)={len(data)}" in str(exc_info.value) and "height=" in str(exc_info.value)
+
+
+def _compressed_error_cases():
+    _, png = encode_compressed(_smooth_bgr(10, 14), "png")
+    _, jpg = encode_compressed(_smooth_bgr(10, 14), "jpeg")
+    rng = np.random.default_rng(3)
+    garbage = rng.integers(0, 256, 200, dtype=np.uint8).tobytes()
+    return [
+        ("garbage", "jpeg", b"\x00\x01" + garbage, "not a JPEG or PNG"),
+        ("empty", "png", b"", "empty"),
+        ("png_header_only", "png", png[:40], "corrupt png"),
+        ("png_body_garbled", "png", png[:33] + garbage + png[-12:], "corrupt png"),
+        ("jpeg_magic_then_garbage", "jpeg", b"\xff\xd8\xff" + garbage, "jpeg"),
+        ("jpeg_header_only", "jpeg", jpg[:20], "corrupt jpeg"),
+        ("compressed_depth", "16UC1; compressedDepth png", png, "compressedDepth"),
+        ("unknown_format", "tiff", png, "unsupported format"),
+        ("zero_size_png", "png", _patch_png_size(png, 0, 14), "empty or exceeds"),
+    ]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", _compressed_error_cases(), ids=lambda c: c[0])
+def test_decode_compressed_errors(kind, case):
+    _, fmt, data, reason = case
+    with pytest.raises(ImageDecodeError, match=reason) as exc_info:
+        decode_compressed(make_compressed(kind, fmt, data))
+    text = str(exc_info.value)
+    assert f"format={fmt!r}" in text and f"len(data)={len(data)}" in text, text
+
+
+def test_encode_compressed_rejects_bad_input():
+    img = _smooth_bgr(8, 8)
+    with pytest.raises(ValueError, match="fmt='webp'"):
+        encode_compressed(img, "webp")
+    with pytest.raises(ValueError, match="quality=0"):
+        encode_compressed(img, "jpeg", quality=0)
+    with pytest.raises(ValueError, match="JPEG cannot hold"):
+        encode_compressed(img.astype(np.uint16), "jpeg")
+    with pytest.raises(ValueError, match="shape"):
+        encode_compressed(np.zeros((4, 4, 2), np.uint8), "png")
+    with pytest.raises(ValueError, match="float32"):
+        encode_compressed(img.astype(np.float32), "png")
+    fmt, _ = encode_compressed(img[..., 0], "jpeg")
+    assert fmt == "mono8; jpeg compressed mono8"
+
+
+# ------------------------------------------------------------------- image_to_fields / fill_image
+
+
+def _array_for(encoding: str, rng) -> tuple[np.ndarray, np.ndarray]:
+    """An array to write as `encoding` and the BGR image decode_image must give back."""
+    if encoding == "mono16":
+        arr = rng.integers(0, 65536, (H, W), dtype=np.uint16)
+        hi = (arr >> 8).astype(np.uint8)
+        return arr, np.repeat(hi[..., None], 3, axis=2)
+    if encoding == "mono8":
+        arr = rng.integers(0, 256, (H, W), dtype=np.uint8)
+        return arr, np.repeat(arr[..., None], 3, axis=2)
+    arr = rng.integers(0, 256, (H, W, 4 if encoding.endswith("a8") else 3), dtype=np.uint8)
+    bgr = arr[..., :3] if encoding.startswith("bgr") else arr[..., 2::-1]
+    return arr, np.ascontiguousarray(bgr)
+
+
+@pytest.mark.parametrize("encoding", OUTPUT_ENCODINGS)
+def test_image_to_fields(encoding):
+    arr, _ = _array_for(encoding, np.random.default_rng(4))
+    fields = image_to_fields(arr, encoding)
+    assert set(fields) == {"height", "width", "encoding", "is_bigendian", "step", "data"}
+    assert (fields["height"], fields["width"], fields["encoding"]) == (H, W, encoding)
+    assert isinstance(fields["data"], bytes)
+    assert fields["step"] * H == len(fields["data"]) == arr.nbytes
+    assert fields["is_bigendian"] == 0
+    assert fields["data"] == arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+    # non-contiguous input is written in C order
+    flipped = arr[:, ::-1]
+    assert image_to_fields(flipped, encoding)["data"] == np.ascontiguousarray(flipped).astype(
+        arr.dtype.newbyteorder("<")
+    ).tobytes()
+
+
+@pytest.mark.parametrize("encoding", OUTPUT_ENCODINGS)
+def test_fill_image_rclpy_round_trip(encoding):
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    arr, expected = _array_for(encoding, np.random.default_rng(5))
+    header = Header(frame_id="camera_optical")
+    msg = Image()
+    assert fill_image(msg, arr, encoding, header=header) is msg
+    assert msg.header is header
+    np.testing.assert_array_equal(decode_image(msg), expected)
+    wire = deserialize_message(serialize_message(msg), Image)
+    np.testing.assert_array_equal(decode_image(wire), expected)
+    assert wire.header.frame_id == "camera_optical"
+
+
+@pytest.mark.parametrize("encoding", OUTPUT_ENCODINGS)
+def test_fill_image_rosbags_round_trip(encoding):
+    typestore = get_typestore(Stores.ROS2_JAZZY)
+    arr, expected = _array_for(encoding, np.random.default_rng(6))
+    msg = make_image("rosbags", 1, 1, "mono8", 1, b"\x00")
+    header = RbHeader(stamp=RbTime(sec=3, nanosec=4), frame_id="cam2")
+    fill_image(msg, arr, encoding, header=header)
+    assert msg.header is header and isinstance(msg.data, np.ndarray)
+    np.testing.assert_array_equal(decode_image(msg), expected)
+    wire = typestore.deserialize_cdr(typestore.serialize_cdr(msg, msg.__msgtype__), msg.__msgtype__)
+    np.testing.assert_array_equal(decode_image(wire), expected)
+    assert wire.header.frame_id == "cam2"
+
+
+def test_fill_image_keeps_header_when_not_given():
+    msg = Image()
+    msg.header.frame_id = "keep"
+    fill_image(msg, np.zeros((2, 3), np.uint8), "mono8")
+    assert msg.header.frame_id == "keep" and (msg.height, msg.width, msg.step) == (2, 3, 3)
+
+
+@pytest.mark.parametrize(
+    "arr, encoding, fragment",
+    [
+        (np.zeros((4, 4, 3), np.uint8), "mono8", "'mono8' needs a (H, W) uint8 array, got shape (4, 4, 3)"),
+        (np.zeros((4, 4), np.uint8), "bgr8", "'bgr8' needs a (H, W, 3) uint8 array, got shape (4, 4)"),
+        (np.zeros((4, 4, 3), np.float32), "rgb8", "dtype float32"),
+        (np.zeros((4, 4), np.uint8), "mono16", "'mono16' needs a (H, W) uint16"),
+        (np.zeros((0, 4), np.uint8), "mono8", "empty"),
+        (np.zeros((4, 4), np.uint8), "32FC1", "cannot write encoding '32FC1'"),
+        ([[1, 2], [3, 4]], "mono8", "needs a numpy array, got list"),
+    ],
+)
+def test_image_to_fields_rejects_mismatch(arr, encoding, fragment):
+    with pytest.raises(ValueError) as exc_info:
+        fill_image(Image(), arr, encoding)
+    assert fragment in str(exc_info.value)
+
+
+# ------------------------------------------------------------------------------- ring and oracles
+
+
+def test_module_imports_no_ros_packages():
+    code = (
+        "import sys, liteseg_ros.image_codec\n"
+        "bad = [m for m in ('rclpy', 'sensor_msgs', 'std_msgs', 'cv_bridge', 'rosbags') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rosbags_image_oracle():
+    """Optional: rosbags-image agrees on unpadded encodings it supports (it ignores `step`)."""
+    rosbags_image = pytest.importorskip("rosbags.image")
+    rng = np.random.default_rng(7)
+    for encoding in ("bgr8", "rgb8", "mono8", "mono16", "bgra8", "rgba8"):
+        rows, expected = raw_case(encoding, rng)
+        msg = make_image("rosbags", H, W, encoding, rows.shape[1], rows.tobytes())
+        theirs = rosbags_image.message_to_cvimage(msg, "bgr8")
+        np.testing.assert_array_equal(decode_image(msg), theirs, err_msg=encoding)
+
+
+def test_cv_bridge_oracle():
+    """Optional: ROS 2 cv_bridge (where installed) agrees with us, padded rows included."""
+    cv_bridge = pytest.importorskip("cv_bridge")
+    bridge = cv_bridge.CvBridge()
+    rng = np.random.default_rng(8)
+    for encoding in ("bgr8", "rgb8", "mono8", "mono16", "bgra8", "yuv422", "yuv422_yuy2", "bayer_rggb8"):
+        rows, _ = raw_case(encoding, rng)
+        data, step = pad_rows(rows, 4)
+        msg = make_image("rclpy", H, W, encoding, step, data)
+        np.testing.assert_array_equal(decode_image(msg), bridge.imgmsg_to_cv2(msg, "bgr8"), err_msg=encoding)
