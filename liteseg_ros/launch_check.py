@@ -107,7 +107,7 @@ def check(launch_file: Path, repo: Path) -> list[str]:
     ours = [e for e in facts.executables if e[0] == PACKAGE]
     if not ours:
         errors.append(f"no launch_ros Node(package={PACKAGE!r})")
-    for pkg, exe, line in ours:
+    for _pkg, exe, line in ours:
         if exe not in scripts:
             errors.append(f"line {line}: executable {exe!r} is not installed by the package ({sorted(scripts)})")
     for parts, line in facts.share_paths:

@@ -1,0 +1,76 @@
+"""The parameter table: validation of values and params files, descriptors."""
+from __future__ import annotations
+
+import pytest
+
+from liteseg_ros import params
+from liteseg_ros.classes import ClassTable
+
+
+def test_defaults_validate():
+    assert params.validate({}) == params.defaults()
+
+
+@pytest.mark.parametrize("name,value,fragment", [
+    ("overlay_alpha", 1.5, "out of range"),
+    ("overlay_alpha", "x", "expected float"),
+    ("backend", "tpu", "is not one of"),
+    ("device", "gpu0", "does not match"),
+    ("network_width", 8, "out of range"),
+    ("network_widht", 640, "unknown parameter 'network_widht'"),
+    ("mask_groups.drivable", ["road", "lava"], "unknown class name 'lava'"),
+    ("mask_groups.bad-name", ["road"], "plain identifier"),
+    ("mask_groups.empty", [], "names no class"),
+])
+def test_bad_values_name_the_key(name, value, fragment):
+    with pytest.raises(params.ParameterError, match=fragment):
+        params.check_value(name, value)
+
+
+def test_ints_are_accepted_for_floats_and_builtins_pass():
+    assert params.check_value("overlay_alpha", 1) == 1.0
+    assert params.check_value("use_sim_time", True) is True
+    assert params.check_value("qos_overrides./image.subscription.reliability", "reliable") == "reliable"
+
+
+def test_params_file_merging_and_groups_replace_defaults(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("/**:\n  ros__parameters:\n    overlay_alpha: 0.2\n    mask_groups:\n      sky: [sky]\n"
+                 "liteseg:\n  ros__parameters:\n    overlay_alpha: 0.3\nother:\n  ros__parameters:\n"
+                 "    overlay_alpha: 0.9\n")
+    values = params.validate(params.read_params_file(f))
+    assert values["overlay_alpha"] == 0.3
+    assert params.mask_groups_of(values) == {"sky": ["sky"]}
+
+
+def test_every_error_is_reported_at_once(tmp_path):
+    with pytest.raises(params.ParameterError) as e:
+        params.validate({"overlay_alpha": 3.0, "backend": "x", "typo": 1})
+    assert all(k in str(e.value) for k in ("overlay_alpha", "backend", "typo"))
+
+
+def test_malformed_params_files(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("liteseg: [1, 2\n")
+    with pytest.raises(params.ParameterError, match="not valid YAML"):
+        params.read_params_file(f)
+    f.write_text("liteseg:\n  overlay_alpha: 1\n")
+    with pytest.raises(params.ParameterError, match="ros__parameters"):
+        params.read_params_file(f)
+    with pytest.raises(params.ParameterError, match="does not exist"):
+        params.read_params_file(tmp_path / "missing.yaml")
+
+
+def test_groups_validate_against_a_custom_class_table():
+    custom = ClassTable(("floor", "wall"), ((1, 2, 3), (4, 5, 6)))
+    assert params.check_value("mask_groups.free", ["floor"], custom) == ["floor"]
+    with pytest.raises(params.ParameterError, match="road"):
+        params.check_value("mask_groups.free", ["road"], custom)
+
+
+def test_descriptors_carry_ranges_and_read_only():
+    d = params.descriptor(params.PARAMS_BY_NAME["overlay_alpha"])
+    assert d.floating_point_range[0].to_value == 1.0 and not d.read_only
+    d = params.descriptor(params.PARAMS_BY_NAME["network_width"])
+    assert d.integer_range[0].from_value == 32 and d.read_only
+    assert "stretch|letterbox" in params.descriptor(params.PARAMS_BY_NAME["resize_mode"]).description

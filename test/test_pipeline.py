@@ -1,0 +1,172 @@
+"""The per-frame pipeline: normalisation, geometry (stretch/letterbox and back), products, boundary."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from liteseg_ros.classes import IMAGENET_MEAN, IMAGENET_STD, ClassTable
+from liteseg_ros.engines.base import Engine, EngineInfo, EngineOutput
+from liteseg_ros.pipeline import Geometry, Pipeline, PipelineConfig, Wants, free_space_boundary
+
+CLASSES = ClassTable.cityscapes()
+GROUPS = CLASSES.resolve_groups({"drivable": ["road"], "vehicles": ["car", "bus"]})
+
+
+class DominantChannelEngine(Engine):
+    """A transparent engine: label = index of the strongest RGB channel (0 road, 1 sidewalk, 2 building).
+
+    Lets the geometry tests know the exact label every input pixel must get.
+    """
+
+    num_classes = 19
+    info = EngineInfo("test", "cpu", "fp32")
+
+    def infer(self, batch, want_confidence=True, want_logits=False):
+        std = np.asarray(IMAGENET_STD, np.float32)[None, :, None, None]
+        mean = np.asarray(IMAGENET_MEAN, np.float32)[None, :, None, None]
+        rgb = batch * std + mean
+        label = rgb.argmax(axis=1).astype(np.uint8)
+        conf = np.full(label.shape, 200, np.uint8)
+        return EngineOutput(label, conf if want_confidence else None)
+
+
+def blocks(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """A BGR image of three vertical bands (red, green, blue) and its exact expected label."""
+    img = np.zeros((h, w, 3), np.uint8)
+    label = np.zeros((h, w), np.uint8)
+    cuts = [0, w // 3, 2 * w // 3, w]
+    for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+        img[:, a:b, 2 - k] = 230  # BGR: band 0 red, band 1 green, band 2 blue
+        label[:, a:b] = k
+    return img, label
+
+
+def interior(label: np.ndarray, margin: int) -> np.ndarray:
+    """Pixels at least `margin` away from a band edge (resampling blurs the edges themselves)."""
+    w = label.shape[1]
+    cols = np.ones(w, bool)
+    for c in (0, w // 3, 2 * w // 3, w):
+        cols[max(0, c - margin):c + margin] = False
+    return np.broadcast_to(cols, label.shape)
+
+
+@pytest.mark.parametrize("mode", ["stretch", "letterbox"])
+@pytest.mark.parametrize("size", [(480, 640), (719, 1281), (100, 50)])
+def test_label_maps_back_to_the_input_exactly(mode, size):
+    pipe = Pipeline(DominantChannelEngine(), CLASSES, PipelineConfig(network_size=(96, 160), resize_mode=mode,
+                                                                      mask_groups=GROUPS))
+    img, expected = blocks(*size)
+    seg = pipe(img)
+    assert seg.label.shape == size and seg.label.dtype == np.uint8
+    ok = interior(expected, margin=max(2, size[1] // 40))
+    assert np.array_equal(seg.label[ok], expected[ok])
+
+
+def test_letterbox_geometry_is_centred_and_inverts():
+    g = Geometry.fit((480, 640), (360, 360), "letterbox")
+    top, left, h, w = g.content
+    assert (h, w) == (270, 360) and (top, left) == (45, 0)
+    net = np.arange(360 * 360, dtype=np.int64).reshape(360, 360)
+    assert g.crop(net).shape == (270, 360)
+    assert g.output_size("network") == (270, 360)
+    assert g.output_size("input") == (480, 640)
+
+
+def test_letterbox_padding_is_the_mean_colour():
+    pipe = Pipeline(DominantChannelEngine(), CLASSES, PipelineConfig(network_size=(64, 64), resize_mode="letterbox"))
+    img = np.full((16, 64, 3), 255, np.uint8)
+    batch, (g,) = pipe.preprocess([img])
+    t, left, h, w = g.content
+    assert (h, w) == (16, 64)
+    assert np.all(batch[0, :, :t] == 0) and np.all(batch[0, :, t + h:] == 0)
+
+
+def test_normalisation_matches_the_model_contract():
+    """RGB order, /255, ImageNet mean/std, NCHW: what the official network was trained on."""
+    pipe = Pipeline(DominantChannelEngine(), CLASSES, PipelineConfig(network_size=(8, 8)))
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (8, 8, 3), np.uint8)
+    batch, _ = pipe.preprocess([img], "bgr")
+    rgb = img[:, :, ::-1].astype(np.float32) / 255.0
+    want = ((rgb - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+    np.testing.assert_allclose(batch[0], want, atol=1e-5)
+    batch_rgb, _ = pipe.preprocess([np.ascontiguousarray(img[:, :, ::-1])], "rgb")
+    np.testing.assert_allclose(batch_rgb, batch, atol=1e-6)
+
+
+def test_products_are_consistent_with_the_label():
+    pipe = Pipeline(DominantChannelEngine(), CLASSES, PipelineConfig(network_size=(48, 64), mask_groups=GROUPS,
+                                                                      overlay_alpha=0.5))
+    img, _ = blocks(120, 160)
+    seg = pipe(img)
+    assert np.array_equal(seg.color, CLASSES.palette_lut()[seg.label])
+    assert np.array_equal(seg.masks["drivable"] == 255, seg.label == 0)
+    assert not seg.masks["vehicles"].any()
+    palette_bgr = CLASSES.palette_lut(bgr=True)[seg.label]
+    blend = (img.astype(np.float32) * 0.5 + palette_bgr * 0.5)
+    assert np.abs(seg.overlay.astype(np.float32) - blend).max() <= 1.0
+    assert seg.confidence.shape == seg.label.shape and (seg.confidence == 200).all()
+    assert seg.boundary is not None and len(seg.boundary.row) == 160
+    assert set(seg.timings) == {"preprocess", "infer", "postprocess"}
+
+
+def test_wants_skip_unrequested_products_and_network_resolution():
+    pipe = Pipeline(DominantChannelEngine(), CLASSES, PipelineConfig(network_size=(48, 64), mask_groups=GROUPS,
+                                                                      output_resolution="network"))
+    img, _ = blocks(120, 160)
+    seg = pipe(img, wants=Wants.only_label())
+    assert seg.label.shape == (48, 64)
+    assert seg.color is None and seg.overlay is None and seg.confidence is None and not seg.masks
+    assert seg.boundary is None
+
+
+def test_live_update_changes_threshold_and_groups():
+    pipe = Pipeline(DominantChannelEngine(), CLASSES, PipelineConfig(network_size=(48, 64), mask_groups=GROUPS))
+    img, _ = blocks(48, 64)
+    pipe.update(confidence_threshold=0.9)  # engine says 200/255 = 0.78 everywhere
+    assert (pipe(img).label == 255).all()
+    pipe.update(confidence_threshold=0.0, mask_groups=CLASSES.resolve_groups({"built": ["building"]}))
+    seg = pipe(img)
+    assert list(seg.masks) == ["built"] and seg.boundary is None
+    with pytest.raises(ValueError, match="overlay_alpha"):
+        pipe.update(overlay_alpha=2.0)
+
+
+def test_free_space_boundary():
+    m = np.zeros((6, 4), bool)
+    m[3:, 0] = True          # drivable from row 3 down
+    m[:, 1] = True           # all drivable
+    m[1:3, 2] = True         # drivable but not touching the bottom
+    m[5, 3] = True           # only the bottom row
+    b = free_space_boundary(m)
+    assert b.row.tolist() == [3, 0, -1, 5]
+    assert b.drivable_fraction == pytest.approx(m.mean())
+
+
+def test_batch_of_different_sizes():
+    pipe = Pipeline(DominantChannelEngine(), CLASSES, PipelineConfig(network_size=(48, 64), mask_groups=GROUPS))
+    imgs = [blocks(120, 160)[0], blocks(33, 77)[0], blocks(480, 640)[0]]
+    segs = pipe.run(imgs)
+    assert [s.label.shape for s in segs] == [(120, 160), (33, 77), (480, 640)]
+
+
+def test_real_model_through_the_pipeline_equals_model_argmax():
+    """Pipeline + the default engine on a real (random-weight) LiteSeg == argmax of the model's logits."""
+    from liteseg_ros.engines import create_engine
+    from liteseg_ros.model import LiteSeg
+
+    torch.manual_seed(0)
+    model = LiteSeg("mobilenetv2", 19).eval()
+    engine = create_engine(model, backend="pytorch", device="cpu", precision="fp32", input_size=(64, 96),
+                           log=lambda s: None)
+    pipe = Pipeline(engine, CLASSES, PipelineConfig(network_size=(64, 96), mask_groups=GROUPS))
+    img = np.random.default_rng(1).integers(0, 256, (64, 96, 3), np.uint8)
+    seg = pipe(img)
+    x = torch.from_numpy(pipe.preprocess([img])[0])
+    with torch.inference_mode():
+        logits = model(x)
+    want = logits.argmax(1)[0].numpy().astype(np.uint8)
+    assert (seg.label == want).mean() >= 0.999
+    conf = (torch.softmax(logits, 1).amax(1)[0].numpy() * 255)
+    assert np.abs(seg.confidence.astype(np.float32) - conf).max() <= 1.5
