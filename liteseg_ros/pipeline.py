@@ -188,7 +188,6 @@ class Pipeline:
         state = {
             "scale": scale,
             "bias": bias,
-            "palette_rgb": self.classes.palette_lut().reshape(256, 1, 3),
             "palette_bgr": self.classes.palette_lut(bgr=True).reshape(256, 1, 3),
             "group_luts": {g: self.classes.group_lut(ids) for g, ids in cfg.mask_groups.items()},
         }
@@ -246,16 +245,19 @@ class Pipeline:
         if wants.confidence and conf is not None:
             seg.confidence = np.ascontiguousarray(conf)
         if wants.color or wants.overlay:
-            label3 = cv2.merge((label, label, label))
+            # One 3-channel LUT per frame (the expensive one); RGB is a cheap channel swap of it.
+            bgr = cv2.LUT(cv2.cvtColor(label, cv2.COLOR_GRAY2BGR), st["palette_bgr"])
             if wants.color:
-                seg.color = cv2.LUT(label3, st["palette_rgb"])
+                seg.color = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             if wants.overlay and image is not None:
                 ih, iw = geom.input_size
-                lab_in = label3 if label.shape == (ih, iw) else cv2.resize(
-                    label3, (iw, ih), interpolation=cv2.INTER_NEAREST)
-                col = cv2.LUT(lab_in, st["palette_bgr"] if color_order == "bgr" else st["palette_rgb"])
-                over = cv2.addWeighted(image, 1.0 - cfg.overlay_alpha, col, cfg.overlay_alpha, 0.0)
-                seg.overlay = over if color_order == "bgr" else cv2.cvtColor(over, cv2.COLOR_RGB2BGR)
+                if bgr.shape[:2] != (ih, iw):
+                    bgr = cv2.resize(bgr, (iw, ih), interpolation=cv2.INTER_NEAREST)
+                if color_order == "bgr":
+                    seg.overlay = cv2.addWeighted(image, 1.0 - cfg.overlay_alpha, bgr, cfg.overlay_alpha, 0.0)
+                else:
+                    seg.overlay = cv2.addWeighted(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), 1.0 - cfg.overlay_alpha,
+                                                  bgr, cfg.overlay_alpha, 0.0)
         groups = st["group_luts"]
         names = groups.keys() if wants.masks is None else [g for g in groups if g in wants.masks]
         for g in names:
