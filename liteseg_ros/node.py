@@ -18,6 +18,7 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -59,18 +60,18 @@ class StartupError(RuntimeError):
 
 # ------------------------------------------------------------------------------------------ frames
 class FrameSlot:
-    """Hand-over between the subscription callback and the worker.
+    """Hand-over between one camera's subscription callback and the worker.
 
     capacity 1 (default): only the newest frame is kept; an overwritten frame counts as dropped, so
-    latency never grows. capacity > 1 (process_all_frames): a FIFO that blocks nothing and drops only
-    when full (then the oldest), for offline replay where no frame may be lost.
+    latency never grows. capacity > 1 (process_all_frames): a FIFO that drops only when full (then
+    the oldest), for offline replay where no frame may be lost. All cameras' slots share one
+    condition so the worker wakes on any camera's frame.
     """
 
-    def __init__(self, capacity: int = 1) -> None:
+    def __init__(self, capacity: int = 1, cv: threading.Condition | None = None) -> None:
         self._items: collections.deque = collections.deque()
         self._capacity = max(1, capacity)
-        self._cv = threading.Condition()
-        self._closed = False
+        self._cv = cv or threading.Condition()
         self.dropped = 0
 
     def put(self, item: Any) -> None:
@@ -79,19 +80,16 @@ class FrameSlot:
                 self._items.popleft()
                 self.dropped += 1
             self._items.append(item)
-            self._cv.notify()
+            self._cv.notify_all()
 
-    def get(self, timeout: float) -> Any | None:
+    def take(self) -> Any | None:
+        """The oldest pending item (the only one with capacity 1), or None. Caller holds no lock."""
         with self._cv:
-            if not self._items and not self._closed:
-                self._cv.wait(timeout)
             return self._items.popleft() if self._items else None
 
-    def close(self) -> None:
+    def clear(self) -> None:
         with self._cv:
-            self._closed = True
             self._items.clear()
-            self._cv.notify_all()
 
     @property
     def pending(self) -> int:
@@ -118,27 +116,78 @@ def _rate(times: collections.deque) -> float:
     return (len(times) - 1) / (times[-1] - times[0])
 
 
+class Camera:
+    """One input camera: its topics, newest-frame slot, counters and output publishers.
+
+    The single-camera node is one Camera named "" (topics ``image`` and ``~/label``); with
+    ``cameras: [front, left]`` each is named (``front/image`` -> ``~/front/label``).
+    """
+
+    def __init__(self, name: str, slot: FrameSlot) -> None:
+        self.name = name
+        self.slot = slot
+        self.counters = Counters()
+        self.pubs: dict[str, Any] = {}
+        self.mask_pubs: dict[str, Any] = {}
+        self.sub = None
+        self.info_sub = None
+        self.camera_info: CameraInfo | None = None
+        self.input_topic = ""
+
+    def output(self, suffix: str) -> str:
+        return f"~/{self.name}/{suffix}" if self.name else f"~/{suffix}"
+
+    def input(self, suffix: str) -> str:
+        return f"{self.name}/{suffix}" if self.name else suffix
+
+    @property
+    def dropped(self) -> int:
+        return self.slot.dropped + self.counters.dropped_stale
+
+    def on_image(self, raw: bytes) -> None:
+        """Only hands the serialized frame over: no deserialization, no work, never blocks."""
+        self.counters.received += 1
+        self.counters.in_times.append(time.monotonic())
+        self.slot.put(raw)
+
+    def on_camera_info(self, msg: CameraInfo) -> None:
+        self.camera_info = msg
+
+    def recently_active(self, horizon_s: float = 1.0) -> bool:
+        t = self.counters.in_times
+        return bool(t) and time.monotonic() - t[-1] < horizon_s
+
+
+@dataclass
+class Job:
+    """One frame on its way through the worker."""
+
+    camera: Camera
+    msg: Any
+    image: Any
+    wants: Wants
+    stats_wanted: bool
+    age_ms: float
+    t_start: float
+    t_decoded: float
+
+
 # ------------------------------------------------------------------------------------------ node
 class LiteSegNode(LifecycleNode):
-    """rclpy lifecycle node serving one camera with LiteSeg."""
+    """rclpy lifecycle node serving one camera, or several through one engine with batching."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         self.values = self._declare_parameters()
         self.pipeline = None
         self.source = None
-        self._pubs: dict[str, Any] = {}
-        self._mask_pubs: dict[str, Any] = {}
-        self._sub = None
-        self._info_sub = None
-        self._camera_info: CameraInfo | None = None
-        self._slot: FrameSlot | None = None
+        self._pubs: dict[str, Any] = {}  # node-wide: info, label_info, diagnostics
+        self.cameras: list[Camera] = []
+        self._cv = threading.Condition()
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
-        self._counters = Counters()
         self._diag_timer = None
         self._state_name = "unconfigured"
-        self._input_topic = ""
         self._params_lock = threading.Lock()
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -163,8 +212,15 @@ class LiteSegNode(LifecycleNode):
             try:
                 if spec.name in given:
                     params.check_value(spec.name, given[spec.name])
-                self.declare_parameter(spec.name, spec.default, params.descriptor(spec))
-                values[spec.name] = self.get_parameter(spec.name).value
+                default = spec.default
+                if isinstance(default, list) and not default:  # rclpy infers [] as a byte array
+                    default = Parameter.Type.STRING_ARRAY
+                self.declare_parameter(spec.name, default, params.descriptor(spec))
+                try:
+                    value = self.get_parameter(spec.name).value
+                except ParameterUninitializedException:  # a typed parameter nobody set: `cameras`
+                    value = None
+                values[spec.name] = list(value or []) if spec.type_name == "string[]" else value
             except Exception as exc:  # rclpy raises several exception types for bad overrides
                 errors.append(str(exc).splitlines()[0])
         groups = {k: v for k, v in given.items() if k.startswith(params.MASK_GROUPS_PREFIX)}
@@ -220,7 +276,8 @@ class LiteSegNode(LifecycleNode):
         t0 = time.monotonic()
         settings = dict(self.values, mask_groups=self._mask_groups())
         try:
-            self.pipeline, self.source = build_pipeline(settings, log=self.get_logger().info)
+            self.pipeline, self.source = build_pipeline(settings, log=self.get_logger().info,
+                                                        max_batch=max(1, len(self.values["cameras"])))
         except (ModelLoadError, ValueError) as exc:
             self.get_logger().error(f"cannot configure: {exc}")
             return TransitionCallbackReturn.FAILURE
@@ -234,6 +291,8 @@ class LiteSegNode(LifecycleNode):
             f"model {self.source.name} ({self.source.backbone}) on {info.backend}/{info.device}/{info.precision}"
             f" at {self.values['network_width']}x{self.values['network_height']}"
             f" ready in {time.monotonic() - t0:.1f} s; backend choice: {info.reason}")
+        cap = int(self.values["queue_size"]) if self.values["process_all_frames"] else 1
+        self.cameras = [Camera(name, FrameSlot(cap, self._cv)) for name in (self.values["cameras"] or [""])]
         self._create_publishers()
         self._diag_timer = self.create_timer(float(self.values["diagnostics_period"]), self._publish_diagnostics)
         self._state_name = "inactive"
@@ -242,14 +301,12 @@ class LiteSegNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Subscribe and start the worker; the latched ~/info goes out first."""
         self._publish_info()
-        cap = int(self.values["queue_size"]) if self.values["process_all_frames"] else 1
-        self._slot = FrameSlot(cap)
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="liteseg-worker", daemon=True)
         self._worker.start()
         self._subscribe()
         self._state_name = "active"
-        self.get_logger().info(f"active: segmenting {self._input_topic}")
+        self.get_logger().info(f"active: segmenting {', '.join(c.input_topic for c in self.cameras)}")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -275,10 +332,11 @@ class LiteSegNode(LifecycleNode):
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
             self._diag_timer = None
-        for pub in list(self._pubs.values()) + list(self._mask_pubs.values()):
+        for pub in [*self._pubs.values(), *(p for c in self.cameras for p in (*c.pubs.values(),
+                                                                                *c.mask_pubs.values()))]:
             self.destroy_publisher(pub)
         self._pubs.clear()
-        self._mask_pubs.clear()
+        self.cameras = []
         if self.pipeline is not None:
             self.pipeline.engine.close()
         self.pipeline = None
@@ -286,166 +344,196 @@ class LiteSegNode(LifecycleNode):
     # ----------------------------------------------------------------------------- topics
     def _create_publishers(self) -> None:
         """Reliable publishers (REP-2003), each overridable via qos_overrides.<topic>.publisher.*."""
-        qos = QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE,
-                         durability=QoSDurabilityPolicy.VOLATILE, history=QoSHistoryPolicy.KEEP_LAST)
         latched = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
                              durability=QoSDurabilityPolicy.TRANSIENT_LOCAL, history=QoSHistoryPolicy.KEEP_LAST)
-        ov = QoSOverridingOptions.with_default_policies()
-
-        def pub(kind, topic, profile=qos):
-            return self.create_publisher(kind, topic, profile, qos_overriding_options=ov)
-
-        self._pubs = {
-            "label": pub(Image, "~/label"),
-            "label_camera_info": pub(CameraInfo, "~/label/camera_info"),
-            "color": pub(Image, "~/color"),
-            "overlay": pub(Image, "~/overlay"),
-            "confidence": pub(Image, "~/confidence"),
-            "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", 10),
-        }
+        self._pubs = {"diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", 10)}
         if HAVE_CUSTOM_MSGS:
-            self._pubs["boundary"] = pub(DrivableBoundary, "~/drivable_boundary")
-            self._pubs["info"] = pub(SegmentationInfo, "~/info", latched)
-            self._pubs["stats"] = pub(FrameStats, "~/stats")
+            self._pubs["info"] = self._pub(SegmentationInfo, "~/info", latched)
         else:
             self.get_logger().warning(
                 "liteseg_ros messages are not built: ~/info, ~/stats and ~/drivable_boundary are disabled "
                 "(build the package with colcon, or run scripts/setup_venv.sh)")
         if HAVE_VISION_MSGS:
-            self._pubs["label_info"] = pub(LabelInfo, "~/label_info", latched)
+            self._pubs["label_info"] = self._pub(LabelInfo, "~/label_info", latched)
+        for cam in self.cameras:
+            cam.pubs = {
+                "label": self._pub(Image, cam.output("label")),
+                "label_camera_info": self._pub(CameraInfo, cam.output("label/camera_info")),
+                "color": self._pub(Image, cam.output("color")),
+                "overlay": self._pub(Image, cam.output("overlay")),
+                "confidence": self._pub(Image, cam.output("confidence")),
+            }
+            if HAVE_CUSTOM_MSGS:
+                cam.pubs["boundary"] = self._pub(DrivableBoundary, cam.output("drivable_boundary"))
+                cam.pubs["stats"] = self._pub(FrameStats, cam.output("stats"))
         self._make_mask_publishers()
 
+    def _pub(self, kind, topic: str, profile: QoSProfile | None = None):
+        profile = profile or QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE,
+                                        durability=QoSDurabilityPolicy.VOLATILE, history=QoSHistoryPolicy.KEEP_LAST)
+        return self.create_publisher(kind, topic, profile,
+                                     qos_overriding_options=QoSOverridingOptions.with_default_policies())
+
     def _make_mask_publishers(self) -> None:
-        qos = QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE)
-        ov = QoSOverridingOptions.with_default_policies()
-        for g in self.pipeline.config.mask_groups:
-            if g not in self._mask_pubs:
-                self._mask_pubs[g] = self.create_publisher(Image, f"~/masks/{g}", qos, qos_overriding_options=ov)
+        for cam in self.cameras:
+            for g in self.pipeline.config.mask_groups:
+                if g not in cam.mask_pubs:
+                    cam.mask_pubs[g] = self._pub(Image, cam.output(f"masks/{g}"))
 
     def _subscribe(self) -> None:
         """Sensor-data QoS (best effort, depth 1) receives from best-effort cameras and reliable bag players."""
         compressed = self.values["input_transport"] == "compressed"
         kind = CompressedImage if compressed else Image
-        topic = "image/compressed" if compressed else "image"
         if self.values["process_all_frames"]:
             qos = QoSProfile(depth=int(self.values["queue_size"]), reliability=QoSReliabilityPolicy.RELIABLE,
                              history=QoSHistoryPolicy.KEEP_LAST)
         else:
             qos = QoSProfile(depth=1, reliability=qos_profile_sensor_data.reliability,
                              durability=qos_profile_sensor_data.durability, history=QoSHistoryPolicy.KEEP_LAST)
-        ov = QoSOverridingOptions.with_default_policies()
         self._msg_type = kind
-        self._sub = self.create_subscription(kind, topic, self._on_image, qos, raw=True,
-                                             qos_overriding_options=ov)
-        self._input_topic = self._sub.topic_name
-        self._info_sub = self.create_subscription(CameraInfo, "camera_info", self._on_camera_info,
-                                                  qos_profile_sensor_data)
+        for cam in self.cameras:
+            topic = cam.input("image/compressed" if compressed else "image")
+            cam.sub = self.create_subscription(kind, topic, cam.on_image, qos, raw=True,
+                                               qos_overriding_options=QoSOverridingOptions.with_default_policies())
+            cam.input_topic = cam.sub.topic_name
+            cam.info_sub = self.create_subscription(CameraInfo, cam.input("camera_info"), cam.on_camera_info,
+                                                    qos_profile_sensor_data)
 
     def _unsubscribe(self) -> None:
-        for s in (self._sub, self._info_sub):
-            if s is not None:
-                self.destroy_subscription(s)
-        self._sub = self._info_sub = None
-
-    # ----------------------------------------------------------------------------- callbacks
-    def _on_image(self, raw: bytes) -> None:
-        """Only hands the serialized frame over: no deserialization, no work, never blocks."""
-        c = self._counters
-        c.received += 1
-        c.in_times.append(time.monotonic())
-        if self._slot is not None:
-            self._slot.put(raw)
-
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_info = msg
+        for cam in self.cameras:
+            for s in (cam.sub, cam.info_sub):
+                if s is not None:
+                    self.destroy_subscription(s)
+            cam.sub = cam.info_sub = None
 
     # ----------------------------------------------------------------------------- worker
     def _stop_worker(self) -> None:
         self._stop.set()
-        if self._slot is not None:
-            self._slot.close()
+        with self._cv:
+            self._cv.notify_all()
         if self._worker is not None:
             self._worker.join(timeout=10.0)
         self._worker = None
+        for cam in self.cameras:
+            cam.slot.clear()
 
-    def _wants(self) -> Wants:
+    def _wants(self, cam: Camera) -> Wants:
         v = self.values
-        p = self._pubs
+        p = cam.pubs
 
         def live(key: str, toggle: str) -> bool:
             return bool(v[toggle]) and key in p and p[key].get_subscription_count() > 0
 
-        masks = frozenset(g for g, pub in self._mask_pubs.items()
+        masks = frozenset(g for g, pub in cam.mask_pubs.items()
                           if v["publish_masks"] and pub.get_subscription_count() > 0)
         return Wants(label=live("label", "publish_label") or live("label_camera_info", "publish_label"),
                      confidence=live("confidence", "publish_confidence"), color=live("color", "publish_color"),
                      overlay=live("overlay", "publish_overlay"), masks=masks,
                      boundary=live("boundary", "publish_boundary"))
 
+    def _next_batch(self) -> list[tuple[Camera, bytes]]:
+        """The newest pending frame of every camera that has one.
+
+        With several cameras, after the first frame arrives the worker waits up to batch_window_ms
+        for the other recently active cameras, so their frames share one forward; a silent camera
+        (no frame for 1 s) is not waited for. One frame per camera per batch: no camera starves another.
+        """
+        window = float(self.values["batch_window_ms"]) / 1e3
+        with self._cv:
+            if not any(c.slot.pending for c in self.cameras):
+                self._cv.wait(0.2)
+            if not any(c.slot.pending for c in self.cameras):
+                return []
+            if len(self.cameras) > 1 and window > 0:
+                deadline = time.monotonic() + window
+                while not self._stop.is_set():
+                    waiting = [c for c in self.cameras if not c.slot.pending and c.recently_active()]
+                    left = deadline - time.monotonic()
+                    if not waiting or left <= 0:
+                        break
+                    self._cv.wait(left)
+        batch = []
+        for cam in self.cameras:
+            raw = cam.slot.take()
+            if raw is not None:
+                batch.append((cam, raw))
+        return batch
+
     def _work(self) -> None:
-        """Worker thread: one frame at a time; any exception is logged and the next frame served."""
+        """Worker thread: batches of frames; any exception is logged and the next batch served."""
         while not self._stop.is_set():
-            raw = self._slot.get(timeout=0.2) if self._slot is not None else None
-            if raw is None:
+            batch = self._next_batch()
+            if not batch:
                 continue
             try:
-                self._process(raw)
-            except Exception as exc:  # never let one frame kill the worker
-                self._counters.rejected += 1
-                self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}",
+                self._process(batch)
+            except Exception as exc:  # never let one batch kill the worker
+                for cam, _ in batch:
+                    cam.counters.rejected += 1
+                self.get_logger().error(f"batch failed: {type(exc).__name__}: {exc}",
                                         throttle_duration_sec=float(self.values["error_log_period"]))
 
-    def _process(self, raw: bytes) -> None:
-        c = self._counters
+    def _prepare(self, cam: Camera, raw: bytes) -> Job | None:
+        """Deserialize, age-check and decode one frame; None when it is skipped, stale or rejected."""
         t0 = time.perf_counter()
-        wants = self._wants()
-        stats_wanted = "stats" in self._pubs and self._pubs["stats"].get_subscription_count() > 0
+        wants = self._wants(cam)
+        stats_wanted = "stats" in cam.pubs and cam.pubs["stats"].get_subscription_count() > 0
         if not wants.any() and not stats_wanted:
-            c.skipped_no_subscribers += 1
-            return
+            cam.counters.skipped_no_subscribers += 1
+            return None
         try:
             msg = deserialize_message(raw, self._msg_type)
         except Exception as exc:
-            self._reject(f"cannot deserialize a {self._msg_type.__name__}: {exc}")
-            return
+            self._reject(cam, f"cannot deserialize a {self._msg_type.__name__}: {exc}")
+            return None
         now = self.get_clock().now()
         age_ms = (now - Time.from_msg(msg.header.stamp, clock_type=now.clock_type)).nanoseconds / 1e6
         max_age = float(self.values["max_input_age"])
         if max_age > 0.0 and age_ms > max_age * 1e3:
-            c.dropped_stale += 1
-            return
+            cam.counters.dropped_stale += 1
+            return None
         try:
             image = image_codec.decode_any(msg, want="bgr8")
         except image_codec.ImageDecodeError as exc:
-            self._reject(str(exc))
+            self._reject(cam, str(exc))
+            return None
+        return Job(cam, msg, image, wants, stats_wanted, age_ms, t0, time.perf_counter())
+
+    def _process(self, batch: list[tuple[Camera, bytes]]) -> None:
+        jobs = [j for j in (self._prepare(cam, raw) for cam, raw in batch) if j is not None]
+        if not jobs:
             return
         t1 = time.perf_counter()
-        seg = self.pipeline.run([image], color_order="bgr", wants=wants)[0]
-        t2 = time.perf_counter()
-        self._publish(msg.header, seg, wants)
-        t3 = time.perf_counter()
-        c.processed += 1
-        c.done_times.append(time.monotonic())
-        c.latency_ms.append(age_ms + (t3 - t1) * 1e3)
-        if stats_wanted:
-            self._publish_stats(msg.header, seg, (t1 - t0) * 1e3, (t3 - t2) * 1e3, (t3 - t0) * 1e3, age_ms)
+        segs = self.pipeline.run([j.image for j in jobs], color_order="bgr", wants=[j.wants for j in jobs])
+        for job, seg in zip(jobs, segs, strict=True):
+            cam, c = job.camera, job.camera.counters
+            t2 = time.perf_counter()
+            self._publish(cam, job.msg.header, seg, job.wants)
+            t3 = time.perf_counter()
+            c.processed += 1
+            c.done_times.append(time.monotonic())
+            c.latency_ms.append(job.age_ms + (t3 - t1) * 1e3)
+            if job.stats_wanted:
+                decode_ms = (job.t_decoded - job.t_start) * 1e3
+                self._publish_stats(cam, job.msg.header, seg, decode_ms, (t3 - t2) * 1e3,
+                                    decode_ms + sum(seg.timings.values()) + (t3 - t2) * 1e3, job.age_ms)
 
-    def _reject(self, why: str) -> None:
-        self._counters.rejected += 1
-        self.get_logger().error(f"rejected frame on {self._input_topic}: {why}",
+    def _reject(self, cam: Camera, why: str) -> None:
+        cam.counters.rejected += 1
+        self.get_logger().error(f"rejected frame on {cam.input_topic}: {why}",
                                 throttle_duration_sec=float(self.values["error_log_period"]))
 
     # ----------------------------------------------------------------------------- publishing
     def _image_msg(self, arr, encoding: str, header) -> Image:
         return image_codec.fill_image(Image(), arr, encoding, header=header)
 
-    def _publish(self, header, seg: Segmentation, wants: Wants) -> None:
+    def _publish(self, cam: Camera, header, seg: Segmentation, wants: Wants) -> None:
         """Every output carries the input header unchanged (stamp and frame_id)."""
-        p = self._pubs
+        p = cam.pubs
         if wants.label:
             p["label"].publish(self._image_msg(seg.label, "mono8", header))
-            if self._camera_info is not None and p["label_camera_info"].get_subscription_count() > 0:
-                p["label_camera_info"].publish(self._scaled_camera_info(header, seg))
+            if cam.camera_info is not None and p["label_camera_info"].get_subscription_count() > 0:
+                p["label_camera_info"].publish(self._scaled_camera_info(cam.camera_info, header, seg))
         if seg.confidence is not None and wants.confidence:
             p["confidence"].publish(self._image_msg(seg.confidence, "mono8", header))
         if seg.color is not None and wants.color:
@@ -453,7 +541,7 @@ class LiteSegNode(LifecycleNode):
         if seg.overlay is not None and wants.overlay:
             p["overlay"].publish(self._image_msg(seg.overlay, "bgr8", header))
         for g, m in seg.masks.items():
-            pub = self._mask_pubs.get(g)
+            pub = cam.mask_pubs.get(g)
             if pub is not None:
                 pub.publish(self._image_msg(m, "mono8", header))
         if seg.boundary is not None and wants.boundary and "boundary" in p:
@@ -462,15 +550,13 @@ class LiteSegNode(LifecycleNode):
             b.row = seg.boundary.row.tolist()
             p["boundary"].publish(b)
 
-    def _scaled_camera_info(self, header, seg: Segmentation) -> CameraInfo:
+    def _scaled_camera_info(self, src: CameraInfo, header, seg: Segmentation) -> CameraInfo:
         """The input camera_info, rescaled to the label's resolution (unchanged at input resolution)."""
-        src = self._camera_info
         out = CameraInfo(header=header, distortion_model=src.distortion_model, d=list(src.d), r=list(src.r),
                          binning_x=src.binning_x, binning_y=src.binning_y, roi=src.roi)
         sx, sy = seg.geometry.scale_xy(self.values["output_resolution"])
         k, pm = list(src.k), list(src.p)
-        for arr in (k, pm):
-            stride = 3 if arr is k else 4
+        for arr, stride in ((k, 3), (pm, 4)):
             for col in range(stride):
                 arr[col] *= sx
                 arr[stride + col] *= sy
@@ -500,47 +586,47 @@ class LiteSegNode(LifecycleNode):
             li.class_map = [VisionClass(class_id=i, class_name=n) for i, n in enumerate(classes.names)]
             self._pubs["label_info"].publish(li)
 
-    def _publish_stats(self, header, seg: Segmentation, decode_ms: float, publish_ms: float, total_ms: float,
-                       age_ms: float) -> None:
-        c = self._counters
+    def _publish_stats(self, cam: Camera, header, seg: Segmentation, decode_ms: float, publish_ms: float,
+                       total_ms: float, age_ms: float) -> None:
+        c = cam.counters
         t = seg.timings
-        self._pubs["stats"].publish(FrameStats(
-            header=header, camera="", decode_ms=decode_ms, preprocess_ms=t.get("preprocess", 0.0),
+        cam.pubs["stats"].publish(FrameStats(
+            header=header, camera=cam.name, decode_ms=decode_ms, preprocess_ms=t.get("preprocess", 0.0),
             infer_ms=t.get("infer", 0.0), postprocess_ms=t.get("postprocess", 0.0), publish_ms=publish_ms,
             total_ms=total_ms, input_age_ms=age_ms, received=c.received, processed=c.processed,
-            dropped=self.dropped, rejected=c.rejected))
-
-    @property
-    def dropped(self) -> int:
-        slot = self._slot
-        return (slot.dropped if slot is not None else 0) + self._counters.dropped_stale
+            dropped=cam.dropped, rejected=c.rejected))
 
     def _publish_diagnostics(self) -> None:
-        c = self._counters
         info = self.pipeline.engine.info if self.pipeline else None
-        lat = sorted(c.latency_ms)
-        st = DiagnosticStatus(name=f"{self.get_name()}: segmentation", hardware_id=info.device if info else "")
-        in_rate, out_rate = _rate(c.in_times), _rate(c.done_times)
-        if self._state_name != "active":
-            st.level, st.message = DiagnosticStatus.WARN, f"node is {self._state_name}"
-        elif c.received and time.monotonic() - c.in_times[-1] > 5.0:
-            st.level, st.message = DiagnosticStatus.WARN, f"no frames on {self._input_topic} for > 5 s (stale)"
-        elif c.rejected and c.processed == 0:
-            st.level, st.message = DiagnosticStatus.ERROR, "every frame so far was rejected (see log)"
-        else:
-            st.level, st.message = DiagnosticStatus.OK, f"{out_rate:.1f} Hz"
-        kv = {
-            "state": self._state_name, "input_topic": self._input_topic,
-            "backend": info.backend if info else "", "device": info.device if info else "",
-            "precision": info.precision if info else "", "backend_reason": info.reason if info else "",
-            "model": self.source.name if self.source else "", "received": c.received, "processed": c.processed,
-            "dropped": self.dropped, "rejected": c.rejected, "skipped_no_subscribers": c.skipped_no_subscribers,
-            "input_rate_hz": f"{in_rate:.2f}", "output_rate_hz": f"{out_rate:.2f}",
-            "latency_ms_p50": f"{lat[len(lat) // 2]:.1f}" if lat else "",
-            "latency_ms_p95": f"{lat[int(len(lat) * 0.95)]:.1f}" if lat else "",
-        }
-        st.values = [KeyValue(key=k, value=str(v)) for k, v in kv.items()]
-        arr = DiagnosticArray(status=[st])
+        statuses = []
+        for cam in self.cameras:
+            c = cam.counters
+            lat = sorted(c.latency_ms)
+            label = f"{self.get_name()}: segmentation" + (f" {cam.name}" if cam.name else "")
+            st = DiagnosticStatus(name=label, hardware_id=info.device if info else "")
+            in_rate, out_rate = _rate(c.in_times), _rate(c.done_times)
+            if self._state_name != "active":
+                st.level, st.message = DiagnosticStatus.WARN, f"node is {self._state_name}"
+            elif c.received and time.monotonic() - c.in_times[-1] > 5.0:
+                st.level, st.message = DiagnosticStatus.WARN, f"no frames on {cam.input_topic} for > 5 s (stale)"
+            elif c.rejected and c.processed == 0:
+                st.level, st.message = DiagnosticStatus.ERROR, "every frame so far was rejected (see log)"
+            else:
+                st.level, st.message = DiagnosticStatus.OK, f"{out_rate:.1f} Hz"
+            kv = {
+                "state": self._state_name, "camera": cam.name, "input_topic": cam.input_topic,
+                "backend": info.backend if info else "", "device": info.device if info else "",
+                "precision": info.precision if info else "", "backend_reason": info.reason if info else "",
+                "model": self.source.name if self.source else "", "received": c.received,
+                "processed": c.processed, "dropped": cam.dropped, "rejected": c.rejected,
+                "skipped_no_subscribers": c.skipped_no_subscribers,
+                "input_rate_hz": f"{in_rate:.2f}", "output_rate_hz": f"{out_rate:.2f}",
+                "latency_ms_p50": f"{lat[len(lat) // 2]:.1f}" if lat else "",
+                "latency_ms_p95": f"{lat[int(len(lat) * 0.95)]:.1f}" if lat else "",
+            }
+            st.values = [KeyValue(key=k, value=str(v)) for k, v in kv.items()]
+            statuses.append(st)
+        arr = DiagnosticArray(status=statuses)
         arr.header.stamp = self.get_clock().now().to_msg()
         self._pubs["diagnostics"].publish(arr)
 

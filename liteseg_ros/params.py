@@ -95,6 +95,10 @@ PARAMS: tuple[Param, ...] = (
           read_only=True),
     Param("max_input_age", 0.0, "drop frames older than this many seconds at pickup (node clock); 0 = off",
           min=0.0, max=3600.0),
+    Param("cameras", [], "camera names for one process serving several cameras: subscribes <cam>/image and "
+          "publishes ~/<cam>/...; empty = one camera on `image`", read_only=True),
+    Param("batch_window_ms", 5.0, "with several cameras: how long the worker waits for the other cameras' frames "
+          "to batch them into one forward", min=0.0, max=1000.0, read_only=True),
     # --- outputs (live) ---
     Param("output_resolution", "input", "publish label/masks at the input or the network resolution",
           choices=("input", "network")),
@@ -128,6 +132,8 @@ def check_value(name: str, value: Any, classes: ClassTable | None = None) -> Any
             value = [value]
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ParameterError(f"{name}: expected a list of class names, got {value!r}")
+        if not value:
+            raise ParameterError(f"mask_groups.{group} names no class")
         try:
             (classes or ClassTable()).resolve_groups({group: list(value)})
         except ValueError as exc:
@@ -146,6 +152,15 @@ def check_value(name: str, value: Any, classes: ClassTable | None = None) -> Any
         raise ParameterError(f"{name}: expected {want}, got {type(value).__name__} {value!r}")
     if spec.choices and value not in spec.choices:
         raise ParameterError(f"{name}: {value!r} is not one of {', '.join(spec.choices)}")
+    if want == "string[]":
+        value = list(value)
+        if not all(isinstance(v, str) for v in value):
+            raise ParameterError(f"{name}: expected a list of strings, got {value!r}")
+        if spec.name == "cameras":
+            bad = [v for v in value if not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", v)]
+            if bad or len(set(value)) != len(value):
+                raise ParameterError(f"cameras: names must be unique identifiers (they become topic names), "
+                                     f"got {value!r}")
     if spec.pattern and not re.match(spec.pattern, value):
         raise ParameterError(f"{name}: {value!r} does not match {spec.pattern} (e.g. cpu, cuda, cuda:0)")
     if spec.min is not None and value < spec.min or spec.max is not None and value > spec.max:

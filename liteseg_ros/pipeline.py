@@ -270,21 +270,28 @@ class Pipeline:
         return seg
 
     def run(self, images: Sequence[np.ndarray], color_order: str = "bgr",
-            wants: Wants = Wants()) -> list[Segmentation]:
-        """A batch of uint8 frames (any sizes) -> one Segmentation each, with per-stage timings (ms)."""
+            wants: Wants | Sequence[Wants] = Wants()) -> list[Segmentation]:
+        """A batch of uint8 frames (any sizes) -> one Segmentation each, with per-stage timings (ms).
+
+        ``wants`` is one Wants for all frames or one per frame (several cameras, each with its own
+        subscribers, share one forward).
+        """
         if not images:
             return []
+        per_frame = [wants] * len(images) if isinstance(wants, Wants) else list(wants)
+        if len(per_frame) != len(images):
+            raise ValueError(f"{len(images)} images but {len(per_frame)} Wants")
         cfg = self._config  # one consistent config for the whole batch
         t0 = time.perf_counter()
         batch, geoms = self.preprocess(images, color_order, cfg)
         t1 = time.perf_counter()
-        need_conf = wants.confidence or cfg.confidence_threshold > 0.0
+        need_conf = any(w.confidence for w in per_frame) or cfg.confidence_threshold > 0.0
         out = self.engine.infer(batch, want_confidence=need_conf)
         t2 = time.perf_counter()
         results = []
         for i, (img, g) in enumerate(zip(images, geoms, strict=True)):
             conf = out.confidence[i] if out.confidence is not None else None
-            results.append(self.postprocess(out.label[i], conf, g, img, color_order, wants, cfg))
+            results.append(self.postprocess(out.label[i], conf, g, img, color_order, per_frame[i], cfg))
         t3 = time.perf_counter()
         n = len(images)
         for seg in results:

@@ -97,12 +97,13 @@ def resolve_device(device: str, precision: str) -> tuple[str, str]:
 
 
 def build_pipeline(values: Mapping, classes_override: ClassTable | None = None,
-                   log: Callable[[str], None] = print):
+                   log: Callable[[str], None] = print, max_batch: int = 1):
     """Settings (the node's parameter names) -> (Pipeline, ModelSource).
 
     ``values`` needs: weights, allow_random_weights, backbone, backend, device, precision,
     num_threads, engine_cache_dir, network_width, network_height, resize_mode, output_resolution,
     overlay_alpha, confidence_threshold, and ``mask_groups`` as {group: [class names]}.
+    ``max_batch``: the largest batch ``Pipeline.run`` will get (TensorRT profiles; the bag tool batches).
     """
     from liteseg_ros.engines import create_engine
 
@@ -122,5 +123,6 @@ def build_pipeline(values: Mapping, classes_override: ClassTable | None = None,
     engine = create_engine(model, backend=values["backend"], device=device,
                            precision=precision, input_size=size,
                            num_threads=int(values["num_threads"]) or None,
-                           cache_dir=values.get("engine_cache_dir") or None, log=log)
+                           cache_dir=values.get("engine_cache_dir") or None, log=log,
+                           max_batch=max(1, int(max_batch)))
     return Pipeline(engine, classes, cfg), source

@@ -63,4 +63,5 @@ class Engine(ABC):
             self.infer(x)
 
     def close(self) -> None:
-        """Free device memory (lifecycle deactivate/cleanup)."""
+        """Free device memory (lifecycle deactivate/cleanup). Backends without device memory keep this."""
+        return None

@@ -1,0 +1,366 @@
+"""`liteseg demo`: the whole product on a generated drive, with no downloads.
+
+Ring 4. Starts the real ``liteseg_node`` as its own process (demo weights unless ``--weights``), plays
+a camera into it over DDS (a generated drive, or ``--images DIR`` / ``--video FILE`` / ``--bag BAG``),
+subscribes to its outputs as a downstream user would, and writes an overlay video and a contact sheet
+(input | colour | overlay | drivable mask), then prints fps, latency percentiles and drop counts.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from liteseg_ros.cli import _size
+
+
+def add_demo_parser(sub) -> None:
+    from liteseg_ros.cli import SUBCOMMANDS
+
+    p = sub.add_parser("demo", help=SUBCOMMANDS["demo"][0], description=SUBCOMMANDS["demo"][0])
+    p.add_argument("--weights", default="demo", help="checkpoint (default: the bundled synthetic-scene model)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--images", type=Path, help="a folder of images (sorted by name) instead of the generated drive")
+    src.add_argument("--video", type=Path, help="a video file instead of the generated drive")
+    src.add_argument("--bag", type=Path, help="a rosbag: its first image topic (or --topic) is played")
+    p.add_argument("--topic", help="image topic to take from --bag")
+    p.add_argument("--frames", type=int, default=60, help="frames to play (default 60)")
+    p.add_argument("--size", type=_size, default=(360, 640), help="generated camera size HxW (default 360x640)")
+    p.add_argument("--network-size", type=_size, default=None, help="network HxW (default: the weights' training "
+                   "size for the demo weights, else 360x640)")
+    p.add_argument("--rate", type=float, default=10.0, help="camera rate in Hz (default 10)")
+    p.add_argument("--seed", type=int, default=2026, help="generated drive seed (held out from training)")
+    p.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output/)")
+    p.add_argument("--params-file", type=Path, help="extra node parameters (YAML)")
+    p.add_argument("--timeout", type=float, default=180.0, help="give up waiting for the node after this many s")
+    p.set_defaults(func=run_demo)
+
+
+# ------------------------------------------------------------------------------------------ sources
+def generated_drive(n: int, size: tuple[int, int], seed: int) -> Iterator[np.ndarray]:
+    from liteseg_ros.synthetic import SceneConfig, drive
+
+    for sample in drive(seed, n, SceneConfig(height=size[0], width=size[1])):
+        yield sample.image
+
+
+def folder_images(folder: Path, n: int) -> Iterator[np.ndarray]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+    if not files:
+        raise SystemExit(f"error: no .png/.jpg images in {folder}")
+    for p in files[:n]:
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            print(f"warning: cannot read {p}, skipped", file=sys.stderr)
+            continue
+        yield img
+
+
+def video_frames(path: Path, n: int) -> Iterator[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise SystemExit(f"error: cannot open video {path}")
+    try:
+        for _ in range(n):
+            ok, img = cap.read()
+            if not ok:
+                break
+            yield img
+    finally:
+        cap.release()
+
+
+def bag_frames(path: Path, topic: str | None, n: int) -> Iterator[np.ndarray]:
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+
+    from liteseg_ros.image_codec import decode_any
+
+    with AnyReader([path], default_typestore=get_typestore(Stores.ROS2_JAZZY)) as reader:
+        images = [c for c in reader.connections if c.msgtype in ("sensor_msgs/msg/Image",
+                                                                  "sensor_msgs/msg/CompressedImage")]
+        if topic:
+            images = [c for c in images if c.topic == topic]
+        if not images:
+            raise SystemExit(f"error: no image topic{' ' + topic if topic else ''} in {path}; topics: "
+                             f"{sorted({c.topic for c in reader.connections})}")
+        count = 0
+        for conn, _, raw in reader.messages(connections=images[:1]):
+            yield decode_any(reader.deserialize(raw, conn.msgtype))
+            count += 1
+            if count >= n:
+                return
+
+
+# ------------------------------------------------------------------------------------------ results
+@dataclass
+class Collected:
+    """Outputs of the node keyed by input stamp (ns), filled by subscription callbacks."""
+
+    sent_at: dict[int, float] = field(default_factory=dict)
+    inputs: dict[int, np.ndarray] = field(default_factory=dict)
+    outputs: dict[str, dict[int, object]] = field(default_factory=dict)
+    latency_ms: dict[int, float] = field(default_factory=dict)
+    last_stats: object | None = None
+    info: object | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _stamp(header) -> int:
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+def contact_sheet(rows: list[list[np.ndarray]], labels: list[str], width: int = 320) -> np.ndarray:
+    """Rows of BGR/grey panels, each scaled to `width`, with a caption bar on top."""
+    out_rows = []
+    for row in rows:
+        panels = []
+        for img in row:
+            if img.ndim == 2:
+                img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+            h = round(img.shape[0] * width / img.shape[1])
+            panels.append(cv2.resize(img, (width, h), interpolation=cv2.INTER_AREA))
+        out_rows.append(np.hstack(panels))
+    bar = np.full((28, out_rows[0].shape[1], 3), 32, np.uint8)
+    for i, text in enumerate(labels):
+        cv2.putText(bar, text, (i * width + 8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.vstack([bar, *out_rows])
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+# ------------------------------------------------------------------------------------------ run
+def run_demo(args: argparse.Namespace) -> int:
+    import yaml
+
+    from liteseg_ros import image_codec
+
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    xml = Path(__file__).resolve().parent.parent / "config" / "fastdds_large_shm.xml"
+    if not xml.is_file():
+        xml = _share_file("config/fastdds_large_shm.xml")
+    if xml is not None and xml.is_file():
+        os.environ.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(xml))
+        os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(xml))
+    if "ROS_DOMAIN_ID" not in os.environ:  # keep the demo off a robot's default domain 0
+        os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    net = args.network_size
+    if net is None:
+        net = _demo_train_size(args.weights) or (360, 640)
+    node_params = {"weights": args.weights, "network_height": net[0], "network_width": net[1]}
+    if args.params_file:
+        from liteseg_ros import params as P
+
+        node_params.update(P.read_params_file(args.params_file))
+    params_path = args.out / "demo_params.yaml"
+    params_path.write_text(yaml.safe_dump({"/**": {"ros__parameters": _nest(node_params)}}))
+    exe = Path(sys.executable).parent / "liteseg_node"
+    cmd = [str(exe) if exe.exists() else "liteseg_node", "--ros-args", "--params-file", str(params_path),
+           "-r", "image:=/demo/camera/image_raw", "-r", "__node:=liteseg"]
+    log_path = args.out / "node.log"
+    print(f"[demo] starting the node: {shlex.join(cmd)}  (log: {log_path})", flush=True)
+    log = open(log_path, "w")  # noqa: SIM115 - closed in finally
+    node_proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    if args.images:
+        source = folder_images(args.images, args.frames)
+    elif args.video:
+        source = video_frames(args.video, args.frames)
+    elif args.bag:
+        source = bag_frames(args.bag, args.topic, args.frames)
+    else:
+        source = generated_drive(args.frames, args.size, args.seed)
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    rclpy.init(args=["liteseg_demo"])
+    ros_node = rclpy.create_node("liteseg_demo")
+    col = Collected()
+    reliable = QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE)
+    topics = {"color": "/liteseg/color", "overlay": "/liteseg/overlay", "drivable": "/liteseg/masks/drivable",
+              "label": "/liteseg/label"}
+
+    def keep(kind):
+        def cb(msg):
+            s = _stamp(msg.header)
+            with col.lock:
+                col.outputs.setdefault(kind, {})[s] = msg
+                if kind == "overlay" and s in col.sent_at:
+                    col.latency_ms[s] = (time.monotonic() - col.sent_at[s]) * 1e3
+        return cb
+
+    for kind, topic in topics.items():
+        ros_node.create_subscription(Image, topic, keep(kind), reliable)
+    try:
+        from liteseg_ros.msg import FrameStats, SegmentationInfo
+
+        ros_node.create_subscription(FrameStats, "/liteseg/stats", lambda m: setattr(col, "last_stats", m), reliable)
+        ros_node.create_subscription(SegmentationInfo, "/liteseg/info", lambda m: setattr(col, "info", m),
+                                     QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
+                                                durability=QoSDurabilityPolicy.TRANSIENT_LOCAL))
+    except ImportError:
+        pass
+    camera = ros_node.create_publisher(Image, "/demo/camera/image_raw",
+                                       QoSProfile(depth=1, reliability=QoSReliabilityPolicy.BEST_EFFORT))
+    executor = SingleThreadedExecutor()
+    executor.add_node(ros_node)
+    spin = threading.Thread(target=executor.spin, daemon=True)
+    spin.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    code = 0
+    try:
+        t0 = time.monotonic()
+        print("[demo] waiting for the node (loads the model, builds the engine)...", flush=True)
+        while camera.get_subscription_count() == 0 or col.info is None:
+            if node_proc.poll() is not None:
+                print(f"[demo] the node exited with code {node_proc.returncode}:\n{log_path.read_text()[-3000:]}",
+                      file=sys.stderr)
+                return 2
+            if time.monotonic() - t0 > args.timeout or stop.is_set():
+                print("[demo] gave up waiting for the node", file=sys.stderr)
+                return 2
+            time.sleep(0.05)
+        time.sleep(0.5)
+        print(f"[demo] node ready in {time.monotonic() - t0:.1f} s: {col.info.model_name} ({col.info.backbone}) on "
+              f"{col.info.backend}/{col.info.device}/{col.info.precision}; playing {args.frames} frames at "
+              f"{args.rate:g} Hz", flush=True)
+        period = 1.0 / args.rate
+        start = time.monotonic()
+        sent = 0
+        for i, img in enumerate(source):
+            if stop.is_set():
+                break
+            wait = start + i * period - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            msg = Image()
+            image_codec.fill_image(msg, np.ascontiguousarray(img), "bgr8")
+            msg.header.frame_id = "demo_camera"
+            msg.header.stamp = ros_node.get_clock().now().to_msg()
+            s = _stamp(msg.header)
+            with col.lock:
+                col.sent_at[s] = time.monotonic()
+                col.inputs[s] = img
+            camera.publish(msg)
+            sent += 1
+        play_s = time.monotonic() - start
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and not stop.is_set():
+            stats = col.last_stats
+            if stats is not None and stats.processed + stats.dropped + stats.rejected >= stats.received >= sent:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        code = _report(args, col, sent, play_s)
+    finally:
+        executor.shutdown()
+        ros_node.destroy_node()
+        rclpy.try_shutdown()
+        if node_proc.poll() is None:
+            node_proc.send_signal(signal.SIGINT)
+            try:
+                node_proc.wait(15)
+            except subprocess.TimeoutExpired:
+                node_proc.kill()
+        log.close()
+    return code
+
+
+def _report(args, col: Collected, sent: int, play_s: float) -> int:
+    from liteseg_ros import image_codec
+
+    with col.lock:
+        overlay = dict(col.outputs.get("overlay", {}))
+        done = sorted(s for s in overlay if all(s in col.outputs.get(k, {}) for k in ("color", "drivable")))
+    if not done:
+        print("[demo] no segmented frame came back; see the node log", file=sys.stderr)
+        return 1
+    video_path = args.out / "overlay.mp4"
+    first = image_codec.decode_image(overlay[done[0]])
+    h, w = first.shape[:2]
+    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), max(1.0, args.rate), (w, h))
+    for s in done:
+        writer.write(image_codec.decode_image(overlay[s]))
+    writer.release()
+    picks = [done[round(k * (len(done) - 1) / 3)] for k in range(4)] if len(done) >= 4 else done
+    rows = []
+    for s in picks:
+        rows.append([col.inputs[s], image_codec.decode_image(col.outputs["color"][s]),
+                     image_codec.decode_image(overlay[s]),
+                     image_codec.decode_image(col.outputs["drivable"][s])[:, :, 0]])
+    sheet_path = args.out / "contact_sheet.png"
+    cv2.imwrite(str(sheet_path), contact_sheet(rows, ["input", "colour (label)", "overlay", "drivable mask"]))
+    lat = list(col.latency_ms.values())
+    stats = col.last_stats
+    span = (max(done) - min(done)) / 1e9 if len(done) > 1 else 0.0
+    rows_out = [
+        ("frames sent", f"{sent} at {sent / play_s if play_s else 0:.1f} Hz"),
+        ("frames segmented (all outputs received)", f"{len(done)}"),
+        ("output rate", f"{(len(done) - 1) / span if span else 0:.1f} fps"),
+        ("latency camera->overlay p50 / p95 / p99", f"{_percentile(lat, 50):.1f} / {_percentile(lat, 95):.1f} / "
+                                                    f"{_percentile(lat, 99):.1f} ms"),
+    ]
+    if stats is not None:
+        rows_out += [("node: received / processed / dropped / rejected",
+                      f"{stats.received} / {stats.processed} / {stats.dropped} / {stats.rejected}"),
+                     ("node: last frame infer / total", f"{stats.infer_ms:.1f} / {stats.total_ms:.1f} ms")]
+    rows_out += [("overlay video", str(video_path)), ("contact sheet", str(sheet_path))]
+    width = max(len(k) for k, _ in rows_out)
+    print()
+    for k, v in rows_out:
+        print(f"  {k:<{width}}  {v}")
+    return 0
+
+
+def _nest(flat: dict) -> dict:
+    """{'mask_groups.x': v} -> {'mask_groups': {'x': v}} for writing a params file."""
+    out: dict = {}
+    for k, v in flat.items():
+        cur = out
+        *parents, leaf = k.split(".")
+        for p in parents:
+            cur = cur.setdefault(p, {})
+        cur[leaf] = v
+    return out
+
+
+def _share_file(rel: str) -> Path | None:
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("liteseg_ros")) / rel
+    except Exception:
+        return None
+
+
+def _demo_train_size(weights: str) -> tuple[int, int] | None:
+    """The training size stored in the demo checkpoint: the demo network runs where it was trained."""
+    if weights != "demo":
+        return None
+    try:
+        from liteseg_ros.model import load_checkpoint
+        from liteseg_ros.runtime import demo_weights_path
+
+        size = getattr(load_checkpoint(demo_weights_path()).meta, "train_size", None)
+        return tuple(size) if size else None
+    except Exception:
+        return None

@@ -1,0 +1,152 @@
+"""The ``liteseg train`` and ``liteseg eval`` subcommands (thin: parse, call, print).
+
+Ring 4 (faces): never imports rclpy, message packages or ``liteseg_ros.node`` / ``liteseg_ros.bag`` /
+``liteseg_ros.image_codec``; torch is imported only when a command runs, so ``--help`` stays fast.
+
+Overrides use one style: ``--set key=value`` (repeatable, several pairs per flag allowed); the value
+is parsed as YAML, so ``--set lr=0.02 crop_size=[64,128] val_size=null resume=runs/x/checkpoints/last.pt``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from liteseg_ros.train.config import ConfigError, config_keys_help, load_config
+
+TRAIN_EPILOG = """\
+examples:
+  liteseg train --config config/train_synthetic.yaml
+  liteseg train --config config/train_cityscapes.yaml --set data_dir=/data/cityscapes batch_size=16
+  liteseg train --config config/train_cityscapes.yaml --set resume=runs/cityscapes/checkpoints/last.pt
+  torchrun --nproc_per_node 4 -m liteseg_ros.train --config config/train_cityscapes.yaml --set sync_bn=true
+
+config keys (defaults):
+"""
+
+EVAL_EPILOG = """\
+examples:
+  liteseg eval --weights runs/synthetic/checkpoints/best.pt --data /data/cityscapes --size 360x640
+  liteseg eval --weights best.pt --data /data/cityscapes --full-res --out eval_out
+  liteseg eval --predictions preds/ --pred-format labelid --data /data/cityscapes
+"""
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r}: expected HxW, e.g. 360x640") from None
+    if h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError(f"size {text!r}: height and width must be > 0")
+    return h, w
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``train`` on ``subparsers``; its func returns an exit code."""
+    p = subparsers.add_parser(
+        "train", help="train LiteSeg (Cityscapes, an image/label folder or synthetic scenes)",
+        description="Train LiteSeg. Runs on one device, or under torchrun as DistributedDataParallel.",
+        epilog=TRAIN_EPILOG + config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", "-c", help="YAML file of config keys (see below)")
+    p.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config keys; values are YAML (repeatable)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=run_train)
+    return p
+
+
+def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``eval`` on ``subparsers``; its func returns an exit code."""
+    p = subparsers.add_parser(
+        "eval", help="evaluate weights (or prediction PNGs) on a labelled dataset: IoU table, mIoU, fps",
+        description="Per-class IoU, category IoU, mIoU and pixel accuracy on a Cityscapes or folder dataset.",
+        epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", "-w", help="checkpoint written by liteseg train (or a converted official one)")
+    p.add_argument("--data", "-d", required=True, help="dataset root (Cityscapes layout or images/ + labels/)")
+    p.add_argument("--split", default="val", help="split to evaluate (default: val; 'none' for a folder "
+                   "without splits)")
+    p.add_argument("--dataset", default="auto", choices=("auto", "cityscapes", "folder"),
+                   help="dataset layout (default: detect)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--size", type=_size, help="network input size HxW (labels stay full resolution)")
+    g.add_argument("--full-res", action="store_true", help="run the network at full resolution (default)")
+    p.add_argument("--predictions", help="score this folder of prediction PNGs instead of running a model")
+    p.add_argument("--pred-format", default="trainid", choices=("trainid", "labelid"),
+                   help="ids in the prediction PNGs (default: trainid)")
+    p.add_argument("--out", help="write eval.json, eval.txt and confusion.png here")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--amp", action="store_true", help="fp16 autocast on CUDA")
+    p.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers (default: 2)")
+    p.set_defaults(func=run_eval)
+    return p
+
+
+def run_train(args: argparse.Namespace) -> int:
+    overrides = [item for group in args.overrides for item in group]
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"liteseg train: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    from liteseg_ros.train.datasets import DatasetError
+    from liteseg_ros.train.trainer import train
+
+    try:
+        result = train(cfg)
+    except (DatasetError, ConfigError, FileNotFoundError) as exc:
+        print(f"liteseg train: {exc}", file=sys.stderr)
+        return 2
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        best = "n/a" if result.best_miou != result.best_miou else f"{100 * result.best_miou:.2f}%"
+        print(f"done: {result.steps} steps in {result.seconds:.1f} s ({result.it_per_s:.2f} it/s), "
+              f"best val mIoU {best}")
+        print(f"checkpoints: last {result.last_checkpoint}, best {result.best_checkpoint}")
+        print(f"run folder: {result.out_dir}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from liteseg_ros.train.datasets import DatasetError
+    from liteseg_ros.train.evaluate import evaluate, score_predictions
+
+    split = None if str(args.split).lower() in ("none", "null", "") else args.split
+    try:
+        if args.predictions:
+            report = score_predictions(args.predictions, args.data, split, args.pred_format, args.dataset,
+                                       out_dir=args.out)
+        else:
+            if not args.weights:
+                print("liteseg eval: give --weights (or --predictions)", file=sys.stderr)
+                return 2
+            report = evaluate(args.weights, args.data, None if args.full_res else args.size, split,
+                              args.dataset, args.device, args.amp, args.num_workers, args.out,
+                              args.max_images)
+    except (DatasetError, FileNotFoundError, ValueError) as exc:
+        print(f"liteseg eval: {exc}", file=sys.stderr)
+        return 2
+    print(report.format())
+    for what, path in report.files.items():
+        print(f"wrote {what}: {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m liteseg_ros.train``: ``train`` is the default subcommand; ``eval`` selects evaluation."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m liteseg_ros.train")
+    sub = parser.add_subparsers(dest="command")
+    add_train_parser(sub)
+    add_eval_parser(sub)
+    if not argv or argv[0] not in ("train", "eval", "-h", "--help"):
+        argv = ["train", *argv]
+    args = parser.parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,298 @@
+"""Evaluation: run a LiteSeg model (or score prediction PNGs) on a labelled dataset and report IoUs.
+
+Ring 4 (faces): imports torch, numpy, OpenCV, matplotlib (optional) and ``liteseg_ros.model`` /
+``liteseg_ros.classes`` / ``liteseg_ros.train``; never rclpy, message packages or ``liteseg_ros.node`` /
+``liteseg_ros.bag`` / ``liteseg_ros.image_codec``.
+
+Protocol: the image is resized to ``size`` (or kept at full resolution), the logits are resized
+bilinearly back to the label's full resolution, argmax gives the prediction, and the confusion matrix
+is accumulated over all labelled pixels (``liteseg_ros.train.metrics``). ``fps`` times the forward pass
+only (synchronised on CUDA), at batch 1.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from liteseg_ros.classes import (
+    CITYSCAPES_CATEGORIES,
+    CITYSCAPES_CLASSES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    label_id_to_train_id_lut,
+)
+from liteseg_ros.train.datasets import DatasetError, EvalTransform, SegDataset, open_dataset, read_label
+from liteseg_ros.train.metrics import ConfusionMatrix, SegMetrics
+
+PRED_FORMATS = ("trainid", "labelid")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, image: torch.Tensor, out_size: tuple[int, int], amp: bool = False) -> torch.Tensor:
+    """Class map (N, H_out, W_out) for a normalised batch: logits resized bilinearly, then argmax."""
+    with torch.autocast(device_type=image.device.type, dtype=torch.float16, enabled=amp):
+        logits = model(image)
+    if tuple(logits.shape[-2:]) != tuple(out_size):
+        logits = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
+    return logits.argmax(1)
+
+
+@torch.no_grad()
+def validate(model: nn.Module, dataset: Dataset, num_classes: int, device: torch.device,
+             class_names: Sequence[str] | None = None, categories: Mapping[str, Sequence[int]] | None = None,
+             amp: bool = False, num_workers: int = 0, timing: dict[str, float] | None = None) -> SegMetrics:
+    """Metrics of ``model`` on ``dataset`` (items: normalised image, full-size label), all-reduced over DDP.
+
+    ``timing``, if given, receives ``forward_s`` (summed forward time) and ``images``.
+    """
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(num_classes, device=device)
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=num_workers)
+    fwd, n = 0.0, 0
+    for image, label in loader:
+        image = image.to(device, non_blocking=True)
+        label = label.to(device, non_blocking=True)
+        _sync(device)
+        t0 = time.perf_counter()
+        pred = predict(model, image, tuple(label.shape[-2:]), amp)
+        _sync(device)
+        fwd += time.perf_counter() - t0
+        n += 1
+        cm.update(pred, label)
+    cm.all_reduce()
+    if timing is not None:
+        timing["forward_s"] = fwd
+        timing["images"] = n
+    if was_training:
+        model.train()
+    return cm.compute(class_names, categories)
+
+
+@dataclass
+class EvalReport:
+    """What ``liteseg eval`` prints and writes: metrics plus where and how they were measured."""
+
+    metrics: SegMetrics
+    images: int
+    size: tuple[int, int] | None          #: network input size; None = full resolution
+    fps: float                            #: forward passes per second (nan when scoring PNGs)
+    source: str                           #: weights path or prediction folder
+    data_dir: str
+    split: str | None
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.metrics.to_dict()
+        d.update({"images": self.images, "size": list(self.size) if self.size else "full",
+                  "fps": None if np.isnan(self.fps) else self.fps, "source": self.source,
+                  "data_dir": self.data_dir, "split": self.split})
+        return d
+
+    def format(self) -> str:
+        size = f"{self.size[0]}x{self.size[1]}" if self.size else "full resolution"
+        head = f"{self.source} on {self.data_dir} [{self.split or '-'}]: {self.images} images at {size}"
+        if not np.isnan(self.fps):
+            head += f", {self.fps:.1f} fps (forward only, batch 1)"
+        return head + "\n\n" + self.metrics.table()
+
+
+def save_confusion_png(metrics: SegMetrics, path: str | Path) -> Path | None:
+    """Row-normalised confusion matrix (recall per ground-truth class) as a PNG; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    mat = metrics.confusion[:, : len(metrics.class_names)].astype(np.float64)
+    rows = mat.sum(1, keepdims=True)
+    norm = np.divide(mat, rows, out=np.zeros_like(mat), where=rows > 0)
+    c = len(metrics.class_names)
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * c + 2), max(4, 0.45 * c + 1.5)), dpi=100)
+    im = ax.imshow(norm, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(c), metrics.class_names, rotation=90, fontsize=7)
+    ax.set_yticks(range(c), metrics.class_names, fontsize=7)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    ax.set_title(f"confusion (row-normalised), mIoU {100 * metrics.miou:.1f}%")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _categories_for(names: Sequence[str]) -> dict[str, tuple[int, ...]] | None:
+    return dict(CITYSCAPES_CATEGORIES) if tuple(names) == CITYSCAPES_CLASSES else None
+
+
+def _write_outputs(report: EvalReport, out_dir: str | Path | None) -> None:
+    if out_dir is None:
+        return
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(report.to_dict(), indent=2))
+    (out / "eval.txt").write_text(report.format() + "\n")
+    report.files["json"] = str(out / "eval.json")
+    report.files["txt"] = str(out / "eval.txt")
+    png = save_confusion_png(report.metrics, out / "confusion.png")
+    if png is not None:
+        report.files["confusion_png"] = str(png)
+
+
+def evaluate(model_or_weights: nn.Module | str | Path, data_dir: str | Path | None,
+             size: tuple[int, int] | None = None, split: str | None = "val", dataset: str = "auto",
+             device: str | torch.device = "auto", amp: bool = False, num_workers: int = 0,
+             out_dir: str | Path | None = None, max_images: int | None = None,
+             dataset_obj: SegDataset | None = None) -> EvalReport:
+    """Evaluate a model (an ``nn.Module`` or a checkpoint path) on one split of a labelled dataset.
+
+    ``size``: network input (H, W), or None for full resolution. ``dataset``: cityscapes | folder |
+    synthetic | auto. ``dataset_obj`` replaces ``data_dir``/``split``/``dataset`` with a ready dataset
+    (its transform is replaced). Writes eval.json / eval.txt / confusion.png into ``out_dir`` if given.
+    """
+    from liteseg_ros.train.trainer import resolve_device
+
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if isinstance(model_or_weights, nn.Module):
+        model, source = model_or_weights, type(model_or_weights).__name__
+    else:
+        from liteseg_ros.model import load_checkpoint
+
+        source = str(model_or_weights)
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"weights not found: {source}")
+        model = load_checkpoint(source, map_location="cpu")
+    meta = getattr(model, "meta", None)
+    if meta is not None:
+        mean, std = tuple(getattr(meta, "mean", mean)), tuple(getattr(meta, "std", std))
+    transform = EvalTransform(size, mean, std)
+    if dataset_obj is None:
+        ds = open_dataset(dataset, data_dir, split, transform)
+    else:
+        ds = dataset_obj
+        ds.transform = transform
+    num_classes = len(ds.classes)
+    out_ch = _num_outputs(model)
+    if out_ch is not None and out_ch != num_classes:
+        raise ValueError(f"model predicts {out_ch} classes but the dataset has {num_classes} "
+                         f"({', '.join(ds.classes.names[:5])}...)")
+    if max_images is not None:
+        ds_eval: Dataset = torch.utils.data.Subset(ds, range(min(max_images, len(ds))))
+    else:
+        ds_eval = ds
+    model.to(dev)
+    timing: dict[str, float] = {}
+    metrics = validate(model, ds_eval, num_classes, dev, ds.classes.names, _categories_for(ds.classes.names),
+                       amp=amp and dev.type == "cuda", num_workers=num_workers, timing=timing)
+    n = int(timing.get("images", 0))
+    fps = n / timing["forward_s"] if n and timing.get("forward_s", 0) > 0 else float("nan")
+    report = EvalReport(metrics, n, tuple(size) if size else None, fps, source,
+                        str(data_dir) if data_dir is not None else "-", split)
+    _write_outputs(report, out_dir)
+    return report
+
+
+def _num_outputs(model: nn.Module) -> int | None:
+    n = getattr(model, "num_classes", None)
+    return int(n) if isinstance(n, int) else None
+
+
+def _index_predictions(pred_dir: Path) -> dict[str, Path]:
+    files = {}
+    for p in sorted(pred_dir.rglob("*.png")):
+        files.setdefault(p.stem, p)
+    return files
+
+
+def _find_prediction(files: dict[str, Path], name: str) -> Path | None:
+    if name in files:
+        return files[name]
+    for key in (f"{name}_leftImg8bit", f"{name}_pred", f"{name}_prediction"):
+        if key in files:
+            return files[key]
+    matches = [p for s, p in files.items() if s.startswith(name + "_")]
+    return matches[0] if len(matches) == 1 else None
+
+
+def score_predictions(pred_dir: str | Path, data_dir: str | Path, split: str | None = "val",
+                      pred_format: str = "trainid", dataset: str = "auto",
+                      out_dir: str | Path | None = None) -> EvalReport:
+    """Score a folder of prediction PNGs (one per dataset image) against the dataset's labels.
+
+    A prediction is found by its stem: ``<name>.png``, ``<name>_leftImg8bit.png`` or one unique
+    ``<name>_*.png`` anywhere below ``pred_dir`` (Cityscapes names are ``city_seq_frame``).
+    ``pred_format``: ``trainid`` (class ids) or ``labelid`` (Cityscapes labelIds, mapped by the
+    official table; void ids count as wrong predictions).
+    """
+    if pred_format not in PRED_FORMATS:
+        raise ValueError(f"pred_format={pred_format!r}: must be one of {', '.join(PRED_FORMATS)}")
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise DatasetError(f"prediction folder not found: {pred_dir}")
+    ds = open_dataset(dataset, data_dir, split)
+    files = _index_predictions(pred_dir)
+    lut = label_id_to_train_id_lut()
+    num_classes = len(ds.classes)
+    cm = ConfusionMatrix(num_classes)
+    for i in range(len(ds)):
+        name = ds.name(i)
+        path = _find_prediction(files, name)
+        if path is None:
+            raise DatasetError(f"no prediction for {name} in {pred_dir} (expected {name}.png)")
+        pred = read_label(path)
+        _, label = ds.load(i)
+        if pred.shape != label.shape:
+            raise DatasetError(f"prediction {path} is {pred.shape[1]}x{pred.shape[0]} but the label of {name} is "
+                               f"{label.shape[1]}x{label.shape[0]}")
+        if pred_format == "labelid":
+            pred = lut[pred]
+        cm.update(pred, label)
+    metrics = cm.compute(ds.classes.names, _categories_for(ds.classes.names))
+    report = EvalReport(metrics, len(ds), None, float("nan"), str(pred_dir), str(data_dir), split)
+    _write_outputs(report, out_dir)
+    return report
+
+
+def write_predictions(model: nn.Module, dataset: SegDataset, out_dir: str | Path, size: tuple[int, int] | None = None,
+                      device: str = "auto", label_ids: bool = False) -> list[Path]:
+    """Write one trainId (or Cityscapes labelId) PNG per dataset image, named ``<name>.png``."""
+    from liteseg_ros.classes import train_id_to_label_id_lut
+    from liteseg_ros.train.trainer import resolve_device
+
+    dev = resolve_device(device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset.transform = EvalTransform(size)
+    model.to(dev).eval()
+    lut = train_id_to_label_id_lut()
+    written = []
+    for i in range(len(dataset)):
+        image, label = dataset[i]
+        pred = predict(model, image[None].to(dev), tuple(label.shape[-2:]))[0].cpu().numpy().astype(np.uint8)
+        if label_ids:
+            pred = lut[pred]
+        path = out / f"{dataset.name(i)}.png"
+        cv2.imwrite(str(path), pred)
+        written.append(path)
+    return written

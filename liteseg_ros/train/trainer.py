@@ -1,0 +1,505 @@
+"""The LiteSeg training loop: one process or DistributedDataParallel under ``torchrun``, same command.
+
+Ring 4 (faces): imports torch, numpy, tqdm, matplotlib (optional) and ``liteseg_ros.model`` /
+``liteseg_ros.classes`` / ``liteseg_ros.train``; never rclpy, message packages or ``liteseg_ros.node`` /
+``liteseg_ros.bag`` / ``liteseg_ros.image_codec``.
+
+* **Distributed**: when ``WORLD_SIZE`` > 1 (set by ``torchrun`` / ``python -m torch.distributed.run``)
+  the process group is initialised from RANK / WORLD_SIZE / LOCAL_RANK (nccl on CUDA, gloo on CPU),
+  the model is wrapped in DistributedDataParallel (optionally with SyncBatchNorm), and each rank reads
+  its shard through a DistributedSampler. ``batch_size`` is per process.
+* **Schedule**: the LR is a pure function of the optimizer step (poly / cyclic / constant, optional
+  warm-up) driven by LambdaLR, so a resumed run continues the exact same curve.
+* **Determinism**: the model is initialised from ``seed``; the shuffle order depends on (seed, epoch);
+  each sample's augmentation on (seed, epoch, index). A resumed CPU run replays the uninterrupted one.
+* **Outputs** in ``out_dir``: ``config.yaml``, ``metrics.csv`` (epoch, step, loss, lr, miou, ...),
+  ``checkpoints/{last,best,epoch_NNN}.pt`` (``liteseg_ros.model.save_checkpoint`` with class table,
+  normalisation and train size; ``extra`` holds optimizer / scheduler / scaler / step / RNG state for
+  ``resume``), ``summary.json`` and ``loss.png`` / ``miou.png`` / ``lr.png`` when matplotlib is present.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from liteseg_ros.classes import CITYSCAPES_CLASSES, IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD
+from liteseg_ros.train.config import TrainConfig
+from liteseg_ros.train.datasets import EvalTransform, SegDataset, TrainTransform, open_dataset
+from liteseg_ros.train.evaluate import validate
+
+#: last.pt is also written at the end of an epoch when this many seconds passed since the previous one.
+LAST_EVERY_S = 300.0
+CSV_FIELDS = ("epoch", "step", "loss", "lr", "miou", "pixel_acc", "category_miou", "it_per_s", "time_s")
+
+
+# ----------------------------------------------------------------------------------------------
+# distributed helpers
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> cuda:LOCAL_RANK if CUDA is available, else cpu; 'cuda' -> cuda:LOCAL_RANK."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} requested but CUDA is not available")
+    return dev
+
+
+def setup_distributed(device: str) -> DistInfo:
+    """Read torchrun's env vars; initialise the default process group when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+    return DistInfo(rank, world, local_rank, dev)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states as plain types (loadable with ``torch.load(weights_only=True)``)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, np.uint32), int(pos), int(has_gauss), float(gauss)))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------
+# schedule
+# ----------------------------------------------------------------------------------------------
+def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """Multiplier of ``cfg.lr`` for optimizer step ``step`` (0-based) of ``total_steps``."""
+    floor = cfg.min_lr / cfg.lr
+    if cfg.lr_schedule == "poly":
+        f = max(0.0, 1.0 - step / max(1, total_steps)) ** cfg.poly_power
+        f = floor + (1.0 - floor) * f
+    elif cfg.lr_schedule == "cyclic":
+        pos = step % (2 * cfg.cyclic_steps)
+        tri = pos / cfg.cyclic_steps if pos < cfg.cyclic_steps else 2.0 - pos / cfg.cyclic_steps
+        f = floor + (1.0 - floor) * tri
+    else:
+        f = 1.0
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        f *= (step + 1) / cfg.warmup_steps
+    return f
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov) or AdamW; no weight decay on BN / bias parameters."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                               nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross entropy over labelled pixels (ignore 255); 0 (with a graph) when none is labelled."""
+    if not bool((target != IGNORE_LABEL).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_LABEL, label_smoothing=label_smoothing)
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------
+def build_datasets(cfg: TrainConfig) -> tuple[SegDataset, SegDataset | None]:
+    """The training and (optional) validation datasets of ``cfg``."""
+    train_tf = TrainTransform(cfg.crop_size, cfg.scale_range, cfg.crop_mode, cfg.hflip, cfg.rotate_deg)
+    val_tf = EvalTransform(cfg.val_size)
+    if cfg.dataset == "synthetic":
+        weather = cfg.synthetic_weather
+        train = open_dataset("synthetic", None, None, train_tf, cfg.seed, num_samples=cfg.synthetic_train,
+                             first_seed=0, size=cfg.synthetic_size, weather=weather)
+        val = None
+        if cfg.val_split and cfg.val_every and cfg.synthetic_val > 0:
+            val = open_dataset("synthetic", None, None, val_tf, cfg.seed, num_samples=cfg.synthetic_val,
+                               first_seed=cfg.synthetic_train, size=cfg.synthetic_size, weather=weather)
+        return train, val
+    train = open_dataset(cfg.dataset, cfg.data_dir, cfg.train_split, train_tf, cfg.seed, coarse=cfg.coarse)
+    val = None
+    if cfg.val_split and cfg.val_every:
+        val = open_dataset(cfg.dataset, cfg.data_dir, cfg.val_split, val_tf, cfg.seed)
+    return train, val
+
+
+def _worker_init(_: int) -> None:
+    try:
+        import cv2
+
+        cv2.setNumThreads(0)
+    except ImportError:  # pragma: no cover
+        pass
+    torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+# ----------------------------------------------------------------------------------------------
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _meta(cfg: TrainConfig, classes: Any, miou: float | None) -> Any:
+    from liteseg_ros.model import CheckpointMeta
+
+    notes = cfg.notes or f"trained with liteseg_ros.train on {cfg.dataset}"
+    if miou is not None and not math.isnan(miou):
+        notes += f"; val mIoU {100 * miou:.2f}%"
+    return CheckpointMeta(backbone=cfg.backbone, num_classes=len(classes), classes=classes,
+                          mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD),
+                          train_size=tuple(cfg.crop_size), model_name=cfg.model_name, notes=notes)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    best_miou: float
+    steps: int
+    seconds: float
+    it_per_s: float
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+# ----------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run the training described by ``cfg``; returns paths and numbers (rank 0's view)."""
+    cfg.validate()
+    info = setup_distributed(cfg.device)
+    try:
+        return _train(cfg, info)
+    finally:
+        if info.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, info: DistInfo) -> TrainResult:
+    from liteseg_ros.model import LiteSeg, load_checkpoint, load_encoder_weights, read_extra, save_checkpoint
+
+    t_start = time.perf_counter()
+    device = info.device
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
+    seed_everything(cfg.seed, cfg.deterministic)
+    out_dir = Path(cfg.out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    if info.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    train_ds, val_ds = build_datasets(cfg)
+    for ds in (train_ds, val_ds):
+        if hasattr(ds, "materialize"):  # synthetic scenes: render once, augment every epoch
+            ds.materialize(progress=info.is_main and cfg.progress)
+    classes = train_ds.classes
+    if val_ds is not None and tuple(val_ds.classes.names) != tuple(classes.names):
+        raise ValueError("training and validation datasets have different class lists")
+
+    # ---- model (same init on every rank: seeded above, and DDP broadcasts rank 0's weights)
+    model = LiteSeg(backbone=cfg.backbone, num_classes=len(classes))
+    if cfg.encoder_weights:
+        load_encoder_weights(model, cfg.encoder_weights)
+    if cfg.init_weights:
+        src = load_checkpoint(cfg.init_weights, map_location="cpu")
+        src_sd = src.state_dict()
+        own = model.state_dict()
+        bad = [k for k in src_sd if k in own and src_sd[k].shape != own[k].shape]
+        model.load_state_dict({k: v for k, v in src_sd.items() if k not in bad}, strict=False)
+        if info.is_main and bad:
+            print(f"init_weights: skipped {len(bad)} tensors of another shape (e.g. {bad[0]})")
+    model.to(device)
+    if info.distributed and cfg.sync_bn:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif info.is_main:
+            print("sync_bn: SyncBatchNorm needs CUDA; keeping per-process BatchNorm on CPU")
+    if info.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # ---- data
+    sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=True)
+    loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                        drop_last=True, pin_memory=device.type == "cuda",
+                        worker_init_fn=_worker_init if cfg.num_workers > 0 else None)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_ds)} training samples over {info.world_size} process(es) do not fill "
+                         f"one batch of {cfg.batch_size}: lower batch_size")
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    # ---- optimisation
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    step, best_miou, history = 0, float("nan"), []
+    if cfg.resume:
+        extra = read_extra(cfg.resume, map_location="cpu")
+        if "optimizer" not in extra:
+            raise ValueError(f"resume: {cfg.resume} holds no training state (optimizer/step); "
+                             "use init_weights to start from its weights instead")
+        resumed = load_checkpoint(cfg.resume, map_location="cpu")
+        _unwrap(model).load_state_dict(resumed.state_dict())
+        optimizer.load_state_dict(extra["optimizer"])
+        scheduler.load_state_dict(extra["scheduler"])
+        scaler.load_state_dict(extra["scaler"])
+        step = int(extra["step"])
+        best_miou = float(extra.get("best_miou", float("nan")))
+        history = list(extra.get("history", []))
+        if "rng" in extra:
+            set_rng_state(extra["rng"])
+        if extra.get("total_steps") not in (None, total_steps) and info.is_main:
+            print(f"resume: total steps changed {extra['total_steps']} -> {total_steps}; "
+                  "the LR schedule follows the new total")
+        if info.is_main:
+            print(f"resumed from {cfg.resume} at step {step}")
+
+    csv_path = out_dir / "metrics.csv"
+    if info.is_main:
+        keep = [r for r in history if int(r["step"]) <= step]
+        with csv_path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            w.writeheader()
+            w.writerows(keep)
+        history = keep
+
+    def log_row(row: dict[str, Any]) -> None:
+        if not info.is_main:
+            return
+        full = {k: row.get(k, "") for k in CSV_FIELDS}
+        history.append(full)
+        with csv_path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(full)
+
+    def save(name: str, epoch: int, miou: float | None) -> Path:
+        path = ckpt_dir / name
+        extra = {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "total_steps": total_steps,
+            "best_miou": best_miou, "rng": rng_state(), "config": cfg.to_dict(), "history": history,
+        }
+        save_checkpoint(_unwrap(model), path, _meta(cfg, classes, miou), extra=extra)
+        return path
+
+    bar = None
+    if info.is_main and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_steps, initial=step, unit="it", dynamic_ncols=True, desc="train")
+
+    last_path: Path | None = None
+    best_path: Path | None = (ckpt_dir / "best.pt") if (ckpt_dir / "best.pt").exists() and cfg.resume else None
+    run_steps, run_time = 0, 0.0
+    t_last = time.perf_counter()
+    start_epoch = step // steps_per_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        if step >= total_steps:
+            break
+        model.train()
+        train_ds.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        skip = step - epoch * steps_per_epoch  # batches already done in this epoch (resume mid-epoch)
+        win_loss, win_n, t_win = 0.0, 0, time.perf_counter()
+        for i, (images, targets) in enumerate(loader):
+            if i < skip:
+                continue
+            if step >= total_steps:
+                break
+            t0 = time.perf_counter()
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                logits = model(images)
+            loss = segmentation_loss(logits, targets, cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            lr_used = optimizer.param_groups[0]["lr"]
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            loss_v = float(loss.detach())
+            if not math.isfinite(loss_v):
+                raise FloatingPointError(f"loss is {loss_v} at step {step}: lower lr or enable grad_clip")
+            win_loss += loss_v
+            win_n += 1
+            run_steps += 1
+            run_time += time.perf_counter() - t0
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{loss_v:.4f}", lr=f"{lr_used:.2e}")
+            if step % cfg.log_every == 0 or step == total_steps:
+                dt = time.perf_counter() - t_win
+                log_row({"epoch": epoch, "step": step, "loss": f"{win_loss / win_n:.6f}", "lr": f"{lr_used:.8g}",
+                         "it_per_s": f"{win_n / dt:.3f}", "time_s": f"{time.perf_counter() - t_start:.1f}"})
+                win_loss, win_n, t_win = 0.0, 0, time.perf_counter()
+
+        epoch_done = step >= (epoch + 1) * steps_per_epoch
+        finished = step >= total_steps
+        miou = None
+        if val_ds is not None and cfg.val_every and ((epoch + 1) % cfg.val_every == 0 or finished):
+            shard = Subset(val_ds, list(range(info.rank, len(val_ds), info.world_size)))
+            metrics = validate(_unwrap(model), shard, len(classes), device, classes.names,
+                               categories=_categories(classes.names), amp=use_amp,
+                               num_workers=min(cfg.num_workers, 2))
+            miou = metrics.miou
+            log_row({"epoch": epoch, "step": step, "miou": f"{miou:.6f}", "pixel_acc": f"{metrics.pixel_acc:.6f}",
+                     "category_miou": "" if math.isnan(metrics.category_miou) else f"{metrics.category_miou:.6f}",
+                     "time_s": f"{time.perf_counter() - t_start:.1f}"})
+            if info.is_main:
+                msg = f"epoch {epoch}: val mIoU {100 * miou:.2f}%  pixel acc {100 * metrics.pixel_acc:.2f}%"
+                (bar.write if bar is not None else print)(msg)
+            if not math.isnan(miou) and (math.isnan(best_miou) or miou > best_miou):
+                best_miou = miou
+                if info.is_main:
+                    best_path = save("best.pt", epoch + 1 if epoch_done else epoch, miou)
+        if info.is_main:
+            next_epoch = epoch + 1 if epoch_done else epoch
+            numbered = bool(cfg.checkpoint_every and epoch_done and (epoch + 1) % cfg.checkpoint_every == 0)
+            if numbered:
+                save(f"epoch_{epoch + 1:03d}.pt", next_epoch, miou)
+            # last.pt: at numbered checkpoints, at the end, and at least every LAST_EVERY_S seconds
+            if numbered or finished or epoch + 1 >= cfg.epochs or time.perf_counter() - t_last >= LAST_EVERY_S:
+                last_path = save("last.pt", next_epoch, miou)
+                t_last = time.perf_counter()
+        if info.distributed:
+            dist.barrier()
+        if finished:
+            break
+
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t_start
+    it_s = run_steps / run_time if run_time > 0 else float("nan")
+    if info.is_main:
+        summary = {"steps": step, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+                   "world_size": info.world_size, "best_miou": None if math.isnan(best_miou) else best_miou,
+                   "seconds": seconds, "train_it_per_s": it_s, "images_per_s": it_s * cfg.batch_size * info.world_size,
+                   "last_checkpoint": str(last_path) if last_path else None,
+                   "best_checkpoint": str(best_path) if best_path else None}
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if cfg.plots:
+            write_plots(history, out_dir)
+    return TrainResult(out_dir, last_path, best_path, best_miou, step, seconds, it_s)
+
+
+def _categories(names: tuple[str, ...]) -> dict[str, tuple[int, ...]] | None:
+    from liteseg_ros.classes import CITYSCAPES_CATEGORIES
+
+    return dict(CITYSCAPES_CATEGORIES) if tuple(names) == CITYSCAPES_CLASSES else None
+
+
+def write_plots(history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """loss.png, lr.png (per logged step) and miou.png (per validation) from the CSV rows; [] without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots written")
+        return []
+
+    def series(key: str) -> tuple[list[int], list[float]]:
+        xs, ys = [], []
+        for r in history:
+            if r.get(key) not in ("", None):
+                xs.append(int(r["step"]))
+                ys.append(float(r[key]))
+        return xs, ys
+
+    written = []
+    for key, title, fname, logy in (("loss", "training loss", "loss.png", True),
+                                    ("lr", "learning rate", "lr.png", False),
+                                    ("miou", "validation mIoU", "miou.png", False)):
+        xs, ys = series(key)
+        if not xs:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None)
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        if logy and min(ys) > 0:
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        path = out_dir / fname
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written

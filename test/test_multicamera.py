@@ -1,0 +1,113 @@
+"""Several cameras, one node process, one engine, batched forwards (real DDS, real node process)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from rclpy.qos import QoSProfile, QoSReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from liteseg_ros import image_codec
+from liteseg_ros.msg import FrameStats
+
+pytestmark = pytest.mark.ros
+
+BEST_EFFORT = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.BEST_EFFORT)
+CAMS = {"front": (120, 160), "left": (90, 200), "right": (64, 64)}
+
+
+def msg_for(h: int, w: int, sec: int, frame_id: str, encoding: str = "bgr8") -> Image:
+    m = Image()
+    img = np.random.default_rng(sec).integers(0, 255, (h, w, 3), np.uint8)
+    image_codec.fill_image(m, img, encoding)
+    m.header.stamp.sec = sec
+    m.header.frame_id = frame_id
+    return m
+
+
+@pytest.fixture
+def three_cameras(start_node, ros, tiny_checkpoint):
+    node = start_node({"weights": str(tiny_checkpoint), "network_width": 96, "network_height": 64,
+                       "cameras": list(CAMS), "batch_window_ms": 20.0,
+                       "mask_groups": {"drivable": ["road"]}})
+    got = {c: {"label": ros.collect(Image, f"/liteseg/{c}/label"),
+               "masks": ros.collect(Image, f"/liteseg/{c}/masks/drivable"),
+               "stats": ros.collect(FrameStats, f"/liteseg/{c}/stats")} for c in CAMS}
+    pubs = {c: ros.node.create_publisher(Image, f"/{c}/image", BEST_EFFORT) for c in CAMS}
+    for c, p in pubs.items():
+        ros.wait_for(lambda p=p: p.get_subscription_count() > 0 or not node.alive(), 90, f"{c} subscription")
+        assert node.alive(), node.output()
+    time.sleep(0.5)
+    return node, got, pubs
+
+
+def stamps(msgs) -> set[int]:
+    return {m.header.stamp.sec for m in msgs}
+
+
+def test_each_camera_gets_its_own_outputs(three_cameras, ros):
+    node, got, pubs = three_cameras
+    for k in range(3):
+        for i, (c, (h, w)) in enumerate(CAMS.items()):
+            pubs[c].publish(msg_for(h, w, 1000 + 10 * k + i, f"{c}_optical"))
+        time.sleep(0.6)
+    for i, (c, (h, w)) in enumerate(CAMS.items()):
+        want = {1000 + 10 * k + i for k in range(3)}
+        ros.wait_for(lambda c=c, want=want: want <= stamps(got[c]["label"]) and want <= stamps(got[c]["stats"]),
+                     60, f"{c} outputs")
+        for m in got[c]["label"] + got[c]["masks"]:
+            assert (m.height, m.width) == (h, w) and m.header.frame_id == f"{c}_optical"
+            assert m.header.stamp.sec % 10 == i
+        assert {s.camera for s in got[c]["stats"]} == {c}
+
+
+def test_bad_frames_and_a_silent_camera_do_not_affect_the_others(three_cameras, ros):
+    node, got, pubs = three_cameras
+    for k in range(4):
+        pubs["front"].publish(msg_for(*CAMS["front"], 2000 + k, "front"))
+        bad = Image(height=90, width=200, encoding="bgr8", step=600, data=bytes(10))  # truncated
+        bad.header.stamp.sec = 2100 + k
+        pubs["left"].publish(bad)
+        if k < 1:  # right goes silent after its first frame
+            pubs["right"].publish(msg_for(*CAMS["right"], 2200 + k, "right"))
+        time.sleep(0.5)
+    ros.wait_for(lambda: {2000, 2001, 2002, 2003} <= stamps(got["front"]["label"]), 60, "front served")
+    ros.wait_for(lambda: 2200 in stamps(got["right"]["label"]), 30, "right's one frame")
+    assert not stamps(got["left"]["label"]) & {2100, 2101, 2102, 2103}
+    assert got["front"]["stats"][-1].rejected == 0
+    assert node.alive()
+    pubs["left"].publish(msg_for(*CAMS["left"], 2150, "left"))
+    ros.wait_for(lambda: 2150 in stamps(got["left"]["label"]), 30, "left recovers")
+    ros.wait_for(lambda: got["left"]["stats"] and got["left"]["stats"][-1].header.stamp.sec == 2150, 10, "stats")
+    assert got["left"]["stats"][-1].rejected == 4
+
+
+def test_burst_on_one_camera_counts_its_drops_only(three_cameras, ros):
+    node, got, pubs = three_cameras
+    stop = threading.Event()
+
+    def slow_camera():
+        k = 0
+        while not stop.is_set():
+            pubs["right"].publish(msg_for(*CAMS["right"], 3500 + k, "right"))
+            k += 1
+            time.sleep(0.4)
+
+    t = threading.Thread(target=slow_camera, daemon=True)
+    t.start()
+    try:
+        for k in range(40):  # a burst far faster than the node can segment
+            pubs["front"].publish(msg_for(*CAMS["front"], 3000 + k, "front"))
+            time.sleep(0.005)
+        ros.wait_for(lambda: 3039 in stamps(got["front"]["label"]), 60, "newest front frame")
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        t.join()
+    front = got["front"]["stats"][-1]
+    right = got["right"]["stats"][-1]
+    assert front.dropped > 0 and front.processed + front.dropped == front.received
+    assert right.dropped == 0 and right.processed == right.received >= 2  # the slow camera is never starved
+

@@ -1,0 +1,450 @@
+"""Tests of liteseg_ros.train: datasets, metrics, config, the training loop (CPU, DDP), resume and eval.
+
+Everything runs on tiny generated Cityscapes-layout datasets (64x128 PNGs written with OpenCV) in tmp_path.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from liteseg_ros.classes import (
+    CITYSCAPES_CATEGORIES,
+    CITYSCAPES_CLASSES,
+    IGNORE_LABEL,
+    label_id_to_train_id_lut,
+)
+from liteseg_ros.train.cli import add_eval_parser, add_train_parser
+from liteseg_ros.train.config import ConfigError, TrainConfig, load_config
+from liteseg_ros.train.datasets import (
+    CityscapesDataset,
+    DatasetError,
+    EvalTransform,
+    FolderDataset,
+    TrainTransform,
+    load_class_table,
+)
+from liteseg_ros.train.metrics import ConfusionMatrix, metrics_from_confusion
+
+REPO = Path(__file__).resolve().parents[1]
+H, W = 64, 128
+# labelId -> a distinct mean colour (RGB); 1 = ego vehicle (void), 9 = parking (void, trainId 255)
+COLOURS = {23: (70, 130, 200), 11: (90, 90, 90), 7: (128, 64, 128), 26: (10, 10, 160), 21: (60, 160, 40),
+           1: (20, 20, 20), 9: (250, 170, 160)}
+
+
+def draw_label_ids(seed: int, h: int = H, w: int = W) -> np.ndarray:
+    """A street-like labelId map: sky, building, vegetation, road, a car, a parking patch, the ego vehicle."""
+    rng = np.random.default_rng(seed)
+    lab = np.full((h, w), 11, np.uint8)                       # building
+    lab[: int(h * rng.uniform(0.2, 0.35))] = 23               # sky
+    veg_x = int(w * rng.uniform(0.55, 0.8))
+    lab[int(h * 0.2): int(h * 0.55), veg_x:] = 21             # vegetation
+    lab[int(h * 0.55):] = 7                                   # road
+    cx, cy = int(w * rng.uniform(0.15, 0.55)), int(h * rng.uniform(0.5, 0.6))
+    lab[cy: cy + h // 4, cx: cx + w // 4] = 26                # car
+    lab[int(h * 0.6): int(h * 0.75), : w // 10] = 9           # parking (void)
+    lab[h - h // 10:] = 1                                     # ego vehicle (void)
+    return lab
+
+
+def render(label_ids: np.ndarray, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 1000)
+    rgb = np.zeros(label_ids.shape + (3,), np.float32)
+    for lid, col in COLOURS.items():
+        rgb[label_ids == lid] = col
+    rgb += rng.normal(0, 6, rgb.shape)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def make_cityscapes(root: Path, splits: dict[str, int], h: int = H, w: int = W) -> Path:
+    """Write leftImg8bit/ + gtFine/ for ``splits`` ({split: count}); returns root."""
+    seed = 0
+    for split, n in splits.items():
+        for i in range(n):
+            city = "aachen" if i % 2 == 0 else "bremen"
+            stem = f"{city}_{i:06d}_000019"
+            img_dir = root / "leftImg8bit" / split / city
+            gt_dir = root / "gtFine" / split / city
+            img_dir.mkdir(parents=True, exist_ok=True)
+            gt_dir.mkdir(parents=True, exist_ok=True)
+            lab = draw_label_ids(seed, h, w)
+            cv2.imwrite(str(img_dir / f"{stem}_leftImg8bit.png"), cv2.cvtColor(render(lab, seed), cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(gt_dir / f"{stem}_gtFine_labelIds.png"), lab)
+            seed += 1
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def tiny_cfg(root: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(dataset="cityscapes", data_dir=str(root), crop_size=[H, W], scale_range=[1.0, 1.0], hflip=False,
+                batch_size=2, epochs=1, lr=0.05, num_workers=0, device="cpu", out_dir=str(out), progress=False,
+                plots=False, val_every=0, checkpoint_every=1, log_every=1, seed=3, amp=False)
+    base.update(kw)
+    return load_config(None, base)
+
+
+# ----------------------------------------------------------------------------------------------- datasets
+def test_cityscapes_label_conversion(tmp_path):
+    root = make_cityscapes(tmp_path / "cs", {"train": 2})
+    ds = CityscapesDataset(root, "train")
+    assert len(ds) == 2 and ds.name(0) == "aachen_000000_000019"
+    rgb, lab = ds.load(0)
+    raw = draw_label_ids(0)
+    assert rgb.shape == (H, W, 3) and rgb.dtype == np.uint8
+    # RGB order: the sky colour's blue channel is the largest
+    assert rgb[0, 0, 2] > rgb[0, 0, 0]
+    lut = label_id_to_train_id_lut()
+    np.testing.assert_array_equal(lab, lut[raw])
+    assert (lab[raw == 7] == 0).all() and (lab[raw == 26] == 13).all() and (lab[raw == 23] == 10).all()
+    assert (lab[raw == 1] == IGNORE_LABEL).all() and (lab[raw == 9] == IGNORE_LABEL).all()
+    image, target = ds[0]
+    assert image.shape == (3, H, W) and image.dtype == torch.float32 and target.dtype == torch.int64
+    assert abs(float(image.mean())) < 3  # normalised
+
+
+def test_dataset_errors_name_the_path(tmp_path):
+    root = make_cityscapes(tmp_path / "cs", {"train": 3})
+    with pytest.raises(DatasetError, match=r"split 'val' not found: .*leftImg8bit/val"):
+        CityscapesDataset(root, "val")
+    gt = root / "gtFine" / "train"
+    # image without a label
+    missing = gt / "bremen" / "bremen_000001_000019_gtFine_labelIds.png"
+    missing.rename(tmp_path / "moved.png")
+    with pytest.raises(DatasetError, match=r"bremen_000001_000019_leftImg8bit.png has no label.*gtFine_labelIds"):
+        CityscapesDataset(root, "train")
+    (tmp_path / "moved.png").rename(missing)
+    # label of another size
+    bad = gt / "aachen" / "aachen_000000_000019_gtFine_labelIds.png"
+    cv2.imwrite(str(bad), np.zeros((H // 2, W), np.uint8))
+    ds = CityscapesDataset(root, "train")
+    with pytest.raises(DatasetError, match=r"aachen_000000_000019_gtFine_labelIds.png is 128x32 but image"):
+        ds.load(0)
+    # labelIds outside the official table (0..33)
+    lab = draw_label_ids(0)
+    lab[0, 0] = 200
+    cv2.imwrite(str(bad), lab)
+    with pytest.raises(DatasetError, match=r"aachen_000000_000019_gtFine_labelIds.png holds values \[200\]"):
+        ds.load(0)
+    # a colour PNG instead of ids
+    cv2.imwrite(str(bad), np.zeros((H, W, 3), np.uint8))
+    with pytest.raises(DatasetError, match=r"has 3 channels"):
+        ds.load(0)
+
+
+def make_folder(root: Path, names: list[str], n: int = 2, split: str | None = None) -> Path:
+    base = root / split if split else root
+    (base / "images").mkdir(parents=True)
+    (base / "labels").mkdir(parents=True)
+    for i in range(n):
+        lab = np.zeros((32, 48), np.uint8)
+        lab[16:] = 1
+        lab[:4] = IGNORE_LABEL
+        cv2.imwrite(str(base / "images" / f"img{i}.jpg"), np.full((32, 48, 3), 100, np.uint8))
+        cv2.imwrite(str(base / "labels" / f"img{i}.png"), lab)
+    (root / "classes.yaml").write_text("names: [" + ", ".join(names) + "]\n")
+    return root
+
+
+def test_folder_dataset_and_errors(tmp_path):
+    root = make_folder(tmp_path / "f", ["road", "grass"], split="train")
+    ds = FolderDataset(root, "train")
+    assert ds.classes.names == ("road", "grass") and len(ds) == 2
+    _, lab = ds.load(1)
+    assert set(np.unique(lab)) == {0, 1, 255}
+    with pytest.raises(DatasetError, match=r"split 'val' not found: looked for .*val/images"):
+        FolderDataset(root, "val")
+    # value outside the class list
+    (root / "classes.yaml").write_text("- road\n")
+    with pytest.raises(DatasetError, match=r"img0.png holds values \[1\] outside the 1 classes"):
+        FolderDataset(root, "train").load(0)
+    # coloured class list
+    (root / "classes.yaml").write_text("- {name: road, color: [1, 2, 3]}\n- grass\n")
+    table = load_class_table(root / "classes.yaml")
+    assert table.names == ("road", "grass") and table.colors[0] == (1, 2, 3)
+    (root / "train" / "labels" / "img1.png").unlink()
+    with pytest.raises(DatasetError, match=r"img1.jpg has no label: expected .*labels/img1.png"):
+        FolderDataset(root, "train")
+
+
+def test_train_transform_pad_and_determinism():
+    rgb = np.full((40, 60, 3), 200, np.uint8)
+    lab = np.ones((40, 60), np.uint8)
+    tf = TrainTransform((64, 96), scale_range=(0.5, 0.5), hflip=True, rotate_deg=0.0)
+    img, t = tf(rgb, lab, np.random.default_rng(0))
+    assert img.shape == (3, 64, 96) and t.shape == (64, 96)
+    assert int((t == 1).sum()) == 20 * 30 and int((t == IGNORE_LABEL).sum()) == 64 * 96 - 600
+    # padded pixels are the mean colour, i.e. 0 after normalisation
+    assert torch.allclose(img[:, t == IGNORE_LABEL], torch.zeros(1), atol=0.02)
+    tf2 = TrainTransform((32, 32), scale_range=(0.6, 1.4), hflip=True, rotate_deg=5)
+    lab2 = np.random.default_rng(1).integers(0, 19, (40, 60)).astype(np.uint8)
+    a = tf2(rgb, lab2, np.random.default_rng([1, 2, 3]))
+    b = tf2(rgb, lab2, np.random.default_rng([1, 2, 3]))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    # resize mode (official): never any padding
+    tf3 = TrainTransform((64, 96), scale_range=(0.5, 0.5), crop_mode="resize")
+    assert int((tf3(rgb, lab, np.random.default_rng(0))[1] == IGNORE_LABEL).sum()) == 0
+    img, t = EvalTransform((20, 30))(rgb, lab)
+    assert img.shape == (3, 20, 30) and t.shape == (40, 60)
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+def test_metrics_against_hand_computation():
+    gt = np.array([[0, 0, 1, 1], [2, 2, 255, 0]])
+    pr = np.array([[0, 1, 1, 1], [2, 0, 0, 7]])  # 7 = a prediction outside the classes
+    cm = ConfusionMatrix(4)
+    cm.update(torch.from_numpy(pr), torch.from_numpy(gt))
+    m = cm.compute(("a", "b", "c", "d"), {"ab": (0, 1), "cd": (2, 3)})
+    # class 0: TP 1 (0,0); FN: (0,1)->1, (1,3)->invalid = 2; FP: (1,1) gt 2 -> 0 = 1  => 1/4
+    # class 1: TP 2; FN 0; FP 1 (gt 0 -> 1) => 2/3 ; class 2: TP 1, FN 1, FP 0 => 1/2 ; class 3: NaN
+    np.testing.assert_allclose(m.iou[:3], [1 / 4, 2 / 3, 1 / 2])
+    assert np.isnan(m.iou[3])
+    assert m.miou == pytest.approx((1 / 4 + 2 / 3 + 1 / 2) / 3)
+    assert m.pixel_acc == pytest.approx(4 / 7)
+    # categories: ab = {0,1}: gt ab pixels 5, pred ab among them 4 (the invalid one is wrong), FP 1 -> 4/6
+    assert m.category_iou[0] == pytest.approx(4 / 6)
+    assert m.category_iou[1] == pytest.approx(1 / 2)  # cd: TP 1, FN 1
+    # numpy input, accumulation and the (C, C) form give the same
+    cm.update(pr, gt)
+    np.testing.assert_allclose(cm.compute().iou[:3], m.iou[:3])
+    m2 = metrics_from_confusion(cm.numpy()[:, :4] * 0 + np.eye(4, dtype=np.int64))
+    assert m2.miou == 1.0
+    assert "mIoU (classes)" in m.table()
+
+
+# ----------------------------------------------------------------------------------------------- config / cli
+def test_config_overrides_and_errors(tmp_path):
+    cfg = load_config(REPO / "config" / "train_cityscapes.yaml",
+                      ["data_dir=/data/cs", "crop_size=[64,128]", "lr=0.02", "val_size=360x640", "nesterov=false"])
+    assert cfg.crop_size == (64, 128) and cfg.lr == 0.02 and cfg.val_size == (360, 640) and not cfg.nesterov
+    assert cfg.momentum == 0.9 and cfg.weight_decay == 4e-5 and cfg.lr_schedule == "poly"
+    assert TrainConfig().nesterov is True
+    syn = load_config(REPO / "config" / "train_synthetic.yaml")
+    assert syn.dataset == "synthetic" and syn.backbone == "mobilenetv2"
+    with pytest.raises(ConfigError, match="unknown key.*lrr"):
+        load_config(None, ["lrr=1"])
+    with pytest.raises(ConfigError, match="batch_size='x'.*integer"):
+        load_config(None, ["batch_size=x", "dataset=synthetic"])
+    with pytest.raises(ConfigError, match="data_dir: required"):
+        load_config(None, ["dataset=cityscapes"])
+    with pytest.raises(ConfigError, match="backbone='resnet'"):
+        load_config(None, ["dataset=synthetic", "backbone=resnet"])
+    parser = argparse.ArgumentParser(prog="liteseg")
+    sub = parser.add_subparsers()
+    add_train_parser(sub)
+    add_eval_parser(sub)
+    args = parser.parse_args(["train", "--config", "c.yaml", "--set", "lr=0.1", "epochs=3", "--set", "seed=1"])
+    assert callable(args.func) and [x for g in args.overrides for x in g] == ["lr=0.1", "epochs=3", "seed=1"]
+    args = parser.parse_args(["eval", "--weights", "w.pt", "--data", "d", "--size", "360x640"])
+    assert args.size == (360, 640)
+
+
+def test_lr_schedule():
+    from liteseg_ros.train.trainer import lr_factor
+
+    cfg = TrainConfig(dataset="synthetic", lr=0.01, poly_power=0.9)
+    assert lr_factor(0, 100, cfg) == 1.0
+    assert lr_factor(50, 100, cfg) == pytest.approx(0.5 ** 0.9)
+    assert lr_factor(100, 100, cfg) == 0.0
+    cyc = TrainConfig(dataset="synthetic", lr_schedule="cyclic", cyclic_steps=10, min_lr=0.001, warmup_steps=0)
+    assert lr_factor(0, 100, cyc) == pytest.approx(0.1) and lr_factor(10, 100, cyc) == pytest.approx(1.0)
+    assert lr_factor(20, 100, cyc) == pytest.approx(0.1)
+    warm = TrainConfig(dataset="synthetic", warmup_steps=4)
+    assert lr_factor(1, 100, warm) == pytest.approx(0.5 * 0.99 ** 0.9)
+
+
+# ----------------------------------------------------------------------------------------------- training
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_overfit_a_few_images(tmp_path):
+    from liteseg_ros.model import load_checkpoint
+    from liteseg_ros.train.evaluate import evaluate
+    from liteseg_ros.train.trainer import train
+
+    root = make_cityscapes(tmp_path / "cs", {"train": 2})
+    cfg = tiny_cfg(root, tmp_path / "run", epochs=70, batch_size=2, lr=0.1, val_split="train", val_every=35,
+                   checkpoint_every=0, log_every=10, warmup_steps=5, plots=True)
+    result = train(cfg)
+    assert result.steps == 70
+    assert result.best_miou >= 0.9, f"overfit mIoU {result.best_miou:.3f}"
+    rows = read_csv(tmp_path / "run" / "metrics.csv")
+    losses = [float(r["loss"]) for r in rows if r["loss"]]
+    assert losses[-1] < 0.25 * losses[0]
+    assert [r["miou"] for r in rows if r["miou"]][-1]
+    for name in ("loss.png", "lr.png", "miou.png", "summary.json", "config.yaml"):
+        assert (tmp_path / "run" / name).is_file(), name
+    model = load_checkpoint(result.best_checkpoint)
+    assert model.meta.classes.names == CITYSCAPES_CLASSES and model.meta.train_size == (H, W)
+    report = evaluate(model, root, None, "train", out_dir=tmp_path / "eval")
+    assert report.metrics.miou == pytest.approx(result.best_miou, abs=1e-6)
+    assert (tmp_path / "eval" / "confusion.png").is_file() and (tmp_path / "eval" / "eval.json").is_file()
+    print(f"\noverfit: {result.steps} steps, {result.it_per_s:.2f} it/s (batch 2, {H}x{W}, 1 thread), "
+          f"mIoU {100 * result.best_miou:.1f}%")
+
+
+def test_resume_continues_schedule_and_data(tmp_path):
+    from liteseg_ros.train.trainer import train
+
+    root = make_cityscapes(tmp_path / "cs", {"train": 4})
+    small = dict(crop_size=[32, 64], scale_range=[0.5, 1.0], hflip=True, epochs=4, batch_size=2)
+    full = train(tiny_cfg(root, tmp_path / "full", **small))
+    assert full.steps == 8
+    resumed = train(tiny_cfg(root, tmp_path / "resumed", resume=str(tmp_path / "full/checkpoints/epoch_002.pt"),
+                             **small))
+    assert resumed.steps == 8
+    a = {int(r["step"]): r for r in read_csv(tmp_path / "full" / "metrics.csv")}
+    b = {int(r["step"]): r for r in read_csv(tmp_path / "resumed" / "metrics.csv")}
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for k in range(1, 9):
+        assert float(b[k]["lr"]) == float(a[k]["lr"]), k
+        assert float(b[k]["loss"]) == pytest.approx(float(a[k]["loss"]), rel=1e-4, abs=1e-5), k
+    assert float(a[5]["lr"]) < float(a[4]["lr"])  # the schedule really moves
+    # a weights-only file cannot be resumed from
+    from liteseg_ros.model import LiteSeg, save_checkpoint
+
+    save_checkpoint(LiteSeg("mobilenetv2"), tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="holds no training state"):
+        train(tiny_cfg(root, tmp_path / "x", resume=str(tmp_path / "plain.pt"), **small))
+
+
+def test_eval_matches_hand_confusion(tmp_path):
+    from liteseg_ros.model import LiteSeg
+    from liteseg_ros.train.evaluate import evaluate, score_predictions
+
+    root = make_cityscapes(tmp_path / "cs", {"val": 3})
+    rng = np.random.default_rng(5)
+    pred_dir = tmp_path / "preds"
+    pred_dir.mkdir()
+    expected = np.zeros((19, 20), np.int64)
+    ds = CityscapesDataset(root, "val")
+    for i in range(len(ds)):
+        gt = ds.load(i)[1]
+        pred = gt.copy()
+        noise = rng.random(gt.shape) < 0.3
+        pred[noise] = rng.integers(0, 19, int(noise.sum()))
+        pred[gt == IGNORE_LABEL] = 0
+        cv2.imwrite(str(pred_dir / f"{ds.name(i)}_leftImg8bit.png"), pred)
+        for g, p in zip(gt.ravel(), pred.ravel(), strict=True):
+            if g != IGNORE_LABEL:
+                expected[g, p] += 1
+    report = score_predictions(pred_dir, root, "val")
+    np.testing.assert_array_equal(report.metrics.confusion, expected)
+    tp = np.diag(expected[:, :19]).astype(float)
+    denom = expected.sum(1) + expected[:, :19].sum(0) - tp
+    iou = np.where(denom > 0, tp / np.maximum(denom, 1), np.nan)
+    assert report.metrics.miou == pytest.approx(np.nanmean(iou))
+    assert report.metrics.pixel_acc == pytest.approx(tp.sum() / expected.sum())
+    assert set(report.metrics.category_names) == set(CITYSCAPES_CATEGORIES)
+    # labelId predictions give the same result
+    from liteseg_ros.classes import train_id_to_label_id_lut
+
+    inv = train_id_to_label_id_lut()
+    lid_dir = tmp_path / "lid"
+    lid_dir.mkdir()
+    for p in pred_dir.iterdir():
+        cv2.imwrite(str(lid_dir / p.name), inv[cv2.imread(str(p), cv2.IMREAD_UNCHANGED)])
+    assert score_predictions(lid_dir, root, "val", "labelid").metrics.miou == pytest.approx(report.metrics.miou)
+    (pred_dir / f"{ds.name(2)}_leftImg8bit.png").unlink()
+    with pytest.raises(DatasetError, match=f"no prediction for {ds.name(2)}"):
+        score_predictions(pred_dir, root, "val")
+    # a model: evaluate() equals a hand-run forward + confusion at a reduced input size
+    torch.manual_seed(0)
+    model = LiteSeg("mobilenetv2").eval()
+    rep = evaluate(model, root, (32, 64), "val")
+    hand = np.zeros((19, 20), np.int64)
+    ds.transform = EvalTransform((32, 64))
+    with torch.no_grad():
+        for i in range(len(ds)):
+            img, gt = ds[i]
+            logits = torch.nn.functional.interpolate(model(img[None]), size=(H, W), mode="bilinear")
+            pred = logits.argmax(1)[0].numpy()
+            g = gt.numpy()
+            keep = g != IGNORE_LABEL
+            np.add.at(hand, (g[keep], pred[keep]), 1)
+    np.testing.assert_array_equal(rep.metrics.confusion, hand)
+    assert rep.fps > 0 and rep.images == 3
+
+
+def test_eval_cli(tmp_path, capsys):
+    from liteseg_ros.model import LiteSeg, save_checkpoint
+    from liteseg_ros.train.cli import main
+
+    root = make_cityscapes(tmp_path / "cs", {"val": 1})
+    save_checkpoint(LiteSeg("mobilenetv2"), tmp_path / "w.pt")
+    rc = main(["eval", "--weights", str(tmp_path / "w.pt"), "--data", str(root), "--size", "32x64",
+               "--out", str(tmp_path / "o"), "--num-workers", "0"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "mIoU (classes)" in out and (tmp_path / "o" / "eval.json").is_file()
+    assert main(["eval", "--weights", str(tmp_path / "w.pt"), "--data", str(root), "--split", "test"]) == 2
+    assert "split 'test' not found" in capsys.readouterr().err
+
+
+def test_ddp_two_processes_cpu(tmp_path):
+    root = make_cityscapes(tmp_path / "cs", {"train": 8, "val": 2})
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "liteseg_ros.train", "--set", f"data_dir={root}", f"out_dir={out}", "crop_size=[32,64]",
+           "batch_size=2", "epochs=2", "num_workers=0", "device=cpu", "progress=false", "plots=false",
+           "val_every=2", "checkpoint_every=1", "sync_bn=true", "amp=false", "log_every=1"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (out / "checkpoints" / "last.pt").is_file() and (out / "checkpoints" / "epoch_002.pt").is_file()
+    rows = read_csv(out / "metrics.csv")
+    assert [int(r["step"]) for r in rows if r["loss"]] == [1, 2, 3, 4]  # 8 images / (2 ranks x batch 2) x 2
+    assert any(r["miou"] for r in rows)
+    assert "SyncBatchNorm needs CUDA" in proc.stdout
+    import json
+
+    assert json.loads((out / "summary.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_amp_training_on_gpu(tmp_path):
+    from liteseg_ros.train.trainer import train
+
+    root = make_cityscapes(tmp_path / "cs", {"train": 2})
+    result = train(tiny_cfg(root, tmp_path / "gpu", device="cuda", amp=True, epochs=3))
+    assert result.steps == 3 and result.last_checkpoint.is_file()
+
+
+def test_synthetic_dataset_and_short_run(tmp_path):
+    from liteseg_ros.synthetic import SceneConfig, generate_scene
+    from liteseg_ros.train.datasets import SyntheticDataset
+    from liteseg_ros.train.trainer import train
+
+    ds = SyntheticDataset(3, first_seed=10, size=(48, 96), weather="clear")
+    rgb, lab = ds.load(1)
+    ref = generate_scene(11, SceneConfig(height=48, width=96, weather="clear"))
+    np.testing.assert_array_equal(lab, ref.label)
+    np.testing.assert_array_equal(rgb, ref.image[:, :, ::-1])  # BGR -> RGB
+    assert ds.classes.names == CITYSCAPES_CLASSES
+    import torchvision
+
+    enc = tmp_path / "mobilenet_v2_imagenet.pth"
+    torch.save(torchvision.models.mobilenet_v2(weights=None).state_dict(), enc)
+    cfg = load_config(REPO / "config" / "train_synthetic.yaml",
+                      {"encoder_weights": str(enc), "synthetic_size": [48, 96], "synthetic_train": 4, "synthetic_val": 2, "crop_size": [32, 64],
+                       "batch_size": 2, "max_steps": 2, "num_workers": 0, "device": "cpu", "progress": False,
+                       "plots": False, "val_every": 1, "out_dir": str(tmp_path / "syn")})
+    result = train(cfg)
+    assert result.steps == 2 and result.last_checkpoint.is_file() and not np.isnan(result.best_miou)
