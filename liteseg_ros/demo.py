@@ -222,9 +222,14 @@ def run_demo(args: argparse.Namespace) -> int:
                                        QoSProfile(depth=1, reliability=QoSReliabilityPolicy.BEST_EFFORT))
     executor = SingleThreadedExecutor()
     executor.add_node(ros_node)
-    spin = threading.Thread(target=executor.spin, daemon=True)
-    spin.start()
     stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.05)
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     code = 0
     try:
@@ -272,6 +277,8 @@ def run_demo(args: argparse.Namespace) -> int:
         time.sleep(0.5)
         code = _report(args, col, sent, play_s)
     finally:
+        stop.set()
+        spinner.join(timeout=5)
         executor.shutdown()
         ros_node.destroy_node()
         rclpy.try_shutdown()

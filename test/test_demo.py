@@ -1,0 +1,58 @@
+"""`liteseg demo` end to end on a short generated drive, and the bundled demo weights' quality floor."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from liteseg_ros.runtime import demo_weights_path
+
+
+def test_demo_command_end_to_end(tmp_path, tiny_checkpoint):
+    out = tmp_path / "demo"
+    exe = Path(sys.executable).parent / "liteseg"
+    proc = subprocess.run([str(exe), "demo", "--weights", str(tiny_checkpoint), "--frames", "6", "--rate", "4",
+                           "--size", "90x160", "--network-size", "64x96", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "frames segmented" in proc.stdout and "latency camera->overlay" in proc.stdout
+    sheet = cv2.imread(str(out / "contact_sheet.png"))
+    assert sheet is not None and sheet.shape[1] == 4 * 320
+    cap = cv2.VideoCapture(str(out / "overlay.mp4"))
+    ok, frame = cap.read()
+    assert ok and frame.shape[:2] == (90, 160)
+    assert (out / "node.log").read_text().count("active: segmenting") == 1
+
+
+def test_demo_reports_a_node_that_cannot_start(tmp_path):
+    exe = Path(sys.executable).parent / "liteseg"
+    proc = subprocess.run([str(exe), "demo", "--weights", str(tmp_path / "missing.pt"), "--frames", "2",
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr
+
+
+@pytest.mark.skipif(not demo_weights_path().is_file(), reason="demo weights not built yet")
+def test_demo_weights_segment_held_out_scenes():
+    """The bundled model must stay good on generated scenes it never saw (seeds >= 10000)."""
+    from liteseg_ros import params
+    from liteseg_ros.runtime import build_pipeline
+    from liteseg_ros.synthetic import SceneConfig, generate_scene
+    from liteseg_ros.train.metrics import ConfusionMatrix
+
+    values = dict(params.defaults(), weights="demo", backend="pytorch")
+    meta_size = (180, 320)
+    values.update(network_height=meta_size[0], network_width=meta_size[1], mask_groups={})
+    pipe, source = build_pipeline(values, log=lambda s: None)
+    assert source.name and not source.random
+    cm = ConfusionMatrix(19)
+    for seed in range(10000, 10012):
+        s = generate_scene(seed, SceneConfig(height=180, width=320))
+        cm.update(pipe(s.image).label, s.label)
+    m = cm.compute(list(pipe.classes.names))
+    assert m.miou >= 0.70, m.table()
+    assert np.isfinite(m.miou)
