@@ -184,6 +184,7 @@ class LiteSegNode(LifecycleNode):
         self._pubs: dict[str, Any] = {}  # node-wide: info, label_info, diagnostics
         self.cameras: list[Camera] = []
         self._cv = threading.Condition()
+        self._rr = 0  # round-robin start for batch_cameras: false
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._diag_timer = None
@@ -444,7 +445,7 @@ class LiteSegNode(LifecycleNode):
                 self._cv.wait(0.2)
             if not any(c.slot.pending for c in self.cameras):
                 return []
-            if len(self.cameras) > 1 and window > 0:
+            if len(self.cameras) > 1 and window > 0 and self.values["batch_cameras"]:
                 deadline = time.monotonic() + window
                 while not self._stop.is_set():
                     waiting = [c for c in self.cameras if not c.slot.pending and c.recently_active()]
@@ -453,10 +454,15 @@ class LiteSegNode(LifecycleNode):
                         break
                     self._cv.wait(left)
         batch = []
-        for cam in self.cameras:
+        n = len(self.cameras)
+        for k in range(n):  # start after the camera served first last time: fair without batching
+            cam = self.cameras[(self._rr + k) % n]
             raw = cam.slot.take()
             if raw is not None:
                 batch.append((cam, raw))
+                if not self.values["batch_cameras"]:
+                    self._rr = (self._rr + k + 1) % n
+                    break
         return batch
 
     def _work(self) -> None:

@@ -99,6 +99,8 @@ PARAMS: tuple[Param, ...] = (
           "publishes ~/<cam>/...; empty = one camera on `image`", read_only=True),
     Param("batch_window_ms", 5.0, "with several cameras: how long the worker waits for the other cameras' frames "
           "to batch them into one forward", min=0.0, max=1000.0, read_only=True),
+    Param("batch_cameras", True, "with several cameras: one batched forward for their pending frames (false: "
+          "one forward per frame, round robin)", read_only=True),
     # --- outputs (live) ---
     Param("output_resolution", "input", "publish label/masks at the input or the network resolution",
           choices=("input", "network")),

@@ -1,0 +1,173 @@
+"""The ``liteseg export`` and ``liteseg bench`` subcommands (parsers + handlers; the lead's CLI wires them).
+
+Ring 2 face: imports argparse and the engines; never rclpy, message packages, or the node/bag/codec
+modules. Handlers take the parsed ``argparse.Namespace`` and return a process exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from .base import EngineError
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'360x640' -> (360, 640) (height x width); argparse type."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HEIGHTxWIDTH such as 360x640, got {text!r}") from None
+    if h < 8 or w < 8:
+        raise argparse.ArgumentTypeError(f"size must be at least 8x8, got {text!r}")
+    return h, w
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (one of)")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", type=Path, help="LiteSeg checkpoint (.pth/.pt) read with load_checkpoint")
+    src.add_argument("--random-weights", action="store_true",
+                     help="seeded random weights (no checkpoint needed); pick the network with --backbone")
+    g.add_argument("--backbone", default="mobilenetv2", choices=("mobilenetv2", "shufflenet", "darknet19"),
+                   help="backbone for --random-weights (default: %(default)s)")
+    g.add_argument("--num-classes", type=int, default=19, help="classes for --random-weights (default: 19)")
+    g.add_argument("--seed", type=int, default=0, help="seed for --random-weights (default: 0)")
+
+
+def _model(args: argparse.Namespace):
+    if args.random_weights:
+        from .bench import random_weight_model
+
+        return random_weight_model(args.backbone, args.num_classes, args.seed)
+    from . import load_model
+
+    return load_model(args.weights)
+
+
+def add_export_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``export``: LiteSeg -> ONNX (verified against PyTorch) or a cached TensorRT engine."""
+    p = subparsers.add_parser(
+        "export", help="export a model to ONNX or build a TensorRT engine",
+        description="Export LiteSeg with argmax and confidence inside the graph (outputs: label uint8, "
+                    "confidence uint8[, logits]). ONNX files are checked against PyTorch fp32 with ONNX Runtime.")
+    _add_model_args(p)
+    p.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx", help="default: %(default)s")
+    p.add_argument("--size", type=parse_size, default=(360, 640), metavar="HxW",
+                   help="network input size, height x width (default: 360x640)")
+    p.add_argument("--output", "-o", type=Path, help="output file (default: liteseg_<backbone>_<HxW>.onnx; "
+                   "for tensorrt, a copy of the cached engine)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
+    p.add_argument("--dynamic", action="store_true", help="ONNX: free height and width (batch is always free)")
+    p.add_argument("--with-logits", action="store_true", help="ONNX: also output float32 logits")
+    p.add_argument("--no-verify", action="store_true", help="ONNX: skip the ONNX Runtime vs PyTorch check")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp16", help="tensorrt (default: %(default)s)")
+    p.add_argument("--device", default="cuda", help="tensorrt: cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--max-batch", type=int, default=1, help="tensorrt: largest batch (default: %(default)s)")
+    p.add_argument("--cache-dir", type=Path, help="tensorrt engine cache (default: ~/.cache/liteseg_ros/engines)")
+    p.add_argument("--rebuild", action="store_true", help="tensorrt: ignore a cached engine")
+    p.set_defaults(func=run_export)
+    return p
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Handler of ``liteseg export``."""
+    try:
+        model = _model(args)
+        h, w = args.size
+        if args.format == "tensorrt":
+            from . import build_tensorrt_engine
+
+            plan = build_tensorrt_engine(model, (h, w), args.precision, args.device, args.max_batch,
+                                         args.cache_dir, args.rebuild)
+            if args.output:
+                shutil.copyfile(plan, args.output)
+                print(f"engine: {args.output} (cached as {plan})")
+            else:
+                print(f"engine: {plan}")
+            return 0
+        from .export import export_onnx, verify_onnx
+
+        out = args.output or Path(f"liteseg_{getattr(model, 'backbone', 'model')}_{h}x{w}.onnx")
+        export_onnx(model, out, (h, w), dynamic=args.dynamic, opset=args.opset, with_logits=args.with_logits)
+        print(f"onnx: {out} (opset {args.opset}, {'dynamic' if args.dynamic else 'fixed'} {h}x{w}, "
+              f"outputs label, confidence{', logits' if args.with_logits else ''})")
+        if not args.no_verify:
+            sizes = [(h, w)] + ([(h + 32, w + 64)] if args.dynamic else [])
+            for rep in verify_onnx(model, out, sizes=sizes, batch=1):
+                logit = "" if rep.logits_max_abs_diff is None else f", logits max |diff| {rep.logits_max_abs_diff:.2e}"
+                print(f"verified at {rep.size[0]}x{rep.size[1]}: labels identical on {rep.label_agreement:.4%} "
+                      f"of pixels, confidence max diff {rep.confidence_max_diff}{logit}")
+        return 0
+    except (EngineError, ValueError, FileNotFoundError) as exc:
+        print(f"liteseg export: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def add_bench_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``bench``: model-only and end-to-end timings per backend, precision and size."""
+    p = subparsers.add_parser(
+        "bench", help="time engines (model-only and end-to-end)",
+        description="Median and p99 latency of each available backend x precision x size, after warm-up; "
+                    "prints a table and writes JSON.")
+    _add_model_args(p)
+    p.add_argument("--backends", default="all",
+                   help="comma list of pytorch,onnxruntime,tensorrt or 'all' available (default: all)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--precisions", default="fp32", help="comma list of fp32,fp16 (default: fp32)")
+    p.add_argument("--size", type=parse_size, action="append", metavar="HxW",
+                   help="network size; repeat for several (default: 360x640)")
+    p.add_argument("--image-size", default="720x1280", metavar="HxW|none",
+                   help="camera frame size for end-to-end rows, or 'none' (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default: %(default)s)")
+    p.add_argument("--iters", type=int, default=20, help="timed runs (default: %(default)s)")
+    p.add_argument("--compile", action="store_true", help="pytorch: torch.compile")
+    p.add_argument("--tune-malloc", action="store_true", help="apply cpu_tuning.tune_malloc() first")
+    p.add_argument("--cache-dir", type=Path, help="ONNX/TensorRT cache (default: ~/.cache/liteseg_ros/engines)")
+    p.add_argument("--json", type=Path, default=Path("/tmp/liteseg_bench.json"), help="default: %(default)s")
+    p.set_defaults(func=run_bench)
+    return p
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Handler of ``liteseg bench``."""
+    from . import BACKENDS, available_backends, create_engine
+    from .bench import bench_engine, format_table, write_json
+    from .cpu_tuning import tune_malloc
+
+    try:
+        if args.tune_malloc:
+            print(f"tune_malloc applied: {tune_malloc()}")
+        model = _model(args)
+        avail = available_backends()
+        names = [n for n in avail if avail[n] == "ok"] if args.backends == "all" else args.backends.split(",")
+        for n in names:
+            if n not in BACKENDS or n == "auto":
+                raise EngineError(f"--backends: {n!r} is not one of pytorch, onnxruntime, tensorrt")
+        image = None if args.image_size.lower() == "none" else parse_size(args.image_size)
+        rows, skipped = [], []
+        for size in args.size or [(360, 640)]:
+            for backend in names:
+                for precision in args.precisions.split(","):
+                    try:
+                        engine = create_engine(model, backend, args.device, precision, size, args.threads,
+                                               args.cache_dir, args.compile, log=lambda m: None,
+                                               max_batch=args.batch, warmup=False)
+                    except EngineError as exc:
+                        skipped.append(f"{backend} {precision} {size[0]}x{size[1]}: {exc}")
+                        continue
+                    rows += bench_engine(engine, size, args.batch, args.warmup, args.iters, image)
+                    engine.close()
+        if rows:
+            print(format_table(rows))
+        for s in skipped:
+            print(f"skipped: {s}")
+        path = write_json(rows, args.json, skipped=skipped, device=args.device, threads=args.threads)
+        print(f"json: {path}")
+        return 0 if rows else 1
+    except (EngineError, ValueError, FileNotFoundError, argparse.ArgumentTypeError) as exc:
+        print(f"liteseg bench: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,99 @@
+"""CPU speed knobs for inference processes: glibc malloc thresholds and one thread count for all runtimes.
+
+Ring 2: imports ctypes/os and (lazily) torch; never rclpy, message packages, or the node/bag/codec
+modules.
+
+Why malloc: glibc serves every allocation above ``M_MMAP_THRESHOLD`` (dynamic, starting at 128 KiB)
+with a fresh ``mmap`` and returns it with ``munmap`` on free; above ``M_TRIM_THRESHOLD`` it gives the
+heap top back to the kernel. Eager PyTorch allocates and frees tens of MiB of activations per frame,
+so every frame pays page faults and zeroing for the same buffers. Raising the mmap threshold to
+32 MiB (glibc's maximum on 64-bit) and the trim threshold to 1 GiB keeps those buffers in the heap
+and reuses them: measured 1.6x for eager PyTorch at 640x360 (issue #11). The same effect, for a
+process you start, comes from the environment variables ``MALLOC_MMAP_THRESHOLD_=33554432`` and
+``MALLOC_TRIM_THRESHOLD_=1073741824`` set before start. Cost: the process keeps up to the peak
+working set resident instead of returning it between frames.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+#: mallopt parameter numbers from glibc's <malloc.h>.
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+DEFAULT_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc caps M_MMAP_THRESHOLD at 32 MiB on 64-bit
+DEFAULT_TRIM_THRESHOLD = 1024 * 1024 * 1024
+
+_num_threads: int | None = None
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt  # noqa: B018  (attribute lookup: raises AttributeError off glibc)
+    except (OSError, AttributeError):
+        return None
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.mallopt.restype = ctypes.c_int
+    return libc
+
+
+def tune_malloc(mmap_threshold: int = DEFAULT_MMAP_THRESHOLD,
+                trim_threshold: int = DEFAULT_TRIM_THRESHOLD) -> bool:
+    """Set glibc's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD for this process (see module docstring).
+
+    Returns True when both were applied; False (and changes nothing) off glibc, e.g. macOS or musl.
+    Affects allocations made after the call, so call it once at start, before loading the model.
+    Raises ValueError for a threshold glibc would reject (mmap > 32 MiB or negative values).
+    """
+    if not 0 <= mmap_threshold <= DEFAULT_MMAP_THRESHOLD:
+        raise ValueError(f"mmap_threshold must be in [0, {DEFAULT_MMAP_THRESHOLD}] (glibc's cap), "
+                         f"got {mmap_threshold}")
+    if not 0 <= trim_threshold < 2**31:
+        raise ValueError(f"trim_threshold must be in [0, 2**31), got {trim_threshold}")
+    libc = _glibc()
+    if libc is None:
+        return False
+    ok_mmap = libc.mallopt(M_MMAP_THRESHOLD, int(mmap_threshold)) == 1
+    ok_trim = libc.mallopt(M_TRIM_THRESHOLD, int(trim_threshold)) == 1
+    return ok_mmap and ok_trim
+
+
+def malloc_env(mmap_threshold: int = DEFAULT_MMAP_THRESHOLD,
+               trim_threshold: int = DEFAULT_TRIM_THRESHOLD) -> dict[str, str]:
+    """The environment variables with the same effect as :func:`tune_malloc`, for a child process."""
+    return {"MALLOC_MMAP_THRESHOLD_": str(mmap_threshold), "MALLOC_TRIM_THRESHOLD_": str(trim_threshold)}
+
+
+def set_num_threads(n: int | None) -> int:
+    """Use ``n`` intra-op threads in torch and in ONNX Runtime sessions created afterwards.
+
+    ``None`` keeps torch's current setting and only records it. Returns the value in effect.
+    """
+    global _num_threads
+    import torch
+
+    if n is not None:
+        if int(n) < 1:
+            raise ValueError(f"num_threads must be >= 1, got {n}")
+        torch.set_num_threads(int(n))
+    _num_threads = int(n) if n is not None else torch.get_num_threads()
+    return _num_threads
+
+
+def get_num_threads() -> int:
+    """The thread count given to ONNX Runtime sessions: the last :func:`set_num_threads` value, else
+    torch's (which defaults to the number of physical cores), else ``os.cpu_count()``."""
+    if _num_threads is not None:
+        return _num_threads
+    try:
+        import torch
+
+        return torch.get_num_threads()
+    except ImportError:
+        return os.cpu_count() or 1

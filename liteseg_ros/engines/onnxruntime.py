@@ -1,0 +1,108 @@
+"""ONNX Runtime engine: the CPU backend (fp32), and CUDA when onnxruntime-gpu is installed.
+
+Ring 2: imports numpy and onnxruntime; never rclpy, message packages, or the node/bag/codec modules.
+Runs a file from ``export.export_onnx`` whose graph already contains argmax and the softmax
+maximum, so ``infer`` only fetches the uint8 outputs it was asked for.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .base import Engine, EngineError, EngineInfo, EngineOutput
+from .export import INPUT_NAME, onnx_metadata
+
+
+def session_options(num_threads: int | None = None):
+    """SessionOptions: full graph optimisation, sequential execution, ``num_threads`` intra-op threads
+    (default: ``cpu_tuning.get_num_threads()``, i.e. the same count torch uses)."""
+    import onnxruntime as ort
+
+    from .cpu_tuning import get_num_threads
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = int(num_threads) if num_threads else get_num_threads()
+    so.inter_op_num_threads = 1
+    return so
+
+
+class OnnxRuntimeEngine(Engine):
+    """Runs an exported LiteSeg ONNX file with ONNX Runtime.
+
+    device ``cpu`` uses the CPU execution provider; ``cuda[:N]`` needs ``CUDAExecutionProvider``
+    (onnxruntime-gpu). Only fp32: fp16 ONNX files are a TensorRT/PyTorch-CUDA matter.
+    """
+
+    def __init__(self, onnx_path: str | os.PathLike, device: str = "cpu", precision: str = "fp32",
+                 num_threads: int | None = None, reason: str = "",
+                 log: Callable[[str], None] = print) -> None:
+        import onnxruntime as ort
+
+        if precision != "fp32":
+            raise EngineError(f"precision {precision!r} is not supported by the onnxruntime backend "
+                              f"(allowed: fp32); use backend pytorch or tensorrt on CUDA for fp16")
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise EngineError(f"ONNX file not found: {path}")
+        d = str(device).strip().lower()
+        if d == "cpu":
+            providers: list = ["CPUExecutionProvider"]
+        elif d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise EngineError(f"device {device!r} with backend onnxruntime needs onnxruntime-gpu "
+                                  f"(available providers: {', '.join(ort.get_available_providers())})")
+            providers = [("CUDAExecutionProvider", {"device_id": int(d[5:] or 0) if ":" in d else 0})]
+        else:
+            raise EngineError(f"device {device!r} is not one of: cpu, cuda, cuda:N (N = GPU index)")
+        so = session_options(num_threads)
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - ORT has its own exception hierarchy
+            raise EngineError(f"ONNX Runtime cannot load {path}: {exc}") from None
+        self.meta = onnx_metadata(path)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        if "label" not in self.output_names:
+            raise EngineError(f"{path} has outputs {self.output_names}; expected 'label' (and 'confidence') "
+                              f"from liteseg export")
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name if inp.name else INPUT_NAME
+        self.input_shape = list(inp.shape)  # ints for fixed axes, names for dynamic ones
+        self.num_classes = int(self.meta.get("liteseg.num_classes") or 0)
+        self.path = path
+        self.info = EngineInfo("onnxruntime", d, "fp32", reason, {
+            "onnxruntime": ort.__version__, "file": str(path),
+            "threads": str(so.intra_op_num_threads), "input_shape": str(self.input_shape),
+        })
+
+    def _check(self, batch: np.ndarray) -> np.ndarray:
+        if not isinstance(batch, np.ndarray) or batch.ndim != 4 or batch.shape[1] != 3:
+            shape = getattr(batch, "shape", type(batch).__name__)
+            raise EngineError(f"infer() needs a (N, 3, h, w) float32 numpy batch, got {shape}")
+        for axis in (2, 3):
+            want = self.input_shape[axis]
+            if isinstance(want, int) and batch.shape[axis] != want:
+                raise EngineError(f"{self.path} was exported for {self.input_shape[2]}x{self.input_shape[3]} "
+                                  f"input; got {batch.shape[2]}x{batch.shape[3]} (export with dynamic=True "
+                                  f"or resize to the network size)")
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+    def infer(self, batch: np.ndarray, want_confidence: bool = True,
+              want_logits: bool = False) -> EngineOutput:
+        x = self._check(batch)
+        names = ["label"]
+        if want_confidence:
+            names.append("confidence")
+        if want_logits:
+            if "logits" not in self.output_names:
+                raise EngineError(f"{self.path} was exported without logits (export with_logits=True)")
+            names.append("logits")
+        res = dict(zip(names, self.session.run(names, {self.input_name: x}), strict=True))
+        return EngineOutput(res["label"], res.get("confidence"), res.get("logits"))
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]

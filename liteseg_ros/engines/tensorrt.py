@@ -1,0 +1,286 @@
+"""TensorRT engine (optional dependency): build from ONNX, cache the plan, run with torch CUDA buffers.
+
+Ring 2: imports numpy and torch; ``tensorrt`` only inside functions (import-guarded, so this module
+imports on machines without it); never rclpy, message packages, or the node/bag/codec modules.
+
+The plan is built from a file made by ``export.export_onnx(..., uint8=False)`` (int32 label, float
+confidence: no uint8 casts inside TensorRT); the conversion to uint8 happens on the GPU, so only
+uint8 planes are copied to the host. Plans are cached under a name derived from
+:func:`engine_cache_key` (ONNX SHA-256, input size, precision, max batch, TensorRT version, GPU name)
+with a JSON sidecar holding the full key; a plan whose sidecar does not match, that is empty, or that
+TensorRT cannot deserialise is rebuilt, never trusted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .base import Engine, EngineError, EngineInfo, EngineOutput
+
+#: Bump when the exported graph or the build settings change in a way the key does not capture.
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    """``$LITESEG_CACHE_DIR`` or ``~/.cache/liteseg_ros/engines``."""
+    env = os.environ.get("LITESEG_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "liteseg_ros" / "engines"
+
+
+def tensorrt_status() -> str:
+    """'ok' when TensorRT and a CUDA GPU are usable, else why not (for available_backends)."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError as exc:
+        return f"tensorrt not installed ({exc.msg})"
+    except Exception as exc:  # noqa: BLE001 - a broken install raises anything
+        return f"tensorrt import failed: {exc}"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "tensorrt installed but CUDA is not available"
+    return "ok"
+
+
+def engine_cache_key(onnx_sha256: str, input_size: tuple[int, int], precision: str, trt_version: str,
+                     gpu_name: str, max_batch: int = 1) -> dict[str, str]:
+    """Everything a cached plan depends on; a plan is reused only if its sidecar equals this exactly."""
+    h, w = (int(v) for v in input_size)
+    return {"format": str(CACHE_FORMAT), "onnx_sha256": onnx_sha256, "input_size": f"{h}x{w}",
+            "precision": precision, "max_batch": str(int(max_batch)), "tensorrt": trt_version,
+            "gpu": gpu_name}
+
+
+def engine_cache_path(cache_dir: str | os.PathLike, key: dict[str, str]) -> Path:
+    """Plan file for ``key``: readable name parts plus a hash of the whole key (sidecar: same name .json)."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", key["gpu"]).strip("-")[:40] or "gpu"
+    name = (f"liteseg_{key['onnx_sha256'][:12]}_{key['input_size']}_{key['precision']}_b{key['max_batch']}"
+            f"_trt{key['tensorrt']}_{gpu}_{digest}.engine")
+    return Path(cache_dir) / name
+
+
+def cached_plan(path: Path, key: dict[str, str]) -> tuple[bytes | None, str]:
+    """(plan bytes, '') when ``path`` holds a plan built for exactly ``key``; (None, why not) otherwise."""
+    sidecar = path.with_suffix(".json")
+    if not path.is_file():
+        return None, "no cached engine"
+    try:
+        stored = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as exc:
+        return None, f"cache sidecar {sidecar.name} unreadable ({exc.__class__.__name__})"
+    if stored != key:
+        diff = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
+        return None, f"cached engine built for different {', '.join(diff)}"
+    data = path.read_bytes()
+    if not data:
+        return None, "cached engine file is empty"
+    return data, ""
+
+
+def write_plan(path: Path, key: dict[str, str], plan: bytes) -> None:
+    """Write plan and sidecar atomically (a crash mid-write leaves no half plan behind a valid sidecar)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for target, data in ((path, plan), (path.with_suffix(".json"), json.dumps(key, indent=1).encode())):
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+
+
+def _progress_monitor(trt, log: Callable[[str], None]):
+    """A trt.IProgressMonitor that logs phase starts at most every 2 s, or None on TensorRT < 10."""
+    base = getattr(trt, "IProgressMonitor", None)
+    if base is None:
+        return None
+
+    class _Monitor(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            base.__init__(self)
+            self._last = 0.0
+
+        def phase_start(self, phase_name, parent_phase, num_steps):  # noqa: ANN001
+            now = time.monotonic()
+            if parent_phase is None or now - self._last > 2.0:
+                self._last = now
+                log(f"tensorrt: building engine: {phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name, step):  # noqa: ANN001
+            return True  # never cancel
+
+        def phase_finish(self, phase_name):  # noqa: ANN001
+            pass
+
+    return _Monitor()
+
+
+def build_plan(onnx_path: Path, input_size: tuple[int, int], precision: str, max_batch: int,
+               log: Callable[[str], None], workspace_bytes: int = 1 << 30) -> bytes:
+    """Parse ``onnx_path`` and build a serialised plan (fp32 or fp16) with one optimisation profile."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    major = int(trt.__version__.split(".")[0])
+    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    if precision == "fp16":
+        if not builder.platform_has_fast_fp16:
+            log("tensorrt: this GPU has no fast fp16; building fp16 anyway")
+        config.set_flag(trt.BuilderFlag.FP16)
+    h, w = (int(v) for v in input_size)
+    profile = builder.create_optimization_profile()
+    name = network.get_input(0).name
+    profile.set_shape(name, (1, 3, h, w), (1, 3, h, w), (int(max_batch), 3, h, w))
+    config.add_optimization_profile(profile)
+    monitor = _progress_monitor(trt, log)
+    if monitor is not None:
+        config.progress_monitor = monitor
+    log(f"tensorrt: building {precision} engine for {h}x{w} (batch <= {max_batch}) from {onnx_path.name}; "
+        f"this takes minutes once, then the cached engine loads in seconds")
+    t0 = time.monotonic()
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineError(f"TensorRT failed to build an engine from {onnx_path} (see TensorRT log above)")
+    log(f"tensorrt: engine built in {time.monotonic() - t0:.0f} s")
+    return bytes(plan)
+
+
+def _gpu_name(device_index: int) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device_index)
+
+
+def ensure_plan(onnx_path: str | os.PathLike, input_size: tuple[int, int], precision: str = "fp16",
+                device_index: int = 0, max_batch: int = 1, cache_dir: str | os.PathLike | None = None,
+                rebuild: bool = False, log: Callable[[str], None] = print) -> tuple[Path, bytes]:
+    """Return (plan path, plan bytes) for the cache key, building (and caching) it when needed."""
+    import tensorrt as trt
+
+    from .export import file_sha256
+
+    onnx_path = Path(onnx_path)
+    key = engine_cache_key(file_sha256(onnx_path), input_size, precision, trt.__version__,
+                           _gpu_name(device_index), max_batch)
+    path = engine_cache_path(cache_dir or default_cache_dir(), key)
+    plan, why = (None, "rebuild requested") if rebuild else cached_plan(path, key)
+    if plan is None:
+        log(f"tensorrt: {why}; building {path.name}")
+        plan = build_plan(onnx_path, input_size, precision, max_batch, log)
+        write_plan(path, key, plan)
+    return path, plan
+
+
+_TRT_TO_TORCH = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT64": "int64",
+                 "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
+
+
+class TensorRTEngine(Engine):
+    """Runs a cached TensorRT plan built from a LiteSeg ONNX export (see module docstring)."""
+
+    def __init__(self, onnx_path: str | os.PathLike, input_size: tuple[int, int], device: str = "cuda",
+                 precision: str = "fp16", max_batch: int = 1, cache_dir: str | os.PathLike | None = None,
+                 rebuild: bool = False, num_classes: int = 0, reason: str = "",
+                 log: Callable[[str], None] = print) -> None:
+        status = tensorrt_status()
+        if status != "ok":
+            raise EngineError(f"backend tensorrt unavailable: {status}")
+        import tensorrt as trt
+        import torch
+
+        from .pytorch import check_cuda, parse_device
+
+        if precision not in ("fp32", "fp16"):
+            raise EngineError(f"precision {precision!r} is not one of: fp32, fp16")
+        dev = parse_device(device)
+        if dev.type != "cuda":
+            raise EngineError(f"backend tensorrt needs device cuda or cuda:N, got {device!r}")
+        check_cuda(dev)
+        self.device = torch.device("cuda", dev.index or 0)
+        self._torch = torch
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.max_batch = int(max_batch)
+        self.num_classes = num_classes
+        torch.cuda.set_device(self.device)
+        plan_path, plan = ensure_plan(onnx_path, self.input_size, precision, self.device.index,
+                                      self.max_batch, cache_dir, rebuild, log)
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        engine = None
+        try:
+            engine = self._runtime.deserialize_cuda_engine(plan)
+        except Exception as exc:  # noqa: BLE001 - corrupt plans raise or return None by version
+            log(f"tensorrt: cached engine {plan_path.name} failed to load ({exc})")
+        if engine is None:
+            log(f"tensorrt: cached engine {plan_path.name} is corrupt or incompatible; rebuilding")
+            plan_path, plan = ensure_plan(onnx_path, self.input_size, precision, self.device.index,
+                                          self.max_batch, cache_dir, True, log)
+            engine = self._runtime.deserialize_cuda_engine(plan)
+            if engine is None:
+                raise EngineError(f"TensorRT cannot load the engine it just built ({plan_path})")
+        self._engine = engine
+        self._context = engine.create_execution_context()
+        self._inputs, self._outputs = [], []
+        self._dtypes = {}
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            (self._inputs if is_input else self._outputs).append(name)
+            self._dtypes[name] = getattr(torch, _TRT_TO_TORCH[engine.get_tensor_dtype(name).name])
+        if len(self._inputs) != 1 or "label" not in self._outputs:
+            raise EngineError(f"{onnx_path}: expected one input and a 'label' output, got inputs "
+                              f"{self._inputs}, outputs {self._outputs}")
+        self._lock = __import__("threading").Lock()
+        self.info = EngineInfo("tensorrt", str(self.device), precision, reason, {
+            "tensorrt": trt.__version__, "engine": str(plan_path), "gpu": _gpu_name(self.device.index),
+            "max_batch": str(self.max_batch)})
+
+    def infer(self, batch: np.ndarray, want_confidence: bool = True,
+              want_logits: bool = False) -> EngineOutput:
+        torch = self._torch
+        if not isinstance(batch, np.ndarray) or batch.ndim != 4 or batch.shape[1] != 3:
+            raise EngineError(f"infer() needs a (N, 3, h, w) float32 numpy batch, got "
+                              f"{getattr(batch, 'shape', type(batch).__name__)}")
+        n, _, h, w = batch.shape
+        if (h, w) != self.input_size or not 1 <= n <= self.max_batch:
+            raise EngineError(f"TensorRT engine built for batch 1..{self.max_batch} at "
+                              f"{self.input_size[0]}x{self.input_size[1]}; got batch {n} at {h}x{w}")
+        if want_logits and "logits" not in self._outputs:
+            raise EngineError("this TensorRT engine has no logits output (export with_logits=True)")
+        with self._lock:
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+            name_in = self._inputs[0]
+            self._context.set_input_shape(name_in, tuple(x.shape))
+            self._context.set_tensor_address(name_in, x.data_ptr())
+            outs = {}
+            for name in self._outputs:
+                shape = tuple(self._context.get_tensor_shape(name))
+                outs[name] = torch.empty(shape, dtype=self._dtypes[name], device=self.device)
+                self._context.set_tensor_address(name, outs[name].data_ptr())
+            stream = torch.cuda.current_stream(self.device)
+            if not self._context.execute_async_v3(stream.cuda_stream):
+                raise EngineError("TensorRT execute_async_v3 failed")
+            label = outs["label"].to(torch.uint8).cpu().numpy()
+            conf = None
+            if want_confidence and "confidence" in outs:
+                conf = outs["confidence"].float().round().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+            logits = outs["logits"].float().cpu().numpy() if want_logits else None
+        return EngineOutput(label, conf, logits)
+
+    def close(self) -> None:
+        self._context = None
+        self._engine = None
+        self._torch.cuda.empty_cache()
