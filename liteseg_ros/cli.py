@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    from liteseg_ros.engines.cpu_tuning import tune_malloc_at_startup
+
+    tune_malloc_at_startup()  # LITESEG_MALLOC_TUNING=0 turns it off
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

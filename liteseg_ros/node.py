@@ -640,6 +640,9 @@ class LiteSegNode(LifecycleNode):
 # ------------------------------------------------------------------------------------------ main
 def main(args: list[str] | None = None) -> int:
     """Console entry point: ``liteseg_node --ros-args --params-file config/liteseg.yaml -r image:=/cam``."""
+    from liteseg_ros.engines.cpu_tuning import tune_malloc_at_startup
+
+    tune_malloc_at_startup()  # before the model allocates anything (LITESEG_MALLOC_TUNING=0 turns it off)
     rclpy.init(args=args if args is not None else sys.argv)
     node = None
     code = 0

@@ -97,3 +97,13 @@ def get_num_threads() -> int:
         return torch.get_num_threads()
     except ImportError:
         return os.cpu_count() or 1
+
+
+def tune_malloc_at_startup() -> bool:
+    """What the node and the `liteseg` tools call first: tune_malloc unless LITESEG_MALLOC_TUNING=0.
+
+    Overridable because the tuned process keeps its peak working set resident (see module docstring).
+    """
+    if os.environ.get("LITESEG_MALLOC_TUNING", "1") == "0":
+        return False
+    return tune_malloc()
