@@ -1,0 +1,491 @@
+"""`liteseg bag` and `liteseg play`: real bags written with rosbags, the real pipeline, the real node.
+
+Bags are written here with rosbags (sqlite3 and mcap; raw and compressed images; two cameras; an
+unrelated std_msgs/String topic), segmented through ``liteseg_ros.cli.main`` in-process and once
+through the ``liteseg`` console script, and read back with rosbags' AnyReader. The replay test plays
+a bag into the live node (its own process, use_sim_time) and checks the output stamps.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from rosbags.highlevel import AnyReader
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from liteseg_ros import bag as bagmod
+from liteseg_ros import cli, image_codec
+from liteseg_ros.classes import ClassTable
+
+TS = get_typestore(Stores.ROS2_JAZZY)
+T = TS.types
+H, W = 48, 80  # input frames (the network runs at 64x96: both directions of resizing)
+NET = {"network_width": 96, "network_height": 64, "num_threads": 1}
+GROUPS = {"drivable": ["road"], "vehicles": ["car", "truck", "bus"]}
+T0 = 1_700_000_000 * 10**9
+PERIOD = 100_000_000  # 10 Hz
+STAMP_LAG = 5_000_000  # header stamp = receive time - 5 ms (so stamp and bag time differ)
+EXE = Path(sys.executable).parent
+
+
+@functools.lru_cache(maxsize=64)
+def frame(i: int, h: int = H, w: int = W) -> np.ndarray:
+    try:
+        from liteseg_ros.synthetic import SceneConfig, generate_scene
+
+        return generate_scene(i, SceneConfig(height=h, width=w)).image
+    except ImportError:  # pragma: no cover - synthetic scenes are another module's job
+        return np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def stamp_ns(header) -> int:
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+def header(ns: int, frame_id: str):
+    return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9),
+                                    frame_id=frame_id)
+
+
+def write_bag(path: Path, storage: str, cameras: dict[str, str], n: int, h: int = H, w: int = W,
+              chatter: bool = True, distinct: int = 1000) -> dict[str, list[tuple[int, bytes]]]:
+    """cameras: topic -> 'bgr8' | 'rgb8' | 'jpeg'. Returns topic -> [(bag time, raw CDR)] as written.
+
+    ``distinct``: how many different scenes to cycle through (generating scenes costs time).
+    """
+    written: dict[str, list[tuple[int, bytes]]] = {}
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    with Writer(path, version=9, storage_plugin=plugin) as wr:
+        conns = {}
+        for topic, kind in cameras.items():
+            msgtype = "sensor_msgs/msg/CompressedImage" if kind == "jpeg" else "sensor_msgs/msg/Image"
+            conns[topic] = wr.add_connection(topic, msgtype, typestore=TS)
+        if chatter:
+            conns["/chatter"] = wr.add_connection("/chatter", "std_msgs/msg/String", typestore=TS)
+        for i in range(n):
+            for k, (topic, kind) in enumerate(cameras.items()):
+                t = T0 + i * PERIOD + k * 1_000_000
+                img = frame((i * 10 + k) % distinct, h, w)
+                hdr = header(t - STAMP_LAG, topic.strip("/").split("/")[0])
+                if kind == "jpeg":
+                    fmt, data = image_codec.encode_compressed(img, "jpeg")
+                    msg = T["sensor_msgs/msg/CompressedImage"](header=hdr, format=fmt,
+                                                                data=np.frombuffer(data, np.uint8))
+                else:
+                    msg = T["sensor_msgs/msg/Image"](header=hdr, height=0, width=0, encoding="", is_bigendian=0,
+                                                     step=0, data=np.empty(0, np.uint8))
+                    image_codec.fill_image(msg, img[:, :, ::-1].copy() if kind == "rgb8" else img, kind)
+                raw = bytes(TS.serialize_cdr(msg, msg.__msgtype__))
+                wr.write(conns[topic], t, raw)
+                written.setdefault(topic, []).append((t, raw))
+            if chatter:
+                t = T0 + i * PERIOD + 50_000_000
+                raw = bytes(TS.serialize_cdr(T["std_msgs/msg/String"](data=f"hello {i}"), "std_msgs/msg/String"))
+                wr.write(conns["/chatter"], t, raw)
+                written.setdefault("/chatter", []).append((t, raw))
+    return written
+
+
+def read_bag(path: Path) -> tuple[dict[str, list[tuple[int, object, bytes]]], dict[str, str]]:
+    """topic -> [(bag time, message, raw)], topic -> msgtype."""
+    out: dict[str, list] = {}
+    types = {}
+    with AnyReader([path], default_typestore=TS) as r:
+        for c, t, raw in r.messages():
+            out.setdefault(c.topic, []).append((t, r.deserialize(raw, c.msgtype), bytes(raw)))
+            types[c.topic] = c.msgtype
+    return out, types
+
+
+def metadata(path: Path) -> dict:
+    return yaml.safe_load((path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+
+
+@pytest.fixture(scope="module")
+def params_file(tmp_path_factory, tiny_checkpoint) -> Path:
+    d = tmp_path_factory.mktemp("bagparams")
+    p = d / "liteseg.yaml"
+    p.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+        "weights": str(tiny_checkpoint), **NET, "engine_cache_dir": str(d / "engines"),
+        "mask_groups": GROUPS}}}))
+    return p
+
+
+@pytest.fixture(scope="module")
+def settings(params_file):
+    return bagmod.settings_from(params_file)
+
+
+@pytest.fixture(scope="module")
+def pipeline(settings):
+    """The same (Pipeline, ModelSource) the bag tool builds, built once for the API-level tests."""
+    from liteseg_ros import params
+    from liteseg_ros.runtime import build_pipeline
+
+    return build_pipeline(dict(settings, mask_groups=params.mask_groups_of(settings)), log=lambda m: None)
+
+
+def no_leftovers(parent: Path) -> bool:
+    return not [p for p in parent.iterdir() if p.name.endswith(".partial")]
+
+
+OUTPUTS = {"label": "mono8", "color": "rgb8", "overlay": "bgr8", "confidence": "mono8",
+           "masks/drivable": "mono8", "masks/vehicles": "mono8"}
+
+
+def check_outputs(got: dict, written: dict, camera_topic: str, root: str, pipe, node: str = "/liteseg") -> None:
+    """Every input frame of camera_topic has every output under root, with its stamps, sizes, encodings."""
+    classes = ClassTable.cityscapes()
+    inputs = {t: TS.deserialize_cdr(raw, "sensor_msgs/msg/CompressedImage" if camera_topic.endswith(
+        "compressed") else "sensor_msgs/msg/Image") for t, raw in written[camera_topic]}
+    times = sorted(inputs)
+    for key, enc in OUTPUTS.items():
+        msgs = got[f"{root}/{key}"]
+        assert [t for t, _, _ in msgs] == times, key  # recorded receive times, every frame, in order
+        for t, m, _ in msgs:
+            assert stamp_ns(m.header) == stamp_ns(inputs[t].header) == t - STAMP_LAG, key
+            assert m.header.frame_id == inputs[t].header.frame_id
+            assert (m.encoding, m.height, m.width) == (enc, H, W), key
+    boundary = got[f"{root}/drivable_boundary"]
+    stats = got[f"{root}/stats"]
+    assert [t for t, _, _ in boundary] == times and [t for t, _, _ in stats] == times
+    for k, ((t, label_msg, _), (_, b, _), (_, st, _)) in enumerate(zip(got[f"{root}/label"], boundary, stats,
+                                                                       strict=True)):
+        label = image_codec.decode_image(label_msg)[:, :, 0]
+        # The same processing as the node: Pipeline.run on the decoded input gives the same label.
+        want = pipe.run([image_codec.decode_any(inputs[t])])[0].label
+        assert np.mean(label == want) > 0.99
+        color = image_codec.decode_image(next(m for u, m, _ in got[f"{root}/color"] if u == t), want="rgb8")
+        assert np.array_equal(color, classes.palette_lut()[label])
+        for g, names in GROUPS.items():
+            mask = image_codec.decode_image(next(m for u, m, _ in got[f"{root}/masks/{g}"] if u == t))[:, :, 0]
+            assert np.array_equal(mask == 255, np.isin(label, [classes.index(n) for n in names])), g
+            assert set(np.unique(mask)) <= {0, 255}
+        assert (b.width, b.height) == (W, H) and len(b.row) == W
+        assert b.drivable_fraction == pytest.approx(np.mean(label == classes.index("road")), abs=1e-6)
+        assert stamp_ns(b.header) == stamp_ns(st.header) == t - STAMP_LAG
+        assert st.processed == k + 1 and st.received == k + 1 and st.rejected == 0
+        assert st.infer_ms > 0 and st.input_age_ms == pytest.approx(STAMP_LAG / 1e6)
+    info = got[f"{node}/info"]  # one latched ~/info per node, written with the first frame
+    assert len(info) == 1 and info[0][0] <= times[0]
+    i = info[0][1]
+    assert list(i.class_names) == list(classes.names) and (i.network_width, i.network_height) == (96, 64)
+    assert {g.name: list(g.class_names) for g in i.mask_groups} == GROUPS
+    assert i.model_name == "tiny-random" and i.backend
+    assert bytes(i.colors) == bytes(classes.flat_colors())
+
+
+def check_qos(meta: dict, *roots: str) -> None:
+    """ros2 bag (Jazzy) needs: v9, cdr, hashes, and we record offered QoS for every topic."""
+    assert meta["version"] == 9
+    for entry in meta["topics_with_message_count"]:
+        tm = entry["topic_metadata"]
+        assert tm["serialization_format"] == "cdr" and tm["type_description_hash"].startswith("RIHS01_")
+        qos = tm["offered_qos_profiles"]
+        assert len(qos) == 1, tm["name"]
+        if tm["name"] == "/liteseg/info":
+            assert (qos[0]["reliability"], qos[0]["durability"]) == ("reliable", "transient_local")
+        elif any(tm["name"].startswith(r + "/") for r in roots):
+            assert (qos[0]["reliability"], qos[0]["durability"]) == ("reliable", "volatile")
+        elif tm["type"].startswith("sensor_msgs"):
+            assert qos[0]["reliability"] == "best_effort"  # sensor data, as cameras offer it
+
+
+# ------------------------------------------------------------------------------------------ bag -> bag
+def test_two_cameras_raw_and_compressed_sqlite_to_mcap(tmp_path, params_file, pipeline, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    cams = {"/front/image_raw": "bgr8", "/rear/image_raw/compressed": "jpeg"}
+    written = write_bag(src, "sqlite3", cams, n=4)
+    rc = cli.main(["bag", str(src), str(out), "--topic", "/front/image_raw", "--topic",
+                   "/rear/image_raw/compressed", "--params-file", str(params_file), "--storage", "mcap",
+                   "--no-progress"])
+    text = capsys.readouterr()
+    assert rc == 0, text.err
+    assert "8/8 frames" in text.out and "/front/image_raw -> /liteseg/front/*" in text.out
+    got, types = read_bag(out)
+    # The input topics, unchanged: same types, bag times and bytes.
+    for topic, msgs in written.items():
+        assert [(t, raw) for t, _, raw in got[topic]] == msgs, topic
+    assert types["/chatter"] == "std_msgs/msg/String"
+    # The node's multi-camera layout: /liteseg/<camera>/..., one /liteseg/info.
+    for topic, root in (("/front/image_raw", "/liteseg/front"), ("/rear/image_raw/compressed", "/liteseg/rear")):
+        check_outputs(got, written, topic, root, pipeline[0])
+        assert {s.camera for _, s, _ in got[f"{root}/stats"]} == {root.split("/")[2]}
+    expected = set(written) | {"/liteseg/info"} | {f"/liteseg/{c}/{k}" for c in ("front", "rear") for k in
+                                                   [*OUTPUTS, "drivable_boundary", "stats"]}
+    assert set(got) == expected
+    # The node's batching: the two cameras' frames (1 ms apart, batch_window_ms 5) share one forward.
+    for (_, a, _), (_, b, _) in zip(got["/liteseg/front/stats"], got["/liteseg/rear/stats"], strict=True):
+        assert a.infer_ms == b.infer_ms  # per-frame share of one batch's inference time
+    meta = metadata(out)
+    assert meta["storage_identifier"] == "mcap" and list(out.glob("*.mcap"))
+    assert meta["custom_data"]["liteseg_ros.complete"] == "true"
+    check_qos(meta, "/liteseg/front", "/liteseg/rear")
+    assert no_leftovers(tmp_path)
+
+
+def test_console_script_mcap_to_sqlite_single_topic(tmp_path, params_file, pipeline):
+    src, out = tmp_path / "in", tmp_path / "out"
+    written = write_bag(src, "mcap", {"/camera/image_raw": "rgb8"}, n=3)
+    proc = subprocess.run([str(EXE / "liteseg"), "bag", str(src), str(out), "-t", "/camera/image_raw",
+                           "--params-file", str(params_file), "--storage", "sqlite3"],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "frame/s" in proc.stderr and "3/3" in proc.stderr  # tqdm progress: rate and count
+    got, _ = read_bag(out)
+    assert [(t, raw) for t, _, raw in got["/camera/image_raw"]] == written["/camera/image_raw"]
+    check_outputs(got, written, "/camera/image_raw", "/liteseg", pipeline[0])
+    assert {s.camera for _, s, _ in got["/liteseg/stats"]} == {""}  # the single-camera node's name
+    meta = metadata(out)
+    assert meta["storage_identifier"] == "sqlite3"
+    check_qos(meta, "/liteseg")
+    db = sqlite3.connect(next(out.glob("*.db3")))
+    assert db.execute("select schema_version from schema").fetchone()[0] == 4
+    assert db.execute("select metadata_version from metadata").fetchone()[0] == 9
+    assert ("liteseg_ros/msg/SegmentationInfo", "ros2msg") in db.execute(
+        "select topic_type, encoding from message_definitions").fetchall()
+    db.close()
+
+
+def test_node_name_camera_names_and_fixed_batches(tmp_path, settings, pipeline):
+    src = tmp_path / "in"
+    cams = {"/cam/left/image_raw": "bgr8", "/cam/right/image_raw": "bgr8", "/image_mono": "bgr8"}
+    written = write_bag(src, "sqlite3", cams, n=3, chatter=False)
+    s = bagmod.segment_bag(src, tmp_path / "a", list(cams), settings, node_name="seg", batch=2, progress=False,
+                           pipeline=pipeline)
+    assert s.complete and s.frames == s.total == 9
+    assert s.cameras == {"/cam/left/image_raw": "/seg/left", "/cam/right/image_raw": "/seg/right",
+                         "/image_mono": "/seg/image_mono"}
+    got, _ = read_bag(tmp_path / "a")
+    for topic, root in s.cameras.items():
+        assert [t for t, _, _ in got[f"{root}/label"]] == [t for t, _ in written[topic]]
+    assert len(got["/seg/info"]) == 1
+    # names from the params' `cameras` (as the node would publish with that file), or from --cameras
+    s = bagmod.segment_bag(src, tmp_path / "b", list(cams), dict(settings, cameras=["l", "r", "m"]),
+                           progress=False, pipeline=pipeline)
+    assert list(s.cameras.values()) == ["/liteseg/l", "/liteseg/r", "/liteseg/m"]
+    s = bagmod.segment_bag(src, tmp_path / "c", ["/image_mono"], settings, cameras=["mono"], progress=False,
+                           pipeline=pipeline)
+    assert s.cameras == {"/image_mono": "/liteseg/mono"}
+    with pytest.raises(bagmod.BagError, match="unique identifiers"):
+        bagmod.segment_bag(src, tmp_path / "d", list(cams), settings, cameras=["a", "a", "b"], progress=False,
+                           pipeline=pipeline)
+
+
+@pytest.mark.parametrize(("topics", "expected"), [
+    (["/camera/image_raw"], [""]),
+    (["/front/image_raw", "/rear/image_raw/compressed"], ["front", "rear"]),
+    (["/cam/left/image_raw", "/cam/right/image_raw"], ["left", "right"]),
+    (["/a/b/image", "/image_left"], ["b", "image_left"]),
+    (["/a/cam/image", "/b/cam/image"], ["a_cam", "b_cam"]),
+    (["/cam/image_raw", "/cam/image_rect"], ["cam_image_raw", "cam_image_rect"]),
+    (["/cam/image_raw", "/cam/image_raw/compressed"], ["cam_image_raw", "cam_image_raw_compressed"]),
+    (["/0cam/image", "/my-cam/image"], ["cam_0cam", "my_cam"]),
+])
+def test_camera_names(topics, expected):
+    assert list(bagmod.camera_names(topics).values()) == expected
+
+
+# ------------------------------------------------------------------------------------------ errors
+@pytest.fixture(scope="module")
+def small_bag(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("small") / "in"
+    write_bag(p, "sqlite3", {"/front/image_raw": "bgr8"}, n=6)
+    return p
+
+
+def test_missing_topic_lists_the_topics_that_exist(tmp_path, small_bag, params_file, capsys):
+    rc = cli.main(["bag", str(small_bag), str(tmp_path / "out"), "--topic", "/back/image_raw",
+                   "--params-file", str(params_file)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "/back/image_raw is not in the bag" in err
+    assert "/front/image_raw  [sensor_msgs/msg/Image]" in err and "/chatter  [std_msgs/msg/String]" in err
+    assert not (tmp_path / "out").exists() and no_leftovers(tmp_path)
+
+
+def test_non_image_topic_is_refused_by_name(tmp_path, small_bag, params_file, capsys):
+    rc = cli.main(["bag", str(small_bag), str(tmp_path / "out"), "--topic", "/chatter",
+                   "--params-file", str(params_file)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "/chatter has type std_msgs/msg/String, not an image" in err
+    assert not (tmp_path / "out").exists() and no_leftovers(tmp_path)
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ({"/**": {"ros__parameters": {"network_widht": 96}}}, "unknown parameter 'network_widht'"),
+    ({"/**": {"ros__parameters": {"overlay_alpha": 2.0}}}, "overlay_alpha: 2.0 is out of range"),
+    ({"/**": {"ros__parameters": {"mask_groups": {"drivable": ["roadd"]}}}}, "roadd"),
+    ("{not: yaml: [", "is not valid YAML"),
+    (None, "does not exist"),
+])
+def test_bad_params_file(tmp_path, small_bag, content, expected, capsys):
+    pf = tmp_path / "bad.yaml"
+    if content is not None:
+        pf.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
+    rc = cli.main(["bag", str(small_bag), str(tmp_path / "out"), "-t", "/front/image_raw", "--params-file", str(pf)])
+    err = capsys.readouterr().err
+    assert rc == 2 and expected in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_weights_existing_output_and_missing_bag(tmp_path, small_bag, capsys):
+    rc = cli.main(["bag", str(small_bag), str(tmp_path / "out"), "-t", "/front/image_raw", "-p", "backend:=pytorch"])
+    assert rc == 2 and "no weights given" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and no_leftovers(tmp_path)
+    (tmp_path / "exists").mkdir()
+    rc = cli.main(["bag", str(small_bag), str(tmp_path / "exists"), "-t", "/front/image_raw"])
+    assert rc == 2 and "exists; choose another name or pass --overwrite" in capsys.readouterr().err
+    rc = cli.main(["bag", str(tmp_path / "nope"), str(tmp_path / "out"), "-t", "/x"])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ interruption
+def _check_partial(out: Path, small_bag: Path, frames: int) -> None:
+    meta = metadata(out)
+    assert meta["custom_data"]["liteseg_ros.complete"] == "false"
+    assert meta["custom_data"]["liteseg_ros.frames"] == str(frames)
+    got, _ = read_bag(out)  # opens and reads every message: a valid bag
+    inputs, _ = read_bag(small_bag)
+    labels = got["/liteseg/label"]
+    assert len(labels) == frames
+    in_stamps = {stamp_ns(m.header) for _, m, _ in inputs["/front/image_raw"]}
+    assert {stamp_ns(m.header) for _, m, _ in labels} <= in_stamps
+    # every frame copied into the partial bag has its outputs (graceful stop finishes the batch)
+    assert [t for t, _, _ in got["/front/image_raw"]] == [t for t, _, _ in labels]
+
+
+def test_stop_event_leaves_a_valid_partial_bag(tmp_path, small_bag, settings, pipeline):
+    stop = threading.Event()
+    out = tmp_path / "out"
+    s = bagmod.segment_bag(small_bag, out, ["/front/image_raw"], settings, progress=False, pipeline=pipeline,
+                           stop_event=stop, on_frame=lambda n: n >= 2 and stop.set())
+    assert (s.complete, s.stop_reason, s.frames, s.output) == (False, "stop", 2, out)
+    _check_partial(out, small_bag, 2)
+    assert no_leftovers(tmp_path)
+    # stopped before the first frame (e.g. Ctrl-C while the model loads): no bag at all
+    s = bagmod.segment_bag(small_bag, tmp_path / "none", ["/front/image_raw"], settings, progress=False,
+                           pipeline=pipeline, stop_event=stop)
+    assert (s.output, s.frames, s.stop_reason) == (None, 0, "stop")
+    assert not (tmp_path / "none").exists() and no_leftovers(tmp_path)
+
+
+def test_max_frames(tmp_path, small_bag, settings, pipeline):
+    s = bagmod.segment_bag(small_bag, tmp_path / "out", ["/front/image_raw"], settings, progress=False,
+                           pipeline=pipeline, max_frames=3)
+    assert (s.complete, s.stop_reason, s.frames, s.total) == (False, "max_frames", 3, 3)
+    _check_partial(tmp_path / "out", small_bag, 3)
+
+
+def _raise(exc_type, after: int):
+    def cb(n: int) -> None:
+        if n >= after:
+            raise exc_type("injected")
+    return cb
+
+
+def test_keyboard_interrupt_keeps_a_valid_bag_or_removes_it(tmp_path, small_bag, settings, pipeline):
+    keep = tmp_path / "keep"
+    s = bagmod.segment_bag(small_bag, keep, ["/front/image_raw"], settings, progress=False, pipeline=pipeline,
+                           on_frame=_raise(KeyboardInterrupt, 3))
+    assert (s.complete, s.stop_reason, s.output) == (False, "interrupt", keep)
+    _check_partial(keep, small_bag, 3)
+    gone = tmp_path / "gone"
+    s = bagmod.segment_bag(small_bag, gone, ["/front/image_raw"], settings, progress=False, pipeline=pipeline,
+                           on_frame=_raise(KeyboardInterrupt, 2), on_interrupt="delete")
+    assert s.output is None and not gone.exists()
+    # any other failure: no bag at all, never a half-written one
+    with pytest.raises(RuntimeError, match="injected"):
+        bagmod.segment_bag(small_bag, gone, ["/front/image_raw"], settings, progress=False, pipeline=pipeline,
+                           on_frame=_raise(RuntimeError, 2))
+    assert not gone.exists() and no_leftovers(tmp_path)
+
+
+def test_sigint_to_the_console_script_leaves_a_valid_partial_bag(tmp_path, params_file):
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_bag(src, "sqlite3", {"/front/image_raw": "bgr8"}, n=400, h=24, w=40, chatter=False,
+              distinct=4)
+    proc = subprocess.Popen([str(EXE / "liteseg"), "bag", str(src), str(out), "-t", "/front/image_raw",
+                             "--params-file", str(params_file), "--batch", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    err = ""
+    deadline = time.monotonic() + 120
+    while not [n for n in re.findall(r"\| *(\d+)/400", err) if int(n) > 0]:  # the bar shows frames done
+        ch = proc.stderr.read(1)  # tqdm redraws with \r: read characters, not lines
+        assert ch, f"liteseg bag ended before it was interrupted: {err}"
+        err += ch
+        assert time.monotonic() < deadline
+    proc.send_signal(signal.SIGINT)
+    stdout, rest = proc.communicate(timeout=60)
+    err += rest
+    assert proc.returncode == 130, err
+    assert "valid but PARTIAL bag" in err
+    meta = metadata(out)
+    assert meta["custom_data"]["liteseg_ros.complete"] == "false"
+    frames = int(meta["custom_data"]["liteseg_ros.frames"])
+    assert 0 < frames < 400
+    got, _ = read_bag(out)
+    assert len(got["/liteseg/label"]) == len(got["/front/image_raw"]) == frames
+    assert no_leftovers(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ types
+def test_our_message_hashes_match_rosidl():
+    share = Path(sys.prefix) / "share" / "liteseg_ros" / "msg"
+    if not (share / "SegmentationInfo.json").is_file():
+        pytest.skip("liteseg_ros messages are not built into this environment")
+    ts, ok = bagmod.make_typestore()
+    assert ok
+    for f in sorted(share.glob("*.json")):
+        name = f"liteseg_ros/msg/{f.stem}"
+        hashes = {h["type_name"]: h["hash_string"] for h in json.loads(f.read_text())["type_hashes"]}
+        assert ts.hash_rihs01(name) == hashes[name], name
+
+
+# ------------------------------------------------------------------------------------------ play
+def test_play_refuses_a_missing_topic(small_bag, capsys):
+    rc = cli.main(["play", str(small_bag), "--topics", "/nope"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "/nope are not in the bag" in err and "/front/image_raw" in err
+
+
+@pytest.mark.ros
+def test_play_into_the_live_node_with_sim_time(tmp_path, start_node, ros, tiny_checkpoint, params_file):
+    from sensor_msgs.msg import Image
+
+    from liteseg_ros.msg import FrameStats
+
+    src = tmp_path / "in"
+    written = write_bag(src, "sqlite3", {"/camera/image_raw": "bgr8"}, n=6)
+    stamps = [t - STAMP_LAG for t, _ in written["/camera/image_raw"]]
+    cache = yaml.safe_load(params_file.read_text())["/**"]["ros__parameters"]["engine_cache_dir"]
+    node = start_node({"weights": str(tiny_checkpoint), **NET, "engine_cache_dir": cache, "use_sim_time": True,
+                       "process_all_frames": True}, extra_args=["-r", "image:=/camera/image_raw"])
+    labels = ros.collect(Image, "/liteseg/label")
+    stats = ros.collect(FrameStats, "/liteseg/stats")
+    ros.wait_for(lambda: ros.node.count_publishers("/liteseg/label") > 0 or not node.alive(), 90,
+                 "the node's publishers")
+    assert node.alive(), node.output()
+    # the child inherits this session's isolated DDS domain from os.environ (set by conftest)
+    proc = subprocess.run([str(EXE / "liteseg"), "play", str(src), "--clock", "--rate", "2", "--wait-for",
+                           "/camera/image_raw"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr + node.output()
+    assert "published 12 messages" in proc.stdout
+    ros.wait_for(lambda: len(labels) >= 6 and len(stats) >= 6, 60, "6 labels")
+    assert [stamp_ns(m.header) for m in labels] == stamps
+    # use_sim_time: the node's clock follows /clock (bag time), so the input age is the recorded
+    # 5 ms lag (plus at most a /clock period), not the years since 2023 that wall time would give.
+    ages = [s.input_age_ms for s in stats[1:]]
+    assert all(abs(a) < 1000 for a in ages), ages
