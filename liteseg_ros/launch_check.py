@@ -19,7 +19,7 @@ from liteseg_ros import params
 PACKAGE = "liteseg_ros"
 ALLOWED_IMPORTS = {"os", "launch", "launch_ros", "ament_index_python"}
 REQUIRED_ARGUMENTS = ("params_file", "image", "camera_info", "namespace", "node_name", "use_sim_time", "rviz",
-                      "log_level")
+                      "log_level", "bag", "cameras")
 #: Topics the node subscribes to (relative names, remappable).
 NODE_INPUTS = ("image", "image/compressed", "camera_info")
 
@@ -97,6 +97,19 @@ def read_facts(text: str, filename: str = "segment.launch.py") -> tuple[LaunchFa
             parts = tuple(_const(a) for a in n.args[1:])
             if parts and all(parts) and parts[0] in ("config", "launch"):
                 facts.share_paths.append((parts, n.lineno))
+    for n in ast.walk(tree):  # remappings built in code: remappings = [...] if cameras else [...]
+        if isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "remappings" for t in n.targets):
+            for el in ast.walk(n.value):
+                if isinstance(el, ast.Tuple) and el.elts and _const(el.elts[0]):
+                    facts.remappings.append((_const(el.elts[0]), el.lineno))
+    for n in ast.walk(tree):  # parameter dicts built in code: overrides["cameras"] = ...
+        if isinstance(n, ast.Assign):
+            for t in n.targets:
+                if isinstance(t, ast.Subscript) and _const(t.slice) and getattr(t.value, "id", "") == "overrides":
+                    facts.parameters.append((_const(t.slice), n.lineno))
+        if (isinstance(n, ast.Assign) and isinstance(n.value, ast.Dict)
+                and any(getattr(t, "id", "") == "overrides" for t in n.targets)):
+            facts.parameters += [(_const(k), k.lineno) for k in n.value.keys if _const(k)]
     return facts, errors
 
 
@@ -147,7 +160,11 @@ def launch_argv(repo: Path, launch_file: Path | None = None, **overrides: str) -
     argv += ["--params-file", args["params_file"]]
     sim = args.get("use_sim_time", "false").lower() == "true" or bool(args.get("bag"))
     argv += ["-p", f"use_sim_time:={'true' if sim else 'false'}"]
-    argv += ["-r", f"image:={args['image']}", "-r", f"image/compressed:={args['image']}/compressed",
-             "-r", f"camera_info:={args['camera_info']}"]
+    cameras = [c.strip() for c in args.get("cameras", "").split(",") if c.strip()]
+    if cameras:
+        argv += ["-p", f"cameras:=[{','.join(cameras)}]"]
+    else:
+        argv += ["-r", f"image:={args['image']}", "-r", f"image/compressed:={args['image']}/compressed",
+                 "-r", f"camera_info:={args['camera_info']}"]
     argv += ["--log-level", args.get("log_level", "info")]
     return argv
