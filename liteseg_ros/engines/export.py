@@ -79,7 +79,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
         for name in names:
             axes[name].update({1: "height", 2: "width"} if name != "logits" else {2: "height", 3: "width"})
     x = torch.zeros(1, 3, h, w)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique: several nodes may export at once
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer warnings
         with torch.inference_mode(False), torch.no_grad():
