@@ -103,6 +103,7 @@ def check_frame(outs: dict, h: int, w: int, frame_id: str, stamp: int) -> None:
 def test_every_output_for_best_effort_and_reliable_cameras(start_node, ros, tiny_checkpoint):
     node = start_node({"weights": str(tiny_checkpoint), **NET, **GROUPS})
     outs = Outputs(ros)
+    cam_infos = ros.collect(CameraInfo, "/liteseg/label/camera_info")
     be = ros.node.create_publisher(Image, "/image", BEST_EFFORT)
     rel = ros.node.create_publisher(Image, "/image", RELIABLE)
     info_pub = ros.node.create_publisher(CameraInfo, "/camera_info", RELIABLE)
@@ -121,6 +122,12 @@ def test_every_output_for_best_effort_and_reliable_cameras(start_node, ros, tiny
         check_frame(got, h, w, fid, stamp)
         stats = got["stats"]
         assert stats.processed >= i + 1 and stats.infer_ms > 0 and stats.rejected == 0
+
+    # ~/label/camera_info: the camera_info at the label's (input) resolution, with the frame's header
+    ros.wait_for(lambda: len(cam_infos) >= 3, 20, "label camera_info")
+    ci = cam_infos[0]
+    assert stamp_ns(ci.header) == 1_700_000_000_000_000_000 and ci.header.frame_id == "front"
+    assert list(ci.k) == list(cam.k) and (ci.width, ci.height) == (640, 480)
 
     # ~/info is latched: a subscriber that arrives now still gets it.
     late = ros.collect(SegmentationInfo, "/liteseg/info", LATCHED)
@@ -260,3 +267,27 @@ def test_missing_and_corrupt_weights_refuse_to_start(start_node, tmp_path):
         p = start_node({"weights": weights, **NET})
         assert p.proc.wait(90) != 0
         assert expected in p.output(), p.output()
+
+
+def test_degrades_to_standard_messages_without_the_custom_interfaces(ros, tiny_checkpoint, tmp_path):
+    """Where liteseg_ros.msg is not built the node still serves every standard-message output."""
+    import yaml
+    from conftest import NodeProcess, ros_env
+
+    pf = tmp_path / "p.yaml"
+    pf.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"weights": str(tiny_checkpoint), **NET}}}))
+    node = NodeProcess(["--ros-args", "--params-file", str(pf)], env=ros_env(LITESEG_DISABLE_CUSTOM_MSGS="1"),
+                       log_path=tmp_path / "node.log")
+    try:
+        labels = ros.collect(Image, "/liteseg/label")
+        masks = ros.collect(Image, "/liteseg/masks/drivable")
+        pub = ros.node.create_publisher(Image, "/image", RELIABLE)
+        wait_matched(ros, pub, node)
+        time.sleep(0.5)
+        pub.publish(image_msg(frame(120, 160, 5), "bgr8", 77 * 1_000_000_000))
+        ros.wait_for(lambda: labels and masks, 60, "label and mask")
+        topics = dict(ros.node.get_topic_names_and_types())
+        assert "/liteseg/info" not in topics and "/liteseg/stats" not in topics
+        assert "messages are not built" in node.output()
+    finally:
+        node.stop()
