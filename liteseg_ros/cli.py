@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from liteseg_ros.engines.cli import parse_size
+
 #: subcommand -> (one-line help, "module:function" that adds its parser to the subparsers)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("parameters, MACs and feature sizes of a LiteSeg variant (compare with the paper)",
@@ -31,22 +33,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _size(text: str) -> tuple[int, int]:
-    """'HxW' -> (H, W)."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r} must look like 360x640 (HxW)") from None
-    if h < 8 or w < 8:
-        raise argparse.ArgumentTypeError(f"size {text!r} is too small")
-    return h, w
-
-
 # ------------------------------------------------------------------------------------------ info
 def add_info_parser(sub) -> None:
     p = sub.add_parser("info", help=SUBCOMMANDS["info"][0], description=SUBCOMMANDS["info"][0])
     p.add_argument("--backbone", default="mobilenetv2", choices=("mobilenetv2", "shufflenet", "darknet19"))
-    p.add_argument("--size", type=_size, default=(512, 1024), help="input HxW (default 512x1024, the paper's)")
+    p.add_argument("--size", type=parse_size, default=(512, 1024), help="input HxW (default 512x1024, the paper's)")
     p.add_argument("--weights", help="describe this checkpoint's network instead (backbone from the file)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_run_info)

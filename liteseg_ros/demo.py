@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from liteseg_ros.cli import _size
+from liteseg_ros.engines.cli import parse_size
 
 
 def add_demo_parser(sub) -> None:
@@ -36,8 +36,8 @@ def add_demo_parser(sub) -> None:
     src.add_argument("--bag", type=Path, help="a rosbag: its first image topic (or --topic) is played")
     p.add_argument("--topic", help="image topic to take from --bag")
     p.add_argument("--frames", type=int, default=60, help="frames to play (default 60)")
-    p.add_argument("--size", type=_size, default=(360, 640), help="generated camera size HxW (default 360x640)")
-    p.add_argument("--network-size", type=_size, default=None, help="network HxW (default: the weights' training "
+    p.add_argument("--size", type=parse_size, default=(360, 640), help="generated camera size HxW (default 360x640)")
+    p.add_argument("--network-size", type=parse_size, default=None, help="network HxW (default: the weights' training "
                    "size for the demo weights, else 360x640)")
     p.add_argument("--rate", type=float, default=10.0, help="camera rate in Hz (default 10)")
     p.add_argument("--seed", type=int, default=2026, help="generated drive seed (held out from training)")
