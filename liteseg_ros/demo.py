@@ -24,6 +24,9 @@ import numpy as np
 
 from liteseg_ros.engines.cli import parse_size
 
+#: The bundled demo model was trained on 180x320 generated scenes (crops of 128x256 .. 160x288).
+DEMO_NETWORK_SIZE = (180, 320)
+
 
 def add_demo_parser(sub) -> None:
     from liteseg_ros.cli import SUBCOMMANDS
@@ -37,8 +40,8 @@ def add_demo_parser(sub) -> None:
     p.add_argument("--topic", help="image topic to take from --bag")
     p.add_argument("--frames", type=int, default=60, help="frames to play (default 60)")
     p.add_argument("--size", type=parse_size, default=(360, 640), help="generated camera size HxW (default 360x640)")
-    p.add_argument("--network-size", type=parse_size, default=None, help="network HxW (default: the weights' training "
-                   "size for the demo weights, else 360x640)")
+    p.add_argument("--network-size", type=parse_size, default=None, help="network HxW (default: 180x320 for the "
+                   "demo weights, the scale they were trained at; else 360x640)")
     p.add_argument("--rate", type=float, default=10.0, help="camera rate in Hz (default 10)")
     p.add_argument("--seed", type=int, default=2026, help="generated drive seed (held out from training)")
     p.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output/)")
@@ -161,7 +164,7 @@ def run_demo(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     net = args.network_size
     if net is None:
-        net = _demo_train_size(args.weights) or (360, 640)
+        net = DEMO_NETWORK_SIZE if args.weights == "demo" else (360, 640)
     node_params = {"weights": args.weights, "network_height": net[0], "network_width": net[1]}
     if args.params_file:
         from liteseg_ros import params as P
@@ -355,19 +358,5 @@ def _share_file(rel: str) -> Path | None:
         from ament_index_python.packages import get_package_share_directory
 
         return Path(get_package_share_directory("liteseg_ros")) / rel
-    except Exception:
-        return None
-
-
-def _demo_train_size(weights: str) -> tuple[int, int] | None:
-    """The training size stored in the demo checkpoint: the demo network runs where it was trained."""
-    if weights != "demo":
-        return None
-    try:
-        from liteseg_ros.model import load_checkpoint
-        from liteseg_ros.runtime import demo_weights_path
-
-        size = getattr(load_checkpoint(demo_weights_path()).meta, "train_size", None)
-        return tuple(size) if size else None
     except Exception:
         return None
