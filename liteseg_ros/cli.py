@@ -28,6 +28,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
              "liteseg_ros.train.cli:add_eval_parser"),
     "export": ("export ONNX / build a TensorRT engine", "liteseg_ros.engines.cli:add_export_parser"),
     "bench": ("time backends model-only and end to end (paper-style)", "liteseg_ros.engines.cli:add_bench_parser"),
+    "quantize": ("int8 model for ONNX Runtime / OpenVINO with a label-agreement report",
+                 "liteseg_ros.engines.cli:add_quantize_parser"),
     "launch-cmd": ("print the liteseg_node command line that `ros2 launch liteseg_ros segment.launch.py` runs",
                    "liteseg_ros.cli:add_launch_cmd_parser"),
 }

@@ -86,13 +86,14 @@ def load_model(weights: str, allow_random_weights: bool = False, backbone: str =
 
 
 def resolve_device(device: str, precision: str) -> tuple[str, str]:
-    """'auto' device -> cuda when usable, else cpu; 'auto' precision -> fp16 on CUDA, fp32 on CPU."""
+    """'auto' device -> cuda when usable, else cpu; 'auto' precision -> fp16 on CUDA, and stays 'auto'
+    on CPU, where ``create_engine`` picks the fastest of fp32/bf16/int8 that meets min_label_agreement."""
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if precision == "auto":
-        precision = "fp16" if device.startswith("cuda") else "fp32"
+    if precision == "auto" and device.startswith("cuda"):
+        precision = "fp16"
     return device, precision
 
 
@@ -102,7 +103,8 @@ def build_pipeline(values: Mapping, classes_override: ClassTable | None = None,
 
     ``values`` needs: weights, allow_random_weights, backbone, backend, device, precision,
     num_threads, engine_cache_dir, network_width, network_height, resize_mode, output_resolution,
-    overlay_alpha, confidence_threshold, and ``mask_groups`` as {group: [class names]}.
+    overlay_alpha, confidence_threshold, and ``mask_groups`` as {group: [class names]};
+    ``min_label_agreement`` is optional (default 0.99).
     ``max_batch``: the largest batch ``Pipeline.run`` will get (TensorRT profiles; the bag tool batches).
     """
     from liteseg_ros.engines import create_engine
@@ -124,5 +126,6 @@ def build_pipeline(values: Mapping, classes_override: ClassTable | None = None,
                            precision=precision, input_size=size,
                            num_threads=int(values["num_threads"]) or None,
                            cache_dir=values.get("engine_cache_dir") or None, log=log,
-                           max_batch=max(1, int(max_batch)))
+                           max_batch=max(1, int(max_batch)),
+                           min_label_agreement=float(values.get("min_label_agreement", 0.99)))
     return Pipeline(engine, classes, cfg), source

@@ -40,11 +40,10 @@ def test_demo_reports_a_node_that_cannot_start(tmp_path):
 def test_demo_weights_segment_held_out_scenes():
     """The bundled model must stay good on generated scenes it never saw (seeds >= 10000)."""
     from liteseg_ros import params
+    from liteseg_ros.demo import DEMO_NETWORK_SIZE
     from liteseg_ros.runtime import build_pipeline
     from liteseg_ros.synthetic import SceneConfig, generate_scene
     from liteseg_ros.train.metrics import ConfusionMatrix
-
-    from liteseg_ros.demo import DEMO_NETWORK_SIZE
 
     values = dict(params.defaults(), weights="demo", backend="pytorch")
     values.update(network_height=DEMO_NETWORK_SIZE[0], network_width=DEMO_NETWORK_SIZE[1], mask_groups={})

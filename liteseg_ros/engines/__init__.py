@@ -3,15 +3,24 @@
 Ring 2: imports numpy and torch (runtimes lazily); never rclpy, message packages, or
 ``liteseg_ros.node`` / ``bag`` / ``image_codec``.
 
-Backends: ``pytorch`` (CPU or CUDA, fp32 or fp16 autocast), ``onnxruntime`` (CPU fp32; CUDA with
-onnxruntime-gpu), ``tensorrt`` (CUDA, fp32/fp16, optional dependency). ``auto`` picks, and says why
-in ``engine.info.reason``:
+Backends: ``pytorch`` (CPU or CUDA, fp32 or fp16 autocast), ``onnxruntime`` (CPU fp32 or int8;
+CUDA with onnxruntime-gpu), ``openvino`` (CPU fp32, bf16 where the CPU has it, int8), ``tensorrt``
+(CUDA, fp32/fp16, optional dependency). ``auto`` picks, and says why in ``engine.info.reason``:
 
 - device ``cuda[:N]``: TensorRT when it imports and its engine loads or builds, else PyTorch CUDA;
-  if CUDA is missing, the CPU default below (fp16 then falls back to fp32, also in the reason).
-- device ``cpu``: :data:`CPU_DEFAULT_BACKEND` (ONNX Runtime, measured faster than PyTorch on CPU by
-  ``benchmarks/bench_engines.py``), or PyTorch when onnxruntime is not installed. fp16 requested on
-  CPU falls back to fp32 under ``auto``; an explicit backend with fp16 on CPU is an EngineError.
+  if CUDA is missing, the CPU choice below (fp16 then falls back to fp32, also in the reason).
+- device ``cpu``: the fastest CPU path (:func:`cpu_path_ranking`, measured by
+  ``benchmarks/bench_cpu_paths.py``) among the installed runtimes and the precisions allowed
+  (``precision: auto`` = fp32, bf16, int8) whose label agreement with PyTorch fp32 is at least
+  ``min_label_agreement``. fp32 paths are the reference and always qualify. bf16 needs a CPU that
+  reports BF16; its agreement comes from a short check on two generated scenes at start-up (cached
+  in ``cache_dir/agreement``). int8 needs a quantized file (``liteseg quantize``, or an earlier
+  ``precision: int8`` run, in ``cache_dir/int8``) and its agreement comes from that file's report;
+  ``auto`` never quantizes at start-up. PyTorch when neither ONNX Runtime nor OpenVINO is installed.
+  fp16 on CPU falls back to fp32 under ``auto``; an explicit backend with fp16 on CPU is an EngineError.
+- ``precision: int8`` with an explicit backend uses the cached int8 file of the weights, quantizing
+  it first with generated calibration scenes when there is none (logged); ``weights`` may also be a
+  quantized ``.onnx`` file from ``liteseg quantize --out``.
 """
 from __future__ import annotations
 
@@ -23,16 +32,26 @@ from typing import Any
 
 from .base import Engine, EngineError, EngineInfo, EngineOutput
 
-BACKENDS = ("auto", "pytorch", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16")
+BACKENDS = ("auto", "pytorch", "onnxruntime", "tensorrt", "openvino")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+#: Label agreement with PyTorch fp32 a reduced-precision CPU path needs before ``auto`` picks it.
+DEFAULT_MIN_LABEL_AGREEMENT = 0.99
+#: CPU paths fastest first, (backend, precision, ms at 1x3x360x640 with 2 threads), on a CPU with BF16
+#: (AVX-512 BF16 / AMX; issue #11 measurements) and on one without (AVX2;
+#: benchmarks/bench_cpu_paths.py on the 2-core AMD EPYC development machine).
+CPU_PATHS_BF16 = (("openvino", "int8", 7.7), ("openvino", "bf16", 9.2), ("onnxruntime", "int8", 10.7),
+                  ("onnxruntime", "fp32", 15.8), ("openvino", "fp32", 21.2))
+CPU_PATHS_NO_BF16 = (("onnxruntime", "fp32", 0.0), ("openvino", "int8", 0.0), ("openvino", "fp32", 0.0),
+                     ("onnxruntime", "int8", 0.0))
 #: The CPU backend ``auto`` chooses; see CPU_DEFAULT_WHY for the measurement behind it.
 CPU_DEFAULT_BACKEND = "onnxruntime"
 CPU_DEFAULT_WHY = ("ONNX Runtime with in-graph post-processing measured 2.3x faster than eager PyTorch fp32 "
                    "and 1.4x faster than PyTorch channels_last+folded BN at 360x640 "
                    "(benchmarks/bench_engines.py)")
 
-__all__ = ["BACKENDS", "CPU_DEFAULT_BACKEND", "PRECISIONS", "Engine", "EngineError", "EngineInfo",
-           "EngineOutput", "available_backends", "build_tensorrt_engine", "create_engine", "load_model"]
+__all__ = ["BACKENDS", "CPU_DEFAULT_BACKEND", "DEFAULT_MIN_LABEL_AGREEMENT", "PRECISIONS", "Engine",
+           "EngineError", "EngineInfo", "EngineOutput", "available_backends", "build_tensorrt_engine",
+           "cpu_path_ranking", "create_engine", "load_model"]
 
 
 def available_backends() -> dict[str, str]:
@@ -46,8 +65,18 @@ def available_backends() -> dict[str, str]:
         status["onnxruntime"] = "ok"
     except ImportError as exc:
         status["onnxruntime"] = f"onnxruntime not installed ({exc.msg})"
+    from .openvino import openvino_status
+
+    status["openvino"] = openvino_status()
     status["tensorrt"] = tensorrt_status()
     return status
+
+
+def cpu_path_ranking(caps=None) -> tuple[tuple[str, str, float], ...]:
+    """CPU (backend, precision, measured ms) fastest first for this CPU (``caps``: capability override)."""
+    from .openvino import has_bf16
+
+    return CPU_PATHS_BF16 if has_bf16(caps) else CPU_PATHS_NO_BF16
 
 
 def load_model(model_or_weights: Any):
@@ -106,32 +135,54 @@ def create_engine(model_or_weights: Any, backend: str = "auto", device: str = "c
                   precision: str = "fp32", input_size: tuple[int, int] = (360, 640),
                   num_threads: int | None = None, cache_dir: str | os.PathLike | None = None,
                   compile: bool = False, log: Callable[[str], None] = print, max_batch: int = 1,
-                  rebuild: bool = False, warmup: bool = True) -> Engine:
+                  rebuild: bool = False, warmup: bool = True,
+                  min_label_agreement: float = DEFAULT_MIN_LABEL_AGREEMENT, caps: Any = None) -> Engine:
     """Build the engine for ``backend`` on ``device`` at ``precision`` (see the module docstring).
 
     model_or_weights: an ``nn.Module`` returning logits, a checkpoint path, or an exported ``.onnx``
-    file (onnxruntime/tensorrt only). input_size: the network (h, w) the pipeline feeds; used for
-    export, TensorRT profiles and warm-up. num_threads: CPU intra-op threads (torch and ORT).
-    cache_dir: exported ONNX files and TensorRT plans (default ``~/.cache/liteseg_ros/engines``).
-    compile: ``torch.compile`` for the pytorch backend. max_batch: TensorRT profile maximum.
-    rebuild: ignore a cached TensorRT plan. Logs the choice and its reason through ``log``.
+    file (onnxruntime/openvino/tensorrt only; a quantized file from ``liteseg quantize`` for int8).
+    precision: ``auto`` (fp16 on CUDA; on CPU the fastest path meeting ``min_label_agreement``),
+    fp32, fp16 (CUDA), bf16 (openvino), int8 (onnxruntime, openvino). input_size: the network (h, w)
+    the pipeline feeds; used for export, quantization, TensorRT profiles and warm-up. num_threads:
+    CPU intra-op threads (torch, ORT and OpenVINO use exactly this many). cache_dir: exported ONNX
+    files, int8 files and reports, OpenVINO's compiled models, TensorRT plans (default
+    ``~/.cache/liteseg_ros/engines``). compile: ``torch.compile`` for the pytorch backend.
+    max_batch: TensorRT profile maximum. rebuild: ignore a cached TensorRT plan. caps: CPU
+    capability override for tests (see ``openvino.cpu_capabilities``). Logs the choice and its reason.
     """
     dev = _check_args(backend, device, precision)
+    if not 0.0 <= float(min_label_agreement) <= 1.5:
+        raise EngineError(f"min_label_agreement must be a fraction in [0, 1], got {min_label_agreement}")
     if num_threads is not None:
         from .cpu_tuning import set_num_threads
 
         set_num_threads(num_threads)
     is_onnx = isinstance(model_or_weights, (str, os.PathLike)) and str(model_or_weights).endswith(".onnx")
     avail = available_backends()
-    reason = ""
-    if backend == "auto":
+    auto = backend == "auto"
+    ctx = _Ctx(model_or_weights, is_onnx, input_size, num_threads, cache_dir, compile, log, max_batch,
+               rebuild, float(min_label_agreement), caps)
+    if auto:
         backend, dev, precision, reason = _choose(dev, precision, avail, is_onnx)
     elif avail[backend] != "ok":
         raise EngineError(f"backend {backend!r} unavailable: {avail[backend]}")
     else:
         reason = f"backend {backend} requested"
-    engine = _build(model_or_weights, is_onnx, backend, dev, precision, input_size, num_threads,
-                    cache_dir, compile, log, max_batch, rebuild, reason, auto=reason.startswith("auto"))
+        if precision == "auto":
+            if backend in ("onnxruntime", "openvino") and dev == "cpu":
+                backend = "cpu-auto:" + backend
+            else:
+                precision = "fp16" if dev.startswith("cuda") and backend != "onnxruntime" else "fp32"
+        elif precision in ("bf16", "int8") and backend not in ("onnxruntime", "openvino"):
+            raise EngineError(f"precision {precision!r} is a CPU precision of backend openvino (bf16, int8) "
+                              f"and onnxruntime (int8), not of {backend!r}")
+        elif precision == "bf16" and backend == "onnxruntime":
+            raise EngineError("precision 'bf16' is not supported by the onnxruntime backend (allowed: fp32, "
+                              "int8); use backend openvino for bf16")
+    if backend.startswith("cpu-auto"):
+        engine = _cpu_auto(ctx, backend.split(":", 1)[1], precision, reason)
+    else:
+        engine = _build(ctx, backend, dev, precision, reason, auto=auto)
     log(f"engines: using {engine.info.backend} on {engine.info.device} ({engine.info.precision}): "
         f"{engine.info.reason}")
     if warmup:
@@ -139,12 +190,35 @@ def create_engine(model_or_weights: Any, backend: str = "auto", device: str = "c
     return engine
 
 
+class _Ctx:
+    """The create_engine arguments every builder needs (one place instead of ten parameters)."""
+
+    def __init__(self, source: Any, is_onnx: bool, input_size: tuple[int, int], num_threads: int | None,
+                 cache_dir: Any, compile: bool, log: Callable[[str], None], max_batch: int, rebuild: bool,
+                 floor: float, caps: Any) -> None:
+        self.source, self.is_onnx, self.input_size = source, is_onnx, tuple(int(v) for v in input_size)
+        self.num_threads, self.cache_dir, self.compile, self.log = num_threads, cache_dir, compile, log
+        self.max_batch, self.rebuild, self.floor, self.caps = max_batch, rebuild, floor, caps
+        self._model = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            if self.is_onnx:
+                raise EngineError(f"{self.source} is an ONNX file; this needs the model weights")
+            self._model = load_model(self.source)
+        return self._model
+
+
 def _choose(dev: str, precision: str, avail: dict[str, str], is_onnx: bool) -> tuple[str, str, str, str]:
-    """(backend, device, precision, reason) for ``backend: auto``."""
+    """(backend, device, precision, reason) for ``backend: auto``; backend ``cpu-auto:any`` means the
+    CPU choice of :func:`_cpu_auto`."""
     import torch
 
     notes = []
     if dev.startswith("cuda"):
+        if precision == "auto":
+            precision = "fp16"
         if torch.cuda.is_available():
             if avail["tensorrt"] == "ok":
                 return "tensorrt", dev, precision, "auto: TensorRT available on CUDA"
@@ -159,13 +233,120 @@ def _choose(dev: str, precision: str, avail: dict[str, str], is_onnx: bool) -> t
     if precision == "fp16":
         notes.append("fp16 is a GPU precision, using fp32 on CPU")
         precision = "fp32"
-    if avail.get(CPU_DEFAULT_BACKEND) == "ok":
-        backend, why = CPU_DEFAULT_BACKEND, CPU_DEFAULT_WHY
-    elif is_onnx:
-        raise EngineError(f"auto: an ONNX file on CPU needs onnxruntime ({avail['onnxruntime']})")
-    else:
-        backend, why = "pytorch", f"onnxruntime unavailable ({avail['onnxruntime']})"
-    return backend, "cpu", precision, "auto: CPU default " + backend + ": " + "; ".join([*notes, why])
+    if avail["onnxruntime"] != "ok" and avail["openvino"] != "ok":
+        if is_onnx:
+            raise EngineError(f"auto: an ONNX file on CPU needs onnxruntime ({avail['onnxruntime']}) or "
+                              f"openvino ({avail['openvino']})")
+        if precision in ("bf16", "int8"):
+            raise EngineError(f"precision {precision} needs onnxruntime or openvino, neither is installed")
+        return "pytorch", "cpu", "fp32", "auto: CPU default pytorch: " + "; ".join(
+            [*notes, f"onnxruntime unavailable ({avail['onnxruntime']}), openvino unavailable "
+                     f"({avail['openvino']})"])
+    return "cpu-auto:any", "cpu", precision, "; ".join(notes)
+
+
+def _cpu_auto(ctx: _Ctx, which: str, precision: str, notes: str) -> Engine:
+    """The fastest CPU (backend, precision) meeting ctx.floor, built; see the module docstring."""
+    from .openvino import cpu_capabilities, is_quantized
+
+    avail = available_backends()
+    caps = cpu_capabilities(ctx.caps)
+    precisions = ("fp32", "bf16", "int8") if precision == "auto" else (precision,)
+    if precision == "bf16" and "BF16" not in caps:
+        msg = (f"bf16 requested but this CPU does not report BF16 (OpenVINO OPTIMIZATION_CAPABILITIES: "
+               f"{', '.join(sorted(caps)) or 'unknown'}); using fp32")
+        ctx.log(f"engines: {msg}")
+        notes = "; ".join(p for p in (notes, msg) if p)
+        precisions = ("fp32",)
+    file_int8 = is_quantized(ctx.source) if ctx.is_onnx else None
+    skipped: list[str] = []
+    first_built: Engine | None = None
+    for backend, prec, ms in cpu_path_ranking(caps):
+        tag = f"{backend} {prec}"
+        if which != "any" and backend != which:
+            continue
+        if prec not in precisions:
+            continue
+        if avail[backend] != "ok":
+            skipped.append(f"{tag}: {avail[backend]}")
+            continue
+        if prec == "bf16" and "BF16" not in caps:
+            skipped.append(f"{tag}: CPU does not report BF16 ({','.join(sorted(caps)) or 'unknown'})")
+            continue
+        if file_int8 is not None and file_int8 != (prec == "int8"):
+            continue  # the given file fixes the precision
+        if prec == "int8" and not ctx.is_onnx and precision == "auto":
+            from .quantize import int8_path
+
+            if not int8_path(ctx.model, ctx.input_size, ctx.cache_dir).is_file():
+                skipped.append(f"{tag}: no quantized model in the cache (run `liteseg quantize`)")
+                continue
+        engine = _build(ctx, backend, "cpu", prec, "", auto=True)
+        agreement, source = (1.0, "fp32 reference") if prec == "fp32" else _agreement(ctx, engine, backend, prec)
+        enforce = precision == "auto"
+        if agreement is None:
+            if ctx.is_onnx:  # nothing to measure against: use the file, say that it is unchecked
+                first_built = first_built or engine
+            skipped.append(f"{tag}: agreement unknown ({source})")
+            if not ctx.is_onnx:
+                engine.close()
+            continue
+        if enforce and prec != "fp32" and agreement < ctx.floor:
+            skipped.append(f"{tag}: label agreement {agreement:.4f} ({source}) < min_label_agreement "
+                           f"{ctx.floor}")
+            engine.close()
+            continue
+        speed = f"~{ms:g} ms at 360x640, 2 threads" if ms else "ranked by benchmarks/bench_cpu_paths.py"
+        parts = [p for p in (notes,) if p]
+        what = "fastest qualifying CPU path" if enforce else f"fastest CPU path at the requested {prec}"
+        parts.append(f"{what} ({speed}; ranked faster than the paths after it"
+                     f"{', BF16 CPU' if 'BF16' in caps else ''}); label agreement with fp32 {agreement:.4f} "
+                     f"({source}), min_label_agreement {ctx.floor}")
+        if skipped:
+            parts.append("skipped: " + "; ".join(skipped))
+        head = "auto: CPU default" if which == "any" else f"backend {which} requested, precision auto:"
+        engine.info.reason = f"{head} {backend} {engine.info.precision}: " + "; ".join(parts)
+        if first_built is not None and first_built is not engine:
+            first_built.close()
+        return engine
+    if first_built is not None:
+        first_built.info.reason = (f"auto: CPU default {first_built.info.backend} {first_built.info.precision}: "
+                                   f"the given file, agreement not checked; skipped: " + "; ".join(skipped))
+        return first_built
+    raise EngineError(f"auto: no CPU path for backend {which} precision {precision}: " + "; ".join(skipped))
+
+
+def _agreement(ctx: _Ctx, engine: Engine, backend: str, precision: str) -> tuple[float | None, str]:
+    """Label agreement of a bf16/int8 engine with PyTorch fp32: the quantization report, else a cached
+    or fresh check on two generated scenes (seeds 10000, 10001) at the network size."""
+    import json
+
+    path = Path(engine.info.extra.get("file", ""))
+    if precision == "int8":
+        from .quantize import load_report
+
+        rep = load_report(path, backend)
+        if rep is not None:
+            return float(rep["label_agreement"]), (f"quantization report, {rep['holdout']['images']} held-out "
+                                                   f"images")
+    if ctx.is_onnx:
+        return None, "no quantization report for this runtime next to the file"
+    from .tensorrt import default_cache_dir
+
+    key = f"{path.stem}.{backend}.{precision}.{engine.info.extra.get('cpu_caps', '')}".replace(",", "-")
+    cache = (Path(ctx.cache_dir) if ctx.cache_dir else default_cache_dir()) / "agreement" / f"{key}.json"
+    if cache.is_file():
+        try:
+            return float(json.loads(cache.read_text())["label_agreement"]), "start-up check, cached"
+        except (OSError, ValueError, KeyError):
+            pass
+    from .quantize import HOLDOUT_SEED, _reference_pipeline, compare_on_samples, synthetic_samples
+
+    res = compare_on_samples(engine, _reference_pipeline(ctx.model, ctx.input_size),
+                             synthetic_samples(2, ctx.input_size, HOLDOUT_SEED))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"label_agreement": res["label_agreement"], "file": str(path)}))
+    return float(res["label_agreement"]), "start-up check on 2 generated scenes"
 
 
 def _ort_providers() -> list[str]:
@@ -176,38 +357,56 @@ def _ort_providers() -> list[str]:
     return ort.get_available_providers()
 
 
-def _build(model_or_weights: Any, is_onnx: bool, backend: str, dev: str, precision: str,
-           input_size: tuple[int, int], num_threads: int | None, cache_dir: Any, compile: bool,
-           log: Callable[[str], None], max_batch: int, rebuild: bool, reason: str, auto: bool) -> Engine:
+def _cpu_file(ctx: _Ctx, backend: str, precision: str) -> Path:
+    """The ONNX file a CPU runtime runs: the given one, the cached fp32 export or the cached int8 file."""
+    if ctx.is_onnx:
+        return Path(ctx.source)
+    if precision == "int8":
+        from .quantize import int8_for
+
+        return int8_for(ctx.model, ctx.input_size, ctx.cache_dir, backend, ctx.num_threads, log=ctx.log)
+    return onnx_for(ctx.model, ctx.input_size, ctx.cache_dir, True, ctx.log)
+
+
+def _build(ctx: _Ctx, backend: str, dev: str, precision: str, reason: str, auto: bool) -> Engine:
     if backend == "pytorch":
-        if is_onnx:
+        if ctx.is_onnx:
             raise EngineError(f"backend pytorch needs weights (a checkpoint or a module), not an ONNX file: "
-                              f"{model_or_weights}")
+                              f"{ctx.source}")
         from .pytorch import PyTorchEngine
 
-        return PyTorchEngine(load_model(model_or_weights), dev, precision, compile=compile,
-                             num_threads=num_threads, reason=reason, log=log)
+        return PyTorchEngine(ctx.model, dev, precision, compile=ctx.compile,
+                             num_threads=ctx.num_threads, reason=reason, log=ctx.log)
     if backend == "onnxruntime":
         from .onnxruntime import OnnxRuntimeEngine
 
-        path = Path(model_or_weights) if is_onnx else onnx_for(load_model(model_or_weights), input_size,
-                                                                 cache_dir, True, log)
-        return OnnxRuntimeEngine(path, dev, precision, num_threads, reason, log)
+        if precision == "int8" and dev != "cpu":
+            raise EngineError(f"precision int8 runs on device cpu, got {dev!r}")
+        path = _cpu_file(ctx, backend, precision) if dev == "cpu" or ctx.is_onnx else onnx_for(
+            ctx.model, ctx.input_size, ctx.cache_dir, True, ctx.log)
+        return OnnxRuntimeEngine(path, dev, precision, ctx.num_threads, reason, ctx.log)
+    if backend == "openvino":
+        from .openvino import OpenVinoEngine
+
+        if dev != "cpu":
+            raise EngineError(f"backend openvino runs on device cpu here, got device {dev!r}")
+        return OpenVinoEngine(_cpu_file(ctx, backend, precision), precision, ctx.num_threads, reason, ctx.log,
+                              ctx.cache_dir, ctx.caps)
     from .tensorrt import TensorRTEngine
 
-    model = None if is_onnx else load_model(model_or_weights)
+    model = None if ctx.is_onnx else ctx.model
     try:
-        path = Path(model_or_weights) if is_onnx else onnx_for(model, input_size, cache_dir, False, log)
-        return TensorRTEngine(path, input_size, dev, precision, max_batch, cache_dir, rebuild,
-                              int(getattr(model, "num_classes", 0)), reason, log)
+        path = Path(ctx.source) if ctx.is_onnx else onnx_for(model, ctx.input_size, ctx.cache_dir, False, ctx.log)
+        return TensorRTEngine(path, ctx.input_size, dev, precision, ctx.max_batch, ctx.cache_dir, ctx.rebuild,
+                              int(getattr(model, "num_classes", 0)), reason, ctx.log)
     except Exception as exc:  # noqa: BLE001 - auto must fall back, whatever TensorRT raised
         if not auto or model is None:
             raise
-        log(f"engines: TensorRT failed ({exc}); falling back to PyTorch CUDA")
+        ctx.log(f"engines: TensorRT failed ({exc}); falling back to PyTorch CUDA")
         from .pytorch import PyTorchEngine
 
-        return PyTorchEngine(model, dev, precision, compile=compile, reason=f"auto: PyTorch CUDA "
-                             f"(TensorRT failed: {str(exc)[:200]})", log=log)
+        return PyTorchEngine(model, dev, precision, compile=ctx.compile, reason=f"auto: PyTorch CUDA "
+                             f"(TensorRT failed: {str(exc)[:200]})", log=ctx.log)
 
 
 def build_tensorrt_engine(model_or_weights: Any, input_size: tuple[int, int], precision: str = "fp16",
@@ -223,8 +422,8 @@ def build_tensorrt_engine(model_or_weights: Any, input_size: tuple[int, int], pr
     dev = parse_device(device)
     if dev.type != "cuda":
         raise EngineError(f"TensorRT engines are built on a CUDA device, got {device!r}")
-    if precision not in PRECISIONS:
-        raise EngineError(f"precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
+    if precision not in ("fp32", "fp16"):
+        raise EngineError(f"precision {precision!r} is not one of: fp32, fp16 (TensorRT)")
     is_onnx = str(model_or_weights).endswith(".onnx") and not hasattr(model_or_weights, "state_dict")
     path = Path(model_or_weights) if is_onnx else onnx_for(load_model(model_or_weights), input_size,
                                                              cache_dir, False, log)

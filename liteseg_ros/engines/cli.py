@@ -113,9 +113,9 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                     "prints a table and writes JSON.")
     _add_model_args(p)
     p.add_argument("--backends", default="all",
-                   help="comma list of pytorch,onnxruntime,tensorrt or 'all' available (default: all)")
+                   help="comma list of pytorch,onnxruntime,openvino,tensorrt or 'all' available (default: all)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--precisions", default="fp32", help="comma list of fp32,fp16 (default: fp32)")
+    p.add_argument("--precisions", default="fp32", help="comma list of fp32,fp16,bf16,int8 (default: fp32)")
     p.add_argument("--size", type=parse_size, action="append", metavar="HxW",
                    help="network size; repeat for several (default: 360x640)")
     p.add_argument("--image-size", default="720x1280", metavar="HxW|none",
@@ -146,7 +146,7 @@ def run_bench(args: argparse.Namespace) -> int:
         names = [n for n in avail if avail[n] == "ok"] if args.backends == "all" else args.backends.split(",")
         for n in names:
             if n not in BACKENDS or n == "auto":
-                raise EngineError(f"--backends: {n!r} is not one of pytorch, onnxruntime, tensorrt")
+                raise EngineError(f"--backends: {n!r} is not one of pytorch, onnxruntime, openvino, tensorrt")
         image = None if args.image_size.lower() == "none" else parse_size(args.image_size)
         rows, skipped = [], []
         for size in args.size or [(360, 640)]:
@@ -170,4 +170,82 @@ def run_bench(args: argparse.Namespace) -> int:
         return 0 if rows else 1
     except (EngineError, ValueError, FileNotFoundError, argparse.ArgumentTypeError) as exc:
         print(f"liteseg bench: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def add_quantize_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``quantize``: int8 QDQ model for ONNX Runtime / OpenVINO plus a label-agreement report."""
+    p = subparsers.add_parser(
+        "quantize", help="int8 model for the CPU runtimes, with a label-agreement report",
+        description="Static int8 quantization (QDQ, per-channel weights) calibrated on your images or on "
+                    "generated scenes, checked against PyTorch fp32 on held-out images (label agreement, "
+                    "per-class IoU, mIoU). Writes the .onnx and <stem>.<backend>.report.json/.txt. Without "
+                    "--out the file goes into the engine cache, where `precision: int8` and `precision: auto` "
+                    "find it; with --out, point `weights` at it (backend onnxruntime or openvino).")
+    _add_model_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--calib", type=Path, metavar="DIR",
+                     help="folder of your camera images; every 5th is held out for the report")
+    src.add_argument("--synthetic", type=int, metavar="N", help="calibrate on N generated scenes")
+    p.add_argument("--backend", choices=("onnxruntime", "openvino", "all"), default="onnxruntime",
+                   help="runtime the report is measured with (the file runs in both; default: %(default)s)")
+    p.add_argument("--out", type=Path, help="output .onnx (default: the engine cache entry for these weights)")
+    p.add_argument("--size", type=parse_size, default=(360, 640), metavar="HxW",
+                   help="network input size (default: 360x640)")
+    p.add_argument("--holdout", type=int, default=16, metavar="N",
+                   help="generated held-out scenes (seeds 10000..) when --calib has fewer than 5 images or "
+                        "with --synthetic (default: %(default)s)")
+    p.add_argument("--method", choices=("minmax", "percentile", "entropy"), default="minmax",
+                   help="activation range calibration (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads")
+    p.add_argument("--cache-dir", type=Path, help="engine cache (default: ~/.cache/liteseg_ros/engines)")
+    p.set_defaults(func=run_quantize)
+    return p
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    """Handler of ``liteseg quantize``."""
+    from .cpu_tuning import set_num_threads
+    from .quantize import (
+        HOLDOUT_SEED,
+        QUANT_BACKENDS,
+        folder_samples,
+        format_report,
+        int8_path,
+        quantize_model,
+        report_paths,
+        split_folder,
+        synthetic_samples,
+    )
+
+    try:
+        if args.threads:
+            set_num_threads(args.threads)
+        if args.synthetic is not None and args.synthetic < 1:
+            raise EngineError(f"--synthetic must be >= 1, got {args.synthetic}")
+        if args.holdout < 1:
+            raise EngineError(f"--holdout must be >= 1, got {args.holdout}")
+        model = _model(args)
+        size = args.size
+        if args.calib is not None:
+            calib, held = split_folder(folder_samples(args.calib))
+            calib_src, held_src = str(args.calib), f"every 5th image of {args.calib}"
+            if not held:
+                held, held_src = synthetic_samples(args.holdout, size, HOLDOUT_SEED), "generated scenes"
+        else:
+            calib, calib_src = synthetic_samples(args.synthetic, size, 0), "generated scenes (seeds 0..)"
+            held = synthetic_samples(args.holdout, size, HOLDOUT_SEED)
+            held_src = f"generated scenes (seeds {HOLDOUT_SEED}..)"
+        out = args.out or int8_path(model, size, args.cache_dir)
+        backends = list(QUANT_BACKENDS) if args.backend == "all" else [args.backend]
+        path, reports = quantize_model(model, out, size, calib, held, backends, args.threads, args.method,
+                                       calib_src, held_src)
+        for b, rep in reports.items():
+            print(format_report(rep), end="")
+            jpath, tpath = report_paths(path, b)
+            print(f"report: {jpath} and {tpath}\n")
+        print(f"int8 model: {path}")
+        return 0
+    except (EngineError, ValueError, FileNotFoundError) as exc:
+        print(f"liteseg quantize: error: {exc}", file=sys.stderr)
         return 1

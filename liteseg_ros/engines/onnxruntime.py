@@ -1,4 +1,4 @@
-"""ONNX Runtime engine: the CPU backend (fp32), and CUDA when onnxruntime-gpu is installed.
+"""ONNX Runtime engine: the CPU backend (fp32, or int8 from a QDQ file), and CUDA with onnxruntime-gpu.
 
 Ring 2: imports numpy and onnxruntime; never rclpy, message packages, or the node/bag/codec modules.
 Runs a file from ``export.export_onnx`` whose graph already contains argmax and the softmax
@@ -35,7 +35,8 @@ class OnnxRuntimeEngine(Engine):
     """Runs an exported LiteSeg ONNX file with ONNX Runtime.
 
     device ``cpu`` uses the CPU execution provider; ``cuda[:N]`` needs ``CUDAExecutionProvider``
-    (onnxruntime-gpu). Only fp32: fp16 ONNX files are a TensorRT/PyTorch-CUDA matter.
+    (onnxruntime-gpu). fp32, or ``int8`` for a QDQ file from ``quantize.quantize_model`` (the
+    precision must match the file); fp16 ONNX files are a TensorRT/PyTorch-CUDA matter.
     """
 
     def __init__(self, onnx_path: str | os.PathLike, device: str = "cpu", precision: str = "fp32",
@@ -43,12 +44,18 @@ class OnnxRuntimeEngine(Engine):
                  log: Callable[[str], None] = print) -> None:
         import onnxruntime as ort
 
-        if precision != "fp32":
+        if precision not in ("fp32", "int8"):
             raise EngineError(f"precision {precision!r} is not supported by the onnxruntime backend "
-                              f"(allowed: fp32); use backend pytorch or tensorrt on CUDA for fp16")
+                              f"(allowed: fp32, int8); use backend pytorch or tensorrt on CUDA for fp16, "
+                              f"openvino for bf16")
         path = Path(onnx_path)
         if not path.is_file():
             raise EngineError(f"ONNX file not found: {path}")
+        from .openvino import is_quantized
+
+        if is_quantized(path) != (precision == "int8"):
+            raise EngineError(f"{path} is an int8 (QDQ) model; set precision: int8 (or auto)" if precision != "int8"
+                              else f"{path} is not an int8 (QDQ) model; make one with `liteseg quantize`")
         d = str(device).strip().lower()
         if d == "cpu":
             providers: list = ["CPUExecutionProvider"]
@@ -74,7 +81,7 @@ class OnnxRuntimeEngine(Engine):
         self.input_shape = list(inp.shape)  # ints for fixed axes, names for dynamic ones
         self.num_classes = int(self.meta.get("liteseg.num_classes") or 0)
         self.path = path
-        self.info = EngineInfo("onnxruntime", d, "fp32", reason, {
+        self.info = EngineInfo("onnxruntime", d, precision, reason, {
             "onnxruntime": ort.__version__, "file": str(path),
             "threads": str(so.intra_op_num_threads), "input_shape": str(self.input_shape),
         })
