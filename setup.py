@@ -18,6 +18,7 @@ setup(
         "onnx": ["onnx", "onnxruntime"],
         "bags": ["rosbags"],
         "tensorrt": ["tensorrt"],
+        "openvino": ["openvino", "onnx"],
     },
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/liteseg_ros"]),

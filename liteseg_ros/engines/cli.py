@@ -195,8 +195,9 @@ def add_quantize_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=int, default=16, metavar="N",
                    help="generated held-out scenes (seeds 10000..) when --calib has fewer than 5 images or "
                         "with --synthetic (default: %(default)s)")
-    p.add_argument("--method", choices=("minmax", "percentile", "entropy"), default="minmax",
-                   help="activation range calibration (default: %(default)s)")
+    p.add_argument("--method", choices=("minmax", "percentile", "entropy"), default="percentile",
+                   help="activation range calibration: percentile (99.999) kept 0.3-1.2 points more labels "
+                        "than minmax on the demo model but calibrates ~4x slower (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
     p.add_argument("--cache-dir", type=Path, help="engine cache (default: ~/.cache/liteseg_ros/engines)")
     p.set_defaults(func=run_quantize)

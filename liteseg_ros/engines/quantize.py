@@ -1,0 +1,475 @@
+"""int8 post-training quantization for the CPU runtimes, with a report of what it costs in labels.
+
+Ring 2: imports numpy, torch, onnx, onnxruntime (quantization), OpenCV and the pipeline/synthetic
+libraries; never rclpy, message packages, or the node/bag/codec modules.
+
+How a quantized file is made (:func:`quantize_model`):
+
+1. the bare network (logits, no post-processing) is exported to ONNX (BN folded by the exporter);
+2. ONNX Runtime's ``quantize_static`` turns it into a QDQ graph: weights int8 symmetric per output
+   channel, activations uint8 with MinMax or percentile ranges from calibration batches; the
+   classifier conv and the final resize stay float (:func:`classifier_nodes`). Calibration batches are
+   made by ``Pipeline.preprocess`` (the node's own resize + normalisation) from the user's images,
+   or from generated scenes when they have none;
+3. the in-graph post-processing (``outputs.SegmentationOutputs``: uint8 label and confidence) is
+   exported on its own and appended in float, so it is never quantized and the file has the same
+   ``label``/``confidence`` outputs as every other LiteSeg ONNX file;
+4. the result is held to PyTorch fp32 on held-out images (generated scenes with seeds >= 10000, or
+   every 5th user image): label agreement, per-class IoU against fp32, and mIoU against the exact
+   scene labels. The report is written next to the model as ``<stem>.<backend>.report.json`` and
+   ``.txt``; ``create_engine`` reads the JSON to decide whether ``auto`` may use the file.
+
+The same QDQ file runs in ONNX Runtime and in OpenVINO (which maps QDQ pairs onto its int8 kernels),
+so no NNCF is needed; the report is per runtime because their int8 arithmetic differs slightly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import EngineError
+
+QUANT_BACKENDS = ("onnxruntime", "openvino")
+#: First seed of generated held-out scenes (calibration uses seeds from 0).
+HOLDOUT_SEED = 10000
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class Sample:
+    """One calibration / held-out image: uint8 BGR, with exact trainId labels when it was generated."""
+
+    image: np.ndarray
+    label: np.ndarray | None = None
+    name: str = ""
+
+
+def synthetic_samples(n: int, size: tuple[int, int], first_seed: int = 0) -> list[Sample]:
+    """``n`` generated scenes at ``size`` (h, w) with seeds ``first_seed``..; image BGR + exact label."""
+    from liteseg_ros.synthetic import SceneConfig, generate_scene
+
+    cfg = SceneConfig(height=int(size[0]), width=int(size[1]))
+    out = []
+    for seed in range(first_seed, first_seed + int(n)):
+        s = generate_scene(seed, cfg)
+        out.append(Sample(s.image, s.label, f"scene seed {seed}"))
+    return out
+
+
+def folder_samples(folder: str | os.PathLike, limit: int | None = None) -> list[Sample]:
+    """The images of ``folder`` (sorted by name; png/jpg/bmp/...), read as BGR uint8."""
+    import cv2
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise EngineError(f"--calib: {root} is not a directory of images")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise EngineError(f"--calib: {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    out = []
+    for p in files[:limit]:
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            raise EngineError(f"--calib: cannot read image {p}")
+        out.append(Sample(img, None, p.name))
+    return out
+
+
+def split_folder(samples: Sequence[Sample]) -> tuple[list[Sample], list[Sample]]:
+    """(calibration, held-out): every 5th image is held out; fewer than 5 images -> no held-out."""
+    if len(samples) < 5:
+        return list(samples), []
+    return ([s for i, s in enumerate(samples) if i % 5 != 4], [s for i, s in enumerate(samples) if i % 5 == 4])
+
+
+def _reference_pipeline(model: nn.Module, size: tuple[int, int]):
+    """A Pipeline around exact PyTorch fp32 (no BN folding, NCHW): its preprocess makes the batches and
+    its engine gives the reference labels."""
+    from liteseg_ros.classes import IMAGENET_MEAN, IMAGENET_STD, ClassTable
+    from liteseg_ros.pipeline import Pipeline, PipelineConfig
+
+    from .pytorch import PyTorchEngine
+
+    meta = getattr(model, "meta", None)
+    num_classes = int(getattr(model, "num_classes", 19))
+    classes = getattr(meta, "classes", None) or (ClassTable.cityscapes() if num_classes == 19
+                                                 else ClassTable.generic(num_classes))
+    mean = tuple(getattr(meta, "mean", IMAGENET_MEAN))
+    std = tuple(getattr(meta, "std", IMAGENET_STD))
+    ref = PyTorchEngine(model, "cpu", "fp32", channels_last=False, fold_bn=False, log=lambda m: None)
+    return Pipeline(ref, classes, PipelineConfig(network_size=tuple(size), mask_groups={}, mean=mean, std=std))
+
+
+class _Reader:
+    """An onnxruntime CalibrationDataReader over preprocessed images (one image per batch)."""
+
+    def __init__(self, pipe, samples: Sequence[Sample], input_name: str) -> None:
+        self.pipe, self.samples, self.input_name = pipe, list(samples), input_name
+        self.i = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.i >= len(self.samples):
+            return None
+        batch, _ = self.pipe.preprocess([self.samples[self.i].image], "bgr")
+        self.i += 1
+        return {self.input_name: batch}
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+# ----------------------------------------------------------------------------- graph work
+def _postprocess_graph(num_classes: int, size: tuple[int, int], opset: int):
+    """ONNX graph ``logits`` (N, C, h, w) float -> ``label``, ``confidence`` uint8 (outputs.py)."""
+    import io
+    import warnings
+
+    import onnx
+
+    from .outputs import SegmentationOutputs
+
+    post = SegmentationOutputs(nn.Identity(), with_confidence=True).eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(post, (torch.zeros(1, num_classes, *size),), buf, dynamo=False, opset_version=opset,
+                              input_names=["logits"], output_names=["label", "confidence"],
+                              dynamic_axes={"logits": {0: "batch"}, "label": {0: "batch"},
+                                            "confidence": {0: "batch"}})
+    return onnx.load_from_string(buf.getvalue())
+
+
+def attach_postprocessing(logits_model, num_classes: int, size: tuple[int, int]):
+    """A ModelProto whose ``logits`` output feeds the float post-processing graph (label, confidence)."""
+    import onnx
+    from onnx import compose
+
+    opset = next((o.version for o in logits_model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    post = _postprocess_graph(num_classes, size, max(opset, 13))
+    post = compose.add_prefix(post, "post/", rename_inputs=False, rename_outputs=False)
+    post.ir_version = logits_model.ir_version
+    del post.opset_import[:]
+    post.opset_import.extend([onnx.helper.make_opsetid("", opset)])
+    return compose.merge_models(logits_model, post, io_map=[("logits", "logits")], outputs=["label", "confidence"])
+
+
+def classifier_nodes(model_proto, output: str = "logits") -> list[str]:
+    """Names of the nodes from the last convolution (the classifier) to ``output``: left in float so the
+    19 logits are not rounded to 256 levels, which flips near-tied labels (the classifier is a 1x1
+    conv with C outputs, a negligible share of the network's MACs)."""
+    producers = {o: n for n in model_proto.graph.node for o in n.output}
+    names, tensor = [], output
+    while tensor in producers:
+        node = producers[tensor]
+        names.append(node.name)
+        if node.op_type == "Conv":
+            return names
+        if not node.input:
+            break
+        tensor = node.input[0]
+    return []
+
+
+def quantize_logits_onnx(raw_onnx: str | os.PathLike, out: str | os.PathLike, reader: Any,
+                         per_channel: bool = True, method: str = "minmax", float_classifier: bool = True) -> Path:
+    """QDQ static quantization of a logits-only ONNX file (uint8 activations, int8 weights); with
+    ``float_classifier`` the classifier conv and the final resize stay float (:func:`classifier_nodes`)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if method not in methods:
+        raise EngineError(f"calibration method {method!r} is not one of: {', '.join(methods)}")
+    out = Path(out)
+    pre = out.with_name(out.stem + ".pre.onnx")
+    quant_pre_process(str(raw_onnx), str(pre), skip_symbolic_shape=True)
+    extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    if method == "percentile":
+        extra["CalibPercentile"] = 99.999
+    import onnx
+
+    exclude = classifier_nodes(onnx.load(str(pre))) if float_classifier else []
+    quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=methods[method], extra_options=extra, nodes_to_exclude=exclude)
+    pre.unlink(missing_ok=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+def _confusion(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """(n, n) counts of rows a (reference / ground truth) and columns b; ids outside 0..n-1 dropped."""
+    a = a.reshape(-1).astype(np.int64)
+    b = b.reshape(-1).astype(np.int64)
+    keep = (a < n) & (b < n)
+    return np.bincount(a[keep] * n + b[keep], minlength=n * n).reshape(n, n)
+
+
+def _iou(mat: np.ndarray) -> np.ndarray:
+    tp = np.diag(mat).astype(np.float64)
+    denom = mat.sum(0) + mat.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, tp / np.where(denom > 0, denom, 1), np.nan)
+
+
+def _mean(v: np.ndarray) -> float | None:
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if v.size else None
+
+
+def compare_on_samples(engine, pipe, samples: Sequence[Sample]) -> dict[str, Any]:
+    """Label agreement, per-class IoU vs fp32 and mIoU vs exact labels of ``engine`` against the
+    reference engine of ``pipe`` (PyTorch fp32) on ``samples``, at network resolution."""
+    import cv2
+
+    n = len(pipe.classes)
+    same = total = 0
+    conf_diff = 0.0
+    m_vs_ref = np.zeros((n, n), np.int64)
+    m_ref_gt = np.zeros((n, n), np.int64)
+    m_q_gt = np.zeros((n, n), np.int64)
+    has_gt = all(s.label is not None for s in samples) and bool(samples)
+    for s in samples:
+        batch, _ = pipe.preprocess([s.image], "bgr")
+        ref = pipe.engine.infer(batch)
+        out = engine.infer(batch)
+        same += int(np.count_nonzero(out.label == ref.label))
+        total += ref.label.size
+        conf_diff += float(np.abs(out.confidence.astype(np.int16) - ref.confidence.astype(np.int16)).sum())
+        m_vs_ref += _confusion(ref.label, out.label, n)
+        if has_gt:
+            h, w = ref.label.shape[-2:]
+            gt = s.label if s.label.shape == (h, w) else cv2.resize(s.label, (w, h),
+                                                                     interpolation=cv2.INTER_NEAREST)
+            m_ref_gt += _confusion(gt, ref.label[0], n)
+            m_q_gt += _confusion(gt, out.label[0], n)
+    iou_vs_ref = _iou(m_vs_ref)
+    iou_ref_gt, iou_q_gt = _iou(m_ref_gt), _iou(m_q_gt)
+    per_class = []
+    for c, name in enumerate(pipe.classes.names):
+        px = int(m_vs_ref[c].sum())
+        per_class.append({
+            "class": name, "fp32_pixels": px,
+            "agreement": round(float(m_vs_ref[c, c]) / px, 5) if px else None,
+            "iou_vs_fp32": None if np.isnan(iou_vs_ref[c]) else round(float(iou_vs_ref[c]), 5),
+            "iou_fp32_gt": None if not has_gt or np.isnan(iou_ref_gt[c]) else round(float(iou_ref_gt[c]), 5),
+            "iou_int8_gt": None if not has_gt or np.isnan(iou_q_gt[c]) else round(float(iou_q_gt[c]), 5),
+        })
+    res: dict[str, Any] = {
+        "label_agreement": round(same / max(total, 1), 6),
+        "confidence_mean_abs_diff": round(conf_diff / max(total, 1), 3),
+        "miou_vs_fp32": _mean(iou_vs_ref),
+        "per_class": per_class,
+    }
+    if has_gt:
+        a, b = _mean(iou_ref_gt), _mean(iou_q_gt)
+        res.update({"miou_fp32_gt": a, "miou_int8_gt": b,
+                    "miou_drop_points": None if a is None or b is None else round(100 * (a - b), 3)})
+    return res
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    """The text twin of the JSON report: summary lines and a per-class table."""
+    lines = [f"int8 quantization report: {rep['model']}",
+             f"runtime {rep['backend']} {rep.get('runtime_version', '')}, {rep['threads']} threads, input "
+             f"{rep['input_size'][0]}x{rep['input_size'][1]}, reference PyTorch fp32 eager",
+             f"calibration: {rep['calibration']['images']} images from {rep['calibration']['source']} "
+             f"({rep['calibration']['method']}, per-channel weights)",
+             f"held-out: {rep['holdout']['images']} images from {rep['holdout']['source']}",
+             f"label agreement with fp32: {rep['label_agreement']:.4%}",
+             f"confidence mean |diff|: {rep['confidence_mean_abs_diff']} / 255"]
+    if rep.get("miou_vs_fp32") is not None:
+        lines.append(f"mIoU of int8 against fp32 labels: {100 * rep['miou_vs_fp32']:.2f}")
+    if rep.get("miou_fp32_gt") is not None:
+        lines.append(f"mIoU vs exact labels: fp32 {100 * rep['miou_fp32_gt']:.2f}, int8 "
+                     f"{100 * rep['miou_int8_gt']:.2f}, drop {rep['miou_drop_points']:.2f} points")
+    lines.append("")
+    lines.append(f"{'class':<14} {'fp32 px':>9} {'agree':>7} {'IoU/fp32':>8} {'IoU fp32':>8} {'IoU int8':>8}")
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    for c in rep["per_class"]:
+        lines.append(f"{c['class']:<14} {c['fp32_pixels']:>9} {pct(c['agreement']):>7} {pct(c['iou_vs_fp32']):>8} "
+                     f"{pct(c['iou_fp32_gt']):>8} {pct(c['iou_int8_gt']):>8}")
+    return "\n".join(lines) + "\n"
+
+
+def report_paths(onnx_path: str | os.PathLike, backend: str) -> tuple[Path, Path]:
+    """(json, txt) report paths of a quantized file for one runtime."""
+    p = Path(onnx_path)
+    stem = p.name[:-5] if p.name.endswith(".onnx") else p.name
+    return p.with_name(f"{stem}.{backend}.report.json"), p.with_name(f"{stem}.{backend}.report.txt")
+
+
+def load_report(onnx_path: str | os.PathLike, backend: str) -> dict[str, Any] | None:
+    """The JSON report of ``onnx_path`` for ``backend``, or None when there is none (or it is stale:
+    written for another file version)."""
+    jpath, _ = report_paths(onnx_path, backend)
+    if not jpath.is_file():
+        return None
+    try:
+        rep = json.loads(jpath.read_text())
+    except (OSError, ValueError):
+        return None
+    if rep.get("model_mtime_ns") != Path(onnx_path).stat().st_mtime_ns:
+        return None
+    return rep
+
+
+def _runtime_engine(path: Path, backend: str, num_threads: int | None, cache_dir: Any = None):
+    if backend == "onnxruntime":
+        from .onnxruntime import OnnxRuntimeEngine
+
+        return OnnxRuntimeEngine(path, "cpu", "int8", num_threads, log=lambda m: None)
+    from .openvino import OpenVinoEngine
+
+    return OpenVinoEngine(path, "int8", num_threads, log=lambda m: None, cache_dir=cache_dir)
+
+
+def evaluate_int8(model: nn.Module, onnx_path: str | os.PathLike, backend: str, holdout: Sequence[Sample],
+                  num_threads: int | None = None, extra: dict[str, Any] | None = None,
+                  write: bool = True) -> dict[str, Any]:
+    """Hold ``onnx_path`` (int8) run by ``backend`` to PyTorch fp32 on ``holdout``; write the report."""
+    if backend not in QUANT_BACKENDS:
+        raise EngineError(f"backend {backend!r} is not one of: {', '.join(QUANT_BACKENDS)}")
+    if not holdout:
+        raise EngineError("no held-out images to evaluate the quantized model on")
+    path = Path(onnx_path)
+    meta_size = _meta_size(path)
+    pipe = _reference_pipeline(model, meta_size)
+    engine = _runtime_engine(path, backend, num_threads)
+    res = compare_on_samples(engine, pipe, holdout)
+    rep = {"model": str(path), "model_mtime_ns": path.stat().st_mtime_ns, "backend": backend,
+           "precision": "int8", "runtime_version": engine.info.extra.get(backend, ""),
+           "threads": int(engine.info.extra.get("threads", 0)), "input_size": list(meta_size),
+           "machine": platform.machine(), "cpu_caps": engine.info.extra.get("cpu_caps", ""),
+           **(extra or {}), **res}
+    if "calibration" not in rep:
+        from .export import onnx_metadata
+
+        cal = json.loads(onnx_metadata(path).get("liteseg.calibration", "{}") or "{}")
+        rep["calibration"] = {"images": cal.get("images", 0), "source": cal.get("source", "unknown"),
+                              "method": cal.get("method", "unknown")}
+    rep.setdefault("holdout", {"images": len(holdout), "source": "given"})
+    engine.close()
+    if write:
+        jpath, tpath = report_paths(path, backend)
+        jpath.write_text(json.dumps(rep, indent=1))
+        tpath.write_text(format_report(rep))
+    return rep
+
+
+def _meta_size(path: Path) -> tuple[int, int]:
+    from .export import onnx_metadata
+
+    size = onnx_metadata(path).get("liteseg.input_size")
+    if not size:
+        raise EngineError(f"{path}: no liteseg.input_size metadata (not a liteseg export)")
+    h, w = (int(v) for v in size.split("x"))
+    return h, w
+
+
+def quantize_model(model: nn.Module, out: str | os.PathLike, input_size: tuple[int, int],
+                   calibration: Sequence[Sample], holdout: Sequence[Sample],
+                   backends: Iterable[str] = ("onnxruntime",), num_threads: int | None = None,
+                   method: str = "minmax", calib_source: str = "", holdout_source: str = "",
+                   log: Callable[[str], None] = print) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """Quantize ``model`` to an int8 QDQ ONNX file at ``out`` and write one report per runtime.
+
+    Returns (path, {backend: report}). See the module docstring for the steps.
+    """
+    import onnx
+
+    from .export import export_onnx
+
+    backends = list(backends)
+    for b in backends:
+        if b not in QUANT_BACKENDS:
+            raise EngineError(f"backend {b!r} is not one of: {', '.join(QUANT_BACKENDS)}")
+    if not calibration:
+        raise EngineError("no calibration images")
+    h, w = (int(v) for v in input_size)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    num_classes = int(getattr(model, "num_classes", 0))
+    if num_classes < 1:
+        raise EngineError("the model has no num_classes attribute (not a LiteSeg network)")
+    t0 = time.perf_counter()
+    tmp = out.with_name(f".{out.name}.{os.getpid()}")
+    raw = export_onnx(model, tmp.with_suffix(".raw.onnx"), (h, w), postprocess=False)
+    pipe = _reference_pipeline(model, (h, w))
+    log(f"quantize: calibrating on {len(calibration)} images ({method})")
+    q = quantize_logits_onnx(raw, tmp.with_suffix(".q.onnx"), _Reader(pipe, calibration, "input"),
+                             method=method)
+    merged = attach_postprocessing(onnx.load(str(q)), num_classes, (h, w))
+    fp_meta = {p.key: p.value for p in onnx.load(str(raw), load_external_data=False).metadata_props}
+    fp_meta.update({"liteseg.outputs": "label,confidence", "liteseg.uint8": "True",
+                    "liteseg.precision": "int8",
+                    "liteseg.calibration": json.dumps({"images": len(calibration), "method": method,
+                                                       "source": calib_source})})
+    del merged.metadata_props[:]
+    for k, v in fp_meta.items():
+        e = merged.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.checker.check_model(merged)
+    part = tmp.with_suffix(".part.onnx")
+    onnx.save(merged, str(part))
+    os.replace(part, out)
+    for f in (raw, q):
+        f.unlink(missing_ok=True)
+    for b in QUANT_BACKENDS:  # reports of an earlier file at this path are stale now
+        for r in report_paths(out, b):
+            r.unlink(missing_ok=True)
+    log(f"quantize: wrote {out} in {time.perf_counter() - t0:.1f} s")
+    extra = {"calibration": {"images": len(calibration), "source": calib_source, "method": method},
+             "holdout": {"images": len(holdout), "source": holdout_source}}
+    reports = {}
+    for b in backends:
+        reports[b] = evaluate_int8(model, out, b, holdout, num_threads, extra)
+        log(f"quantize: {b} int8 label agreement with fp32 {reports[b]['label_agreement']:.4%} on "
+            f"{len(holdout)} held-out images")
+    return out, reports
+
+
+def int8_path(model: nn.Module, input_size: tuple[int, int], cache_dir: str | os.PathLike | None) -> Path:
+    """Where the engine cache keeps the int8 file of ``model`` at ``input_size``."""
+    from . import _state_hash
+    from .tensorrt import default_cache_dir
+
+    h, w = (int(v) for v in input_size)
+    base = Path(cache_dir) if cache_dir else default_cache_dir()
+    return base / "int8" / f"liteseg_{_state_hash(model)}_{h}x{w}_int8.onnx"
+
+
+def int8_for(model: nn.Module, input_size: tuple[int, int], cache_dir: str | os.PathLike | None,
+             backend: str, num_threads: int | None = None, calib_images: int = 32, holdout_images: int = 8,
+             log: Callable[[str], None] = print) -> Path:
+    """The cached int8 file of ``model`` (``liteseg quantize`` without --out writes it), made here with
+    generated calibration scenes when missing; a missing report for ``backend`` is written too."""
+    path = int8_path(model, input_size, cache_dir)
+    if not path.is_file():
+        log(f"engines: no int8 model in the cache for these weights at {input_size[0]}x{input_size[1]}; "
+            f"quantizing with {calib_images} generated scenes (run `liteseg quantize --calib DIR` to use "
+            f"your own images)")
+        quantize_model(model, path, input_size, synthetic_samples(calib_images, input_size, 0),
+                       synthetic_samples(holdout_images, input_size, HOLDOUT_SEED), [backend], num_threads,
+                       calib_source="generated scenes", holdout_source="generated scenes", log=log)
+    elif load_report(path, backend) is None:
+        evaluate_int8(model, path, backend, synthetic_samples(holdout_images, input_size, HOLDOUT_SEED),
+                      num_threads, {"holdout": {"images": holdout_images, "source": "generated scenes"}})
+    return path
