@@ -54,8 +54,8 @@ def test_demo_weights_segment_held_out_scenes():
         s = generate_scene(seed, SceneConfig(height=180, width=320))
         cm.update(pipe(s.image).label, s.label)
     m = cm.compute(list(pipe.classes.names))
-    # Measured when shipped (MODEL_CARD.md): mIoU 0.44; road 0.94, sky 0.91, car 0.80 on 16 such scenes.
+    # Measured when shipped (MODEL_CARD.md): mIoU 0.52; road 0.96, sky 0.92, car 0.86 on 16 such scenes.
     iou = dict(zip(pipe.classes.names, m.iou, strict=True))
-    assert m.miou >= 0.38, m.table()
-    assert iou["road"] >= 0.90 and iou["sky"] >= 0.85 and iou["car"] >= 0.70, m.table()
+    assert m.miou >= 0.45, m.table()
+    assert iou["road"] >= 0.93 and iou["sky"] >= 0.88 and iou["car"] >= 0.80, m.table()
     assert np.isfinite(m.miou)
