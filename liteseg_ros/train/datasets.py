@@ -25,7 +25,7 @@ number of DataLoader workers or processes, and a resumed run replays the same da
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +248,37 @@ class SegDataset(Dataset):
         return self.transform(rgb, label, rng)
 
 
-class CityscapesDataset(SegDataset):
+class FilePairDataset(SegDataset):
+    """(image file, label file) pairs: the listing and loading Cityscapes and folder datasets share."""
+
+    items: list[tuple[Path, Path]]
+
+    def _pair(self, images: Iterable[Path], label_of: Callable[[Path], Path], none_found: str) -> None:
+        """Fill ``items``; an image without its label file, or no image at all, is a DatasetError."""
+        self.items = []
+        for img in images:
+            lab = label_of(img)
+            if not lab.is_file():
+                raise DatasetError(f"image {img} has no label: expected {lab}")
+            self.items.append((img, lab))
+        if not self.items:
+            raise DatasetError(none_found)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray, Path]:
+        """RGB image and raw label of one pair (same size, checked), plus the label's path for messages."""
+        img_path, lab_path = self.items[index]
+        rgb = read_rgb(img_path)
+        lab = read_label(lab_path)
+        if lab.shape != rgb.shape[:2]:
+            raise DatasetError(f"label {lab_path} is {lab.shape[1]}x{lab.shape[0]} but image {img_path} is "
+                               f"{rgb.shape[1]}x{rgb.shape[0]}")
+        return rgb, lab, lab_path
+
+
+class CityscapesDataset(FilePairDataset):
     """Cityscapes fine (or coarse) annotations, labelIds converted to the 19 trainIds (void -> 255)."""
 
     def __init__(self, root: str | Path, split: str = "train", coarse: bool = False,
@@ -268,35 +298,22 @@ class CityscapesDataset(SegDataset):
             raise DatasetError(f"Cityscapes split {split!r} not found: {img_dir} is not a directory")
         if not gt_dir.is_dir():
             raise DatasetError(f"Cityscapes split {split!r} has no labels: {gt_dir} is not a directory")
-        self.items: list[tuple[Path, Path]] = []
-        for img in sorted(img_dir.glob("*/*_leftImg8bit.png")):
-            stem = img.name[: -len("_leftImg8bit.png")]
-            lab = gt_dir / img.parent.name / f"{stem}_{gt}_labelIds.png"
-            if not lab.is_file():
-                raise DatasetError(f"image {img} has no label: expected {lab}")
-            self.items.append((img, lab))
-        if not self.items:
-            raise DatasetError(f"no images matching {img_dir}/*/*_leftImg8bit.png")
-
-    def __len__(self) -> int:
-        return len(self.items)
+        suffix = "_leftImg8bit.png"
+        self._pair(sorted(img_dir.glob(f"*/*{suffix}")),
+                   lambda img: gt_dir / img.parent.name / f"{img.name[: -len(suffix)]}_{gt}_labelIds.png",
+                   f"no images matching {img_dir}/*/*{suffix}")
 
     def name(self, index: int) -> str:
         return self.items[index][0].name[: -len("_leftImg8bit.png")]
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        img_path, lab_path = self.items[index]
-        rgb = read_rgb(img_path)
-        lab = read_label(lab_path)
-        if lab.shape != rgb.shape[:2]:
-            raise DatasetError(f"label {lab_path} is {lab.shape[1]}x{lab.shape[0]} but image {img_path} is "
-                               f"{rgb.shape[1]}x{rgb.shape[0]}")
+        rgb, lab, lab_path = self._read(index)
         if self.check_values:
             check_label_values(lab, self._num_label_ids, lab_path, "Cityscapes labelIds")
         return rgb, self._lut[lab]
 
 
-class FolderDataset(SegDataset):
+class FolderDataset(FilePairDataset):
     """``images/*.{png,jpg}`` + ``labels/<stem>.png`` (class ids, 255 = ignore) + ``classes.yaml``."""
 
     def __init__(self, root: str | Path, split: str | None = None, transform: Any = None, seed: int = 0,
@@ -323,28 +340,15 @@ class FolderDataset(SegDataset):
                               if p.is_file()), self.root / "classes.yaml")
             classes = load_class_table(yaml_path)
         self.classes = classes
-        self.items: list[tuple[Path, Path]] = []
-        for img in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            lab = lab_dir / f"{img.stem}.png"
-            if not lab.is_file():
-                raise DatasetError(f"image {img} has no label: expected {lab}")
-            self.items.append((img, lab))
-        if not self.items:
-            raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {img_dir}")
-
-    def __len__(self) -> int:
-        return len(self.items)
+        self._pair(sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                   lambda img: lab_dir / f"{img.stem}.png",
+                   f"no images ({', '.join(IMAGE_SUFFIXES)}) in {img_dir}")
 
     def name(self, index: int) -> str:
         return self.items[index][0].stem
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        img_path, lab_path = self.items[index]
-        rgb = read_rgb(img_path)
-        lab = read_label(lab_path)
-        if lab.shape != rgb.shape[:2]:
-            raise DatasetError(f"label {lab_path} is {lab.shape[1]}x{lab.shape[0]} but image {img_path} is "
-                               f"{rgb.shape[1]}x{rgb.shape[0]}")
+        rgb, lab, lab_path = self._read(index)
         if self.check_values:
             check_label_values(lab, len(self.classes), lab_path, f"{len(self.classes)} classes")
         return rgb, lab
