@@ -189,7 +189,6 @@ class LiteSegNode(LifecycleNode):
         self._stop = threading.Event()
         self._diag_timer = None
         self._state_name = "unconfigured"
-        self._params_lock = threading.Lock()
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ----------------------------------------------------------------------------- parameters
@@ -262,8 +261,7 @@ class LiteSegNode(LifecycleNode):
                                      output_resolution=new["output_resolution"], mask_groups=groups)
             except ValueError as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
-        with self._params_lock:
-            self.values = new
+        self.values = new  # one reference swap: readers (the worker) see the old or the new dict, never a mix
         if self.pipeline is not None and any(p.name.startswith(params.MASK_GROUPS_PREFIX) for p in changes):
             self._publish_info()
         return SetParametersResult(successful=True)
