@@ -448,3 +448,85 @@ def test_synthetic_dataset_and_short_run(tmp_path):
                        "plots": False, "val_every": 1, "out_dir": str(tmp_path / "syn")})
     result = train(cfg)
     assert result.steps == 2 and result.last_checkpoint.is_file() and not np.isnan(result.best_miou)
+
+
+def test_class_weights(tmp_path):
+    """ENet and median-frequency weights against hand computation; the weighted loss; a weighted run."""
+    import json
+
+    import torch.nn.functional as F
+
+    from liteseg_ros.train.trainer import (
+        class_pixel_counts,
+        class_weights_from_counts,
+        resolve_class_weights,
+        segmentation_loss,
+        train,
+    )
+
+    root = make_cityscapes(tmp_path / "cs", {"train": 3})
+    ds = CityscapesDataset(root, "train")
+    pixels, image_pixels = class_pixel_counts(ds, 19, max_samples=10)
+    want = np.zeros(19, np.int64)
+    want_img = np.zeros(19, np.int64)
+    for i in range(3):
+        lab = ds.load(i)[1]
+        counts = np.bincount(lab.ravel(), minlength=256)[:19]
+        want += counts
+        want_img += np.where(counts > 0, counts.sum(), 0)
+    np.testing.assert_array_equal(pixels, want)
+    np.testing.assert_array_equal(image_pixels, want_img)
+    seen = want > 0
+    assert seen.sum() >= 4 and not seen.all()  # road, building, vegetation, sky, car; the rest absent
+
+    enet = class_weights_from_counts(pixels, image_pixels, "enet", c=1.02)
+    p = want / want.sum()
+    np.testing.assert_allclose(enet[seen], 1.0 / np.log(1.02 + p[seen]))
+    assert (enet[~seen] == 0).all()
+    road, car = 0, 13
+    assert enet[car] > enet[road]  # the rarer class weighs more
+    mf = class_weights_from_counts(pixels, image_pixels, "median_freq")
+    f = want[seen] / want_img[seen]
+    np.testing.assert_allclose(mf[seen], np.median(f) / f)
+    with pytest.raises(ValueError, match="no labelled pixel"):
+        class_weights_from_counts(np.zeros(19), np.zeros(19), "enet")
+
+    # weighted mean cross entropy: sum_i w_{y_i} CE_i / sum_i w_{y_i}; weight 0 silences a class
+    torch.manual_seed(0)
+    logits = torch.randn(2, 19, 4, 5)
+    target = torch.randint(0, 19, (2, 4, 5))
+    target[0, 0, 0] = IGNORE_LABEL
+    w = torch.rand(19) + 0.1
+    ce = F.cross_entropy(logits, target.clamp(max=18), reduction="none")
+    valid = target != IGNORE_LABEL
+    wy = w[target.clamp(max=18)] * valid
+    assert float(segmentation_loss(logits, target, weight=w)) == pytest.approx(float((ce * wy).sum() / wy.sum()),
+                                                                               rel=1e-5)
+    only = torch.zeros(19)
+    only[int(target[1, 2, 3])] = 1.0
+    mask = (target == target[1, 2, 3]) & valid
+    assert float(segmentation_loss(logits, target, weight=only)) == pytest.approx(float(ce[mask].mean()), rel=1e-5)
+
+    # config: names, lists, and errors that name the key
+    cfg = tiny_cfg(root, tmp_path / "run", class_weights="enet", class_weight_c=1.1, epochs=2)
+    np.testing.assert_allclose(resolve_class_weights(cfg, ds, 19), class_weights_from_counts(
+        pixels, image_pixels, "enet", 1.1))
+    assert resolve_class_weights(tiny_cfg(root, tmp_path / "r0"), ds, 19) is None
+    listed = tiny_cfg(root, tmp_path / "r1", class_weights=[1] * 19)
+    np.testing.assert_array_equal(resolve_class_weights(listed, ds, 19), np.ones(19))
+    with pytest.raises(ValueError, match="3 weights given for 19 classes"):
+        resolve_class_weights(tiny_cfg(root, tmp_path / "r2", class_weights=[1, 2, 3]), ds, 19)
+    for bad, match in (({"class_weights": "inverse"}, "class_weights='inverse'.*enet, median_freq"),
+                       ({"class_weights": [1, -1]}, "must be >= 0"),
+                       ({"class_weights": [0, 0]}, "at least one > 0"),
+                       ({"class_weights": ["a"]}, "must be a number"),
+                       ({"class_weight_c": 1.0}, "class_weight_c=1.0: must be > 1"),
+                       ({"class_weight_samples": 0}, "class_weight_samples=0")):
+        with pytest.raises(ConfigError, match=match):
+            tiny_cfg(root, tmp_path / "bad", **bad)
+
+    result = train(cfg)
+    assert result.steps == 2
+    saved = json.loads((tmp_path / "run" / "class_weights.json").read_text())
+    assert list(saved) == list(CITYSCAPES_CLASSES)
+    np.testing.assert_allclose(list(saved.values()), resolve_class_weights(cfg, ds, 19), atol=1e-6)

@@ -28,6 +28,7 @@ BACKBONES = ("mobilenetv2", "shufflenet", "darknet19")
 LR_SCHEDULES = ("poly", "cyclic", "constant")
 OPTIMIZERS = ("sgd", "adamw")
 CROP_MODES = ("pad", "resize")
+CLASS_WEIGHT_METHODS = ("enet", "median_freq")
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,9 @@ class TrainConfig:
     cyclic_steps: int = 2000               #: cyclic: steps per half cycle (triangular, min_lr..lr)
     warmup_steps: int = 0                  #: linear warm-up from 0 to the schedule's value
     label_smoothing: float = 0.0
+    class_weights: Any = None              #: null | enet | median_freq | list of one weight per class
+    class_weight_c: float = 1.02           #: enet: w = 1 / ln(c + p_class); smaller c = stronger rare-class boost
+    class_weight_samples: int = 500        #: training labels read to estimate class frequencies
     batch_size: int = 8                    #: per process
     epochs: int = 100
     max_steps: int | None = None           #: stop (and end the schedule) after this many steps
@@ -128,6 +132,24 @@ class TrainConfig:
             raise ConfigError(f"max_steps={self.max_steps!r}: must be > 0 or null")
         if self.log_every <= 0:
             raise ConfigError(f"log_every={self.log_every!r}: must be > 0")
+        if isinstance(self.class_weights, str):
+            if self.class_weights not in CLASS_WEIGHT_METHODS:
+                raise ConfigError(f"class_weights={self.class_weights!r}: must be null, a list of weights or one "
+                                  f"of {', '.join(CLASS_WEIGHT_METHODS)}")
+        elif self.class_weights is not None:
+            if not isinstance(self.class_weights, (list, tuple)) or not self.class_weights:
+                raise ConfigError(f"class_weights={self.class_weights!r}: must be null, a method name or a list")
+            try:
+                ws = [float(w) for w in self.class_weights]
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"class_weights={self.class_weights!r}: every weight must be a number") from exc
+            if any(w < 0 for w in ws) or not any(w > 0 for w in ws):
+                raise ConfigError(f"class_weights={self.class_weights!r}: weights must be >= 0, at least one > 0")
+            self.class_weights = ws
+        if self.class_weight_c <= 1.0:
+            raise ConfigError(f"class_weight_c={self.class_weight_c!r}: must be > 1 (1 / ln(c + p) must stay finite)")
+        if self.class_weight_samples <= 0:
+            raise ConfigError(f"class_weight_samples={self.class_weight_samples!r}: must be > 0")
         if self.cyclic_steps <= 0:
             raise ConfigError(f"cyclic_steps={self.cyclic_steps!r}: must be > 0")
         return self

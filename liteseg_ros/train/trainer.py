@@ -157,11 +157,73 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean cross entropy over labelled pixels (ignore 255); 0 (with a graph) when none is labelled."""
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross entropy over labelled pixels (ignore 255); 0 (with a graph) when none is labelled.
+
+    With ``weight`` (one per class) the mean is the weighted one (divided by the sum of the weights of
+    the labelled pixels), so the loss scale, and with it the LR, stays comparable to the unweighted loss.
+    """
     if not bool((target != IGNORE_LABEL).any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_LABEL, label_smoothing=label_smoothing)
+    return F.cross_entropy(logits.float(), target, weight=weight, ignore_index=IGNORE_LABEL,
+                           label_smoothing=label_smoothing)
+
+
+def class_pixel_counts(ds: SegDataset, num_classes: int, max_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels of each class, labelled pixels of the images containing it) over up to ``max_samples``
+    evenly spaced labels.
+
+    Reads the raw labels (``ds.load``), before augmentation: frequencies are a property of the data.
+    """
+    n = len(ds)
+    idx = np.unique(np.linspace(0, n - 1, num=min(n, max_samples)).round().astype(int)) if n else []
+    pixels = np.zeros(num_classes, np.int64)
+    image_pixels = np.zeros(num_classes, np.int64)
+    for i in idx:
+        _, label = ds.load(int(i))
+        counts = np.bincount(label.ravel(), minlength=256)[:num_classes]
+        pixels += counts
+        image_pixels += np.where(counts > 0, counts.sum(), 0)
+    return pixels, image_pixels
+
+
+def class_weights_from_counts(pixels: np.ndarray, image_pixels: np.ndarray, method: str,
+                              c: float = 1.02) -> np.ndarray:
+    """Per-class loss weights from label statistics; classes never seen get weight 0 (they have no pixels).
+
+    * ``enet`` (Paszke et al., ENet 2016; used by ERFNet on Cityscapes): ``1 / ln(c + p)`` with ``p``
+      the class's share of all labelled pixels. Bounded by ``1 / ln(c)``, so rare classes get a large
+      but finite boost.
+    * ``median_freq`` (Eigen & Fergus 2015): ``median(f) / f`` with ``f`` = class pixels / labelled
+      pixels of the images that contain the class. Unbounded: very rare classes can dominate.
+    """
+    pixels = pixels.astype(np.float64)
+    seen = pixels > 0
+    if not seen.any():
+        raise ValueError("class_weights: the sampled labels contain no labelled pixel")
+    weights = np.zeros_like(pixels)
+    if method == "enet":
+        weights[seen] = 1.0 / np.log(c + pixels[seen] / pixels.sum())
+    elif method == "median_freq":
+        freq = pixels[seen] / image_pixels[seen].astype(np.float64)
+        weights[seen] = np.median(freq) / freq
+    else:
+        raise ValueError(f"class_weights: unknown method {method!r}")
+    return weights
+
+
+def resolve_class_weights(cfg: TrainConfig, ds: SegDataset, num_classes: int) -> np.ndarray | None:
+    """The loss weights ``cfg.class_weights`` asks for (None: plain cross entropy)."""
+    if cfg.class_weights is None:
+        return None
+    if isinstance(cfg.class_weights, str):
+        pixels, images = class_pixel_counts(ds, num_classes, cfg.class_weight_samples)
+        return class_weights_from_counts(pixels, images, cfg.class_weights, cfg.class_weight_c)
+    weights = np.asarray(cfg.class_weights, dtype=np.float64)
+    if weights.shape != (num_classes,):
+        raise ValueError(f"class_weights: {weights.size} weights given for {num_classes} classes")
+    return weights
 
 
 # ----------------------------------------------------------------------------------------------
@@ -302,6 +364,14 @@ def _train(cfg: TrainConfig, info: DistInfo) -> TrainResult:
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))
     use_amp = cfg.amp and device.type == "cuda"
+    class_weights = resolve_class_weights(cfg, train_ds, len(classes))
+    loss_weight = None
+    if class_weights is not None:
+        loss_weight = torch.as_tensor(class_weights, dtype=torch.float32, device=device)
+        if info.is_main:
+            print("class weights: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(classes.names, class_weights)))
+            (out_dir / "class_weights.json").write_text(json.dumps(
+                dict(zip(classes.names, [round(float(w), 6) for w in class_weights])), indent=1) + "\n")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     step, best_miou, history = 0, float("nan"), []
@@ -382,7 +452,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> TrainResult:
             targets = targets.to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 logits = model(images)
-            loss = segmentation_loss(logits, targets, cfg.label_smoothing)
+            loss = segmentation_loss(logits, targets, cfg.label_smoothing, loss_weight)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip > 0:
