@@ -76,7 +76,7 @@ PARAMS: tuple[Param, ...] = (
           "default", choices=BACKENDS, read_only=True),
     Param("device", "auto", "auto, cpu, cuda or cuda:N", pattern=_DEVICE_RE.pattern, read_only=True),
     Param("precision", "auto", "auto = fp16 on CUDA; on CPU the fastest of fp32/bf16/int8 that meets "
-          "min_label_agreement", choices=PRECISIONS, read_only=True),
+          "min_label_agreement; fp32 on CUDA is IEEE fp32 (TF32 off)", choices=PRECISIONS, read_only=True),
     Param("min_label_agreement", 0.99, "CPU auto choice: least fraction of labels a bf16/int8 path must share "
           "with fp32 (from the `liteseg quantize` report or a start-up check)", min=0.0, max=1.0,
           read_only=True),

@@ -38,6 +38,21 @@ def check_cuda(device: torch.device) -> None:
                           f"CUDA device(s) exist")
 
 
+def use_ieee_fp32_convolutions() -> str:
+    """Turn off TF32 for cuDNN convolutions (process-wide) and say which switch did it.
+
+    PyTorch runs fp32 convolutions in TF32 (a 10-bit mantissa, as fp16) on Ampere and newer GPUs by
+    default. ``precision: fp32`` promises fp32 labels (>= 99.9 % equal to the CPU's), so the fp32 CUDA
+    engine asks for IEEE fp32; fp16 is the fast GPU precision.
+    """
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9
+        conv.fp32_precision = "ieee"
+        return "off (cudnn.conv.fp32_precision=ieee)"
+    torch.backends.cudnn.allow_tf32 = False
+    return "off (cudnn.allow_tf32=False)"
+
+
 def fold_bn_copy(model: nn.Module) -> tuple[nn.Module, str]:
     """A BN-folded eval copy of ``model`` (the caller's model is untouched) and a note for EngineInfo."""
     try:
@@ -51,7 +66,8 @@ class PyTorchEngine(Engine):
     """Runs a logits ``nn.Module`` (e.g. LiteSeg) with PyTorch.
 
     ``channels_last`` and ``fold_bn`` are on by default (1.8x on CPU, issue #11); ``precision='fp16'``
-    uses ``torch.autocast`` and needs CUDA; ``compile=True`` wraps the forward in ``torch.compile``
+    uses ``torch.autocast`` and needs CUDA; ``fp32`` on CUDA is IEEE fp32 (TF32 off, see
+    :func:`use_ieee_fp32_convolutions`); ``compile=True`` wraps the forward in ``torch.compile``
     (first call slow). Post-processing stays on the device.
     """
 
@@ -98,6 +114,8 @@ class PyTorchEngine(Engine):
             extra["threads"] = str(torch.get_num_threads())
         else:
             extra["gpu"] = torch.cuda.get_device_name(dev)
+            if precision == "fp32":
+                extra["tf32"] = use_ieee_fp32_convolutions()
         self.info = EngineInfo("pytorch", str(dev), precision, reason, extra)
 
     def logits(self, batch: np.ndarray) -> torch.Tensor:
