@@ -9,8 +9,9 @@ PyTorch (channels_last + folded BN), ONNX Runtime fp32/int8 and OpenVINO fp32/bf
   label, confidence, colour, overlay and every default mask group out;
 - agreement: share of labels equal to PyTorch fp32 on held-out generated scenes (seeds >= 10000).
 
-All paths are timed round-robin (``bench.time_interleaved``) so load on the shared machine hits each
-alike; ratios are within this one run. int8 comes from ``quantize.quantize_model`` (generated
+All paths are timed round-robin in blocks (``bench.time_interleaved``, ``--block``) so load on the shared
+machine hits each alike and no path pays for the previous runtime's spinning threads; ratios are
+within this one run. int8 comes from ``quantize.quantize_model`` (generated
 calibration scenes). Prints one table and writes JSON.
 
     .venv/bin/python benchmarks/bench_cpu_paths.py --size 360x640 --threads 2 --json /tmp/bench_cpu_paths.json
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--block", type=int, default=3,
+                    help="calls per path per round, the first discarded (threads of the previous runtime spin)")
     ap.add_argument("--calib", type=int, default=32, help="generated calibration scenes for int8")
     ap.add_argument("--holdout", type=int, default=8, help="generated held-out scenes for the agreement")
     ap.add_argument("--cache-dir", type=Path, help="engine cache (default: a fresh temporary folder)")
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         def run(p=p, i=i) -> None:
             stage_times[i].append(p.run([frame], "bgr", wants)[0].timings)
         fns.append(run)
-    times = time_interleaved(fns, args.warmup, args.iters, log=lambda m: None)
+    times = time_interleaved(fns, args.warmup, args.iters, log=lambda m: None, block=args.block)
     eager_ms = summarize(times[0])["median_ms"]
 
     ref = _reference_pipeline(model, (h, w))

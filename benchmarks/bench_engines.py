@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--block", type=int, default=3,
+                    help="calls per path per round, the first discarded (threads of the previous runtime spin)")
     ap.add_argument("--backbone", default="mobilenetv2")
     ap.add_argument("--tune-malloc", action="store_true",
                     help="apply cpu_tuning.tune_malloc() before everything (default: only in phase 2)")
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     malloc = tune_malloc() if args.tune_malloc else False
     model = random_weight_model(args.backbone, 19, seed=0)
     rows = bench_cpu_paths(model, args.size, args.threads, args.warmup, args.iters,
-                           log=lambda m: print(m, file=sys.stderr), with_tuned_malloc=not malloc)
+                           log=lambda m: print(m, file=sys.stderr), with_tuned_malloc=not malloc, block=args.block)
     add_ratios(rows, BASELINE)
     print(format_table(rows))
     path = write_json(rows, args.json, backbone=args.backbone, threads=args.threads,

@@ -431,6 +431,31 @@ def test_cpu_tuning_threads_and_malloc():
 
 
 # ----------------------------------------------------------------------------- bench + CLI
+def test_time_interleaved_blocks_discard_the_first_call_after_a_switch():
+    import time as _time
+
+    from liteseg_ros.engines.bench import time_interleaved
+
+    calls: list[str] = []
+
+    def make(name: str, first_ms: float):
+        def fn() -> None:
+            # the first call of each block is slow, as after another runtime's spinning threads
+            slow = not calls or calls[-1] != name
+            calls.append(name)
+            _time.sleep((first_ms if slow else 1.0) / 1e3)
+        return fn
+
+    times = time_interleaved([make("a", 40.0), make("b", 40.0)], warmup=0, iters=5, log=lambda m: None, block=3)
+    assert [len(t) for t in times] == [5, 5]
+    assert all(max(t) < 20.0 for t in times), times  # the slow switch calls were discarded
+    assert calls[:6] == ["a"] * 3 + ["b"] * 3 and len(calls) == 3 * 3 * 2  # ceil(5 / 2) rounds of 3 calls
+    plain = time_interleaved([make("a", 40.0), make("b", 40.0)], warmup=0, iters=2, log=lambda m: None)
+    assert all(min(t) >= 40.0 for t in plain)  # block=1: every call is a switch and is kept
+    with pytest.raises(ValueError, match="block must be >= 1"):
+        time_interleaved([make("a", 1.0)], block=0)
+
+
 def test_summarize_and_bench_rows(onnx_fixed):
     s = summarize([3.0, 1.0, 2.0, 100.0])
     assert s["median_ms"] == 2.5 and s["min_ms"] == 1.0 and s["iters"] == 4 and 97 < s["p99_ms"] <= 100

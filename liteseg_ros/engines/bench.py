@@ -119,12 +119,13 @@ def bench_engine(engine: Engine, input_size: tuple[int, int], batch: int = 1, wa
 def bench_cpu_paths(model: torch.nn.Module, input_size: tuple[int, int] = (360, 640), num_threads: int = 2,
                     warmup: int = 3, iters: int = 10, workdir: str | Path = "/tmp/liteseg_bench",
                     log: Callable[[str], None] = print,
-                    with_tuned_malloc: bool = True) -> list[dict[str, Any]]:
+                    with_tuned_malloc: bool = True, block: int = 3) -> list[dict[str, Any]]:
     """The CPU comparison of issue #5/#11 at one size, as rows (same process, same input).
 
     eager fp32 logits; eager + torch max/exp post-processing; PyTorchEngine (channels_last, folded BN, post-processing in torch); ONNX
     Runtime logits only; ONNX Runtime logits + numpy argmax; ONNX Runtime with in-graph
-    post-processing (the CPU engine). Timed round-robin (:func:`time_interleaved`). With
+    post-processing (the CPU engine). Timed round-robin in blocks of ``block`` calls, the first of
+    each block discarded (:func:`time_interleaved`). With
     ``with_tuned_malloc`` (glibc only) a second round-robin phase after ``tune_malloc()`` (which
     cannot be undone: it changes the process) re-times eager, the PyTorch engine and the ORT engine.
     """
@@ -184,34 +185,47 @@ def bench_cpu_paths(model: torch.nn.Module, input_size: tuple[int, int] = (360, 
     paths.append(("onnxruntime fp32, engine on a file with a logits output (not fetched)", "onnxruntime",
                   lambda: engine_z.infer(xn)))
 
-    times = time_interleaved([fn for _, _, fn in paths], warmup, iters, log)
+    times = time_interleaved([fn for _, _, fn in paths], warmup, iters, log, block)
     if with_tuned_malloc and tune_malloc():
         # Phase 2, process-wide from here on: glibc keeps freed activations in the heap.
         again = ("pytorch eager fp32, logits only", "pytorch channels_last+folded BN, engine (uint8 out)",
                  "onnxruntime fp32, in-graph post-processing (engine)")
         tuned = [p for p in paths if p[0] in again]
         paths += [(f"{name} [tune_malloc]", backend, fn) for name, backend, fn in tuned]
-        times += time_interleaved([fn for _, _, fn in tuned], warmup, iters, log)
+        times += time_interleaved([fn for _, _, fn in tuned], warmup, iters, log, block)
     base = {"device": "cpu", "precision": "fp32", "size": f"{h}x{w}", "batch": 1, "threads": num_threads}
     return [row(name, t, backend=backend, mode="model", **base)
             for (name, backend, _), t in zip(paths, times, strict=True)]
 
 
 def time_interleaved(fns: Sequence[Callable[[], Any]], warmup: int = 3, iters: int = 10,
-                     log: Callable[[str], None] = print) -> list[list[float]]:
-    """Milliseconds per call for each of ``fns``, timed round-robin (one call of each per round) so
-    that load changes on a shared machine hit every path alike and ratios stay meaningful."""
+                     log: Callable[[str], None] = print, block: int = 1) -> list[list[float]]:
+    """Milliseconds per call for each of ``fns``, timed round-robin so that load changes on a shared
+    machine hit every path alike and ratios stay meaningful.
+
+    ``block`` > 1 runs each path ``block`` times per round and keeps only the last ``block - 1``
+    calls: the first call after switching runtimes is discarded because the previous runtime's
+    worker threads are still spin-waiting (OpenMP, ONNX Runtime and OpenVINO pools all spin for a
+    while after a parallel region), which on a 2-core machine can halve the next path's speed.
+    ``iters`` counts kept calls per path.
+    """
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
     for _ in range(warmup):
         for fn in fns:
             fn()
     times: list[list[float]] = [[] for _ in fns]
-    for i in range(iters):
-        log(f"bench: round {i + 1}/{iters}")
+    keep = max(block - 1, 1)
+    rounds = -(-iters // keep)
+    for i in range(rounds):
+        log(f"bench: round {i + 1}/{rounds}")
         for fn, t in zip(fns, times, strict=True):
-            t0 = time.perf_counter()
-            fn()
-            t.append((time.perf_counter() - t0) * 1e3)
-    return times
+            for j in range(block):
+                t0 = time.perf_counter()
+                fn()
+                if block == 1 or j > 0:
+                    t.append((time.perf_counter() - t0) * 1e3)
+    return [t[:iters] for t in times]
 
 
 def add_ratios(rows: list[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
