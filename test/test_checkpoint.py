@@ -69,6 +69,7 @@ def test_map_location_variants(official_files):
         assert torch.equal(model.state_dict()["last_conv.6.bias"], sd["last_conv.6.bias"])
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to write a CUDA-tensor checkpoint")
 def test_cuda_saved_file_loads_on_cpu(tmp_path):
     sd = {k: v.cuda() for k, v in random_official_state_dict("shufflenet").items()}

@@ -41,8 +41,18 @@ from liteseg_ros.engines.tensorrt import (
 H, W = 96, 160
 HAS_CUDA = torch.cuda.is_available()
 TRT_STATUS = tensorrt_status()
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="CUDA not available")
-needs_trt = pytest.mark.skipif(TRT_STATUS != "ok", reason=f"TensorRT unusable: {TRT_STATUS}")
+
+
+def needs_cuda(fn):
+    """Marked ``gpu`` (``pytest -m gpu`` runs them on a GPU machine) and skipped without CUDA."""
+    return pytest.mark.gpu(pytest.mark.skipif(not HAS_CUDA, reason="CUDA not available")(fn))
+
+
+def needs_trt(fn):
+    """Marked ``gpu`` and skipped unless TensorRT can build engines here."""
+    return pytest.mark.gpu(pytest.mark.skipif(TRT_STATUS != "ok", reason=f"TensorRT unusable: {TRT_STATUS}")(fn))
+
+
 #: fp16 tolerance (stated in the issue): labels identical on >= 99% of pixels and confidence within
 #: +-3 on >= 99.9% of pixels, against PyTorch fp32 with the trained demo weights on held-out scenes.
 FP16_MIN_AGREEMENT = 0.99

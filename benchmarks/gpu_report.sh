@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Issue #5's GPU half in one command, for a machine with an NVIDIA GPU and a Python that has torch,
+# torchvision, onnx and onnxruntime (ROS is not needed; TensorRT rows appear where `tensorrt` imports).
+# It runs the GPU tests, then the paper-style timings: model-only and end to end (uint8 frame in,
+# label out), PyTorch and TensorRT, fp32 and fp16, at 640x360 and 1024x2048, with the demo weights.
+#
+#   bash benchmarks/gpu_report.sh [OUT_DIR]          # default OUT_DIR: $OUT, else ./gpu_report
+#   PYTHON=.venv/bin/python bash benchmarks/gpu_report.sh
+#
+# Writes gpu.txt (nvidia-smi), tests.txt, bench_model*.{txt,json}, bench*.{txt,json} into OUT_DIR and
+# exits non-zero if a test failed. The paper's reference: 161 fps at 640x360 (GTX 1080 Ti, fp32, model only).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-${OUT:-gpu_report}}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+status=0
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
+"$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" \
+    | tee -a "$out/gpu.txt"
+"$py" -c "import tensorrt; print('tensorrt', tensorrt.__version__)" 2>/dev/null | tee -a "$out/gpu.txt" \
+    || echo "tensorrt: not importable (TensorRT rows are skipped)" | tee -a "$out/gpu.txt"
+
+# GPU tests (marked gpu) + the CPU check of the fp16 tolerance on trained weights
+"$py" -m pytest -q -p no:cacheprovider -o addopts="-ra" test/test_engines.py test/test_checkpoint.py \
+    test/test_train.py -m "gpu" 2>&1 | tee "$out/tests.txt" || status=1
+"$py" -m pytest -q -p no:cacheprovider -o addopts="-ra" test/test_engines.py -k fp16_numerics 2>&1 \
+    | tee -a "$out/tests.txt" || status=1
+
+# model-only forward, the paper's way (synchronised, 200 timed after warm-up), eager fp32 and fp16
+"$py" benchmarks/bench_model.py --cuda --no-cpu --height 360 --width 640 --cuda-runs 200 \
+    --json "$out/bench_model.json" 2>&1 | tee "$out/bench_model.txt" || status=1
+"$py" benchmarks/bench_model.py --cuda --no-cpu --height 1024 --width 2048 --cuda-runs 200 \
+    --json "$out/bench_model_1024x2048.json" 2>&1 | tee -a "$out/bench_model.txt" || status=1
+
+# engines: model-only and end to end per backend x precision x size
+backends=pytorch
+"$py" -c "import tensorrt" 2>/dev/null && backends=pytorch,tensorrt
+for size in 360x640 1024x2048; do  # end-to-end rows feed a uint8 frame of the network size
+    "$py" -m liteseg_ros.cli bench --weights liteseg_ros/data/liteseg_demo_mobilenetv2.pt --device cuda \
+        --backends "$backends" --precisions fp32,fp16 --size "$size" --image-size "$size" \
+        --warmup 20 --iters 200 --cache-dir "$out/cache" --json "$out/bench_$size.json" 2>&1 \
+        | tee -a "$out/bench.txt" || status=1
+done
+rm -rf "$out/cache"
+exit $status
