@@ -7,7 +7,9 @@ How a quantized file is made (:func:`quantize_model`):
 
 1. the bare network (logits, no post-processing) is exported to ONNX (BN folded by the exporter);
 2. ONNX Runtime's ``quantize_static`` turns it into a QDQ graph: weights int8 symmetric per output
-   channel, activations uint8 with MinMax or percentile ranges from calibration batches; the
+   channel, activations uint8 with percentile (default: 99.999th, robust to outliers; on the demo
+   weights 98.6 % labels kept against 98.0 % with MinMax, which got worse with more calibration
+   images) or MinMax/entropy ranges from calibration batches; the
    classifier conv and the final resize stay float (:func:`classifier_nodes`). Calibration batches are
    made by ``Pipeline.preprocess`` (the node's own resize + normalisation) from the user's images,
    or from generated scenes when they have none;
@@ -183,7 +185,7 @@ def classifier_nodes(model_proto, output: str = "logits") -> list[str]:
 
 
 def quantize_logits_onnx(raw_onnx: str | os.PathLike, out: str | os.PathLike, reader: Any,
-                         per_channel: bool = True, method: str = "minmax", float_classifier: bool = True) -> Path:
+                         per_channel: bool = True, method: str = "percentile", float_classifier: bool = True) -> Path:
     """QDQ static quantization of a logits-only ONNX file (uint8 activations, int8 weights); with
     ``float_classifier`` the classifier conv and the final resize stay float (:func:`classifier_nodes`)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -386,7 +388,7 @@ def _meta_size(path: Path) -> tuple[int, int]:
 def quantize_model(model: nn.Module, out: str | os.PathLike, input_size: tuple[int, int],
                    calibration: Sequence[Sample], holdout: Sequence[Sample],
                    backends: Iterable[str] = ("onnxruntime",), num_threads: int | None = None,
-                   method: str = "minmax", calib_source: str = "", holdout_source: str = "",
+                   method: str = "percentile", calib_source: str = "", holdout_source: str = "",
                    log: Callable[[str], None] = print) -> tuple[Path, dict[str, dict[str, Any]]]:
     """Quantize ``model`` to an int8 QDQ ONNX file at ``out`` and write one report per runtime.
 
