@@ -38,17 +38,16 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 DEFAULT_MIN_LABEL_AGREEMENT = 0.99
 #: The fp32 CPU backend ``auto`` chooses (first fp32 entry of both rankings below); see CPU_DEFAULT_WHY.
 CPU_DEFAULT_BACKEND = "onnxruntime"
-CPU_DEFAULT_WHY = ("ONNX Runtime with in-graph post-processing measured 2.3x faster than eager PyTorch fp32 "
-                   "and 1.4x faster than PyTorch channels_last+folded BN at 360x640 "
+CPU_DEFAULT_WHY = ("ONNX Runtime with in-graph post-processing measured 2.5x faster than eager PyTorch fp32 "
+                   "and 1.8x faster than PyTorch channels_last+folded BN at 360x640 on 2 threads "
                    "(benchmarks/bench_engines.py)")
-#: CPU paths fastest first, (backend, precision, ms at 1x3x360x640 with 2 threads). With BF16 (AVX-512
-#: BF16 / AMX): the issue #11 measurements. Without (AVX2): benchmarks/bench_cpu_paths.py on the shared
-#: 2-core AMD EPYC development machine while another job trained on it, so the ms are ~10x a quiet
-#: machine's and only the order counts; there ONNX Runtime int8 is no faster than fp32 (no VNNI).
+#: CPU paths fastest first, (backend, precision, model ms at 1x3x360x640 with 2 threads). With BF16
+#: (AVX-512 BF16 / AMX): the issue #11 measurements. Without (AVX2, no VNNI): benchmarks/bench_cpu_paths.py
+#: --block 3 on the idle 2-core AMD EPYC development machine, demo weights; int8 gains only ~1.15x there.
 CPU_PATHS_BF16 = (("openvino", "int8", 7.7), ("openvino", "bf16", 9.2), ("onnxruntime", "int8", 10.7),
                   ("onnxruntime", "fp32", 15.8), ("openvino", "fp32", 21.2))
-CPU_PATHS_NO_BF16 = (("openvino", "int8", 119.0), ("onnxruntime", "int8", 176.3), ("onnxruntime", "fp32", 182.0),
-                     ("openvino", "fp32", 192.4))
+CPU_PATHS_NO_BF16 = (("onnxruntime", "int8", 43.5), ("openvino", "int8", 46.0), ("onnxruntime", "fp32", 50.3),
+                     ("openvino", "fp32", 54.6))
 
 __all__ = ["BACKENDS", "CPU_DEFAULT_BACKEND", "DEFAULT_MIN_LABEL_AGREEMENT", "PRECISIONS", "Engine",
            "EngineError", "EngineInfo", "EngineOutput", "available_backends", "build_tensorrt_engine",
