@@ -24,7 +24,7 @@ import numpy as np
 
 from liteseg_ros.engines.cli import parse_size
 
-#: The bundled demo model scores best at 180x320 (held-out mIoU 0.55 vs 0.50 at 360x640; MODEL_CARD.md), and
+#: The bundled demo model scores best at 180x320 (held-out mIoU 0.56 vs 0.53 at 360x640; MODEL_CARD.md), and
 #: it is 4x cheaper there, which keeps the demo real-time on a 2-core CPU.
 DEMO_NETWORK_SIZE = (180, 320)
 

@@ -54,11 +54,11 @@ def test_demo_weights_segment_held_out_scenes():
         s = generate_scene(seed, SceneConfig(height=180, width=320))
         cm.update(pipe(s.image).label, s.label)
     m = cm.compute(list(pipe.classes.names))
-    # Measured when shipped (MODEL_CARD.md): on these 12 scenes mIoU 0.507; road 0.962, sky 0.932, car 0.879,
-    # pole 0.264, traffic light 0.356 (0.549 over 16 scenes). Thin classes are floored too: class-weighted
+    # Measured when shipped (MODEL_CARD.md): on these 12 scenes mIoU 0.521; road 0.964, sky 0.941, car 0.887,
+    # pole 0.280, traffic light 0.383 (0.563 over 16 scenes). Thin classes are floored too: class-weighted
     # training lifted them from ~0.1-0.2 and a regression there would otherwise go unseen.
     iou = dict(zip(pipe.classes.names, m.iou, strict=True))
-    assert m.miou >= 0.48, m.table()
+    assert m.miou >= 0.49, m.table()
     assert iou["road"] >= 0.94 and iou["sky"] >= 0.90 and iou["car"] >= 0.85, m.table()
     assert iou["pole"] >= 0.20 and iou["traffic_light"] >= 0.25, m.table()
     assert np.isfinite(m.miou)
