@@ -30,20 +30,20 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from liteseg_ros.engines import EngineError, create_engine  # noqa: E402
-from liteseg_ros.engines.bench import random_weight_model, summarize, time_interleaved, write_json  # noqa: E402
-from liteseg_ros.engines.cli import parse_size  # noqa: E402
+from liteseg_ros.engines.bench import (  # noqa: E402
+    add_interleaved_timing_args,
+    random_weight_model,
+    summarize,
+    time_interleaved,
+    write_json,
+)
 from liteseg_ros.engines.cpu_tuning import set_num_threads, tune_malloc  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", type=Path, help="checkpoint (default: the demo weights, else random weights)")
-    ap.add_argument("--size", type=parse_size, default=(360, 640), metavar="HxW")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--block", type=int, default=3,
-                    help="calls per path per round, the first discarded (threads of the previous runtime spin)")
+    add_interleaved_timing_args(ap)
     ap.add_argument("--calib", type=int, default=32, help="generated calibration scenes for int8")
     ap.add_argument("--holdout", type=int, default=8, help="generated held-out scenes for the agreement")
     ap.add_argument("--cache-dir", type=Path, help="engine cache (default: a fresh temporary folder)")

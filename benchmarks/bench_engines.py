@@ -14,13 +14,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from liteseg_ros.engines.bench import (  # noqa: E402
+    add_interleaved_timing_args,
     add_ratios,
     bench_cpu_paths,
     format_table,
     random_weight_model,
     write_json,
 )
-from liteseg_ros.engines.cli import parse_size  # noqa: E402
 from liteseg_ros.engines.cpu_tuning import tune_malloc  # noqa: E402
 
 BASELINE = "pytorch eager fp32, logits only"
@@ -28,12 +28,7 @@ BASELINE = "pytorch eager fp32, logits only"
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=parse_size, default=(360, 640), metavar="HxW")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--block", type=int, default=3,
-                    help="calls per path per round, the first discarded (threads of the previous runtime spin)")
+    add_interleaved_timing_args(ap)
     ap.add_argument("--backbone", default="mobilenetv2")
     ap.add_argument("--tune-malloc", action="store_true",
                     help="apply cpu_tuning.tune_malloc() before everything (default: only in phase 2)")
