@@ -237,6 +237,10 @@ class SegDataset(Dataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def load_label(self, index: int) -> np.ndarray:
+        """The label of ``load(index)`` alone (class statistics need no image); file datasets skip the image."""
+        return self.load(index)[1]
+
     def name(self, index: int) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -277,6 +281,18 @@ class FilePairDataset(SegDataset):
                                f"{rgb.shape[1]}x{rgb.shape[0]}")
         return rgb, lab, lab_path
 
+    def _label(self, raw: np.ndarray, path: Path) -> np.ndarray:  # pragma: no cover - abstract
+        """Check a raw label file's values and convert them to the dataset's class ids."""
+        raise NotImplementedError
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rgb, lab, lab_path = self._read(index)
+        return rgb, self._label(lab, lab_path)
+
+    def load_label(self, index: int) -> np.ndarray:
+        lab_path = self.items[index][1]
+        return self._label(read_label(lab_path), lab_path)
+
 
 class CityscapesDataset(FilePairDataset):
     """Cityscapes fine (or coarse) annotations, labelIds converted to the 19 trainIds (void -> 255)."""
@@ -306,11 +322,10 @@ class CityscapesDataset(FilePairDataset):
     def name(self, index: int) -> str:
         return self.items[index][0].name[: -len("_leftImg8bit.png")]
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        rgb, lab, lab_path = self._read(index)
+    def _label(self, raw: np.ndarray, path: Path) -> np.ndarray:
         if self.check_values:
-            check_label_values(lab, self._num_label_ids, lab_path, "Cityscapes labelIds")
-        return rgb, self._lut[lab]
+            check_label_values(raw, self._num_label_ids, path, "Cityscapes labelIds")
+        return self._lut[raw]
 
 
 class FolderDataset(FilePairDataset):
@@ -347,11 +362,10 @@ class FolderDataset(FilePairDataset):
     def name(self, index: int) -> str:
         return self.items[index][0].stem
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        rgb, lab, lab_path = self._read(index)
+    def _label(self, raw: np.ndarray, path: Path) -> np.ndarray:
         if self.check_values:
-            check_label_values(lab, len(self.classes), lab_path, f"{len(self.classes)} classes")
-        return rgb, lab
+            check_label_values(raw, len(self.classes), path, f"{len(self.classes)} classes")
+        return raw
 
 
 class SyntheticDataset(SegDataset):

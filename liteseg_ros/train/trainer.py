@@ -174,14 +174,15 @@ def class_pixel_counts(ds: SegDataset, num_classes: int, max_samples: int) -> tu
     """(pixels of each class, labelled pixels of the images containing it) over up to ``max_samples``
     evenly spaced labels.
 
-    Reads the raw labels (``ds.load``), before augmentation: frequencies are a property of the data.
+    Reads the labels alone (``ds.load_label``: no image decoding), before augmentation: frequencies are a
+    property of the data.
     """
     n = len(ds)
     idx = np.unique(np.linspace(0, n - 1, num=min(n, max_samples)).round().astype(int)) if n else []
     pixels = np.zeros(num_classes, np.int64)
     image_pixels = np.zeros(num_classes, np.int64)
     for i in idx:
-        _, label = ds.load(int(i))
+        label = ds.load_label(int(i))
         counts = np.bincount(label.ravel(), minlength=256)[:num_classes]
         pixels += counts
         image_pixels += np.where(counts > 0, counts.sum(), 0)
@@ -218,8 +219,8 @@ def resolve_class_weights(cfg: TrainConfig, ds: SegDataset, num_classes: int) ->
     if cfg.class_weights is None:
         return None
     if isinstance(cfg.class_weights, str):
-        pixels, images = class_pixel_counts(ds, num_classes, cfg.class_weight_samples)
-        return class_weights_from_counts(pixels, images, cfg.class_weights, cfg.class_weight_c)
+        pixels, image_pixels = class_pixel_counts(ds, num_classes, cfg.class_weight_samples)
+        return class_weights_from_counts(pixels, image_pixels, cfg.class_weights, cfg.class_weight_c)
     weights = np.asarray(cfg.class_weights, dtype=np.float64)
     if weights.shape != (num_classes,):
         raise ValueError(f"class_weights: {weights.size} weights given for {num_classes} classes")
