@@ -152,7 +152,8 @@ def create_engine(model_or_weights: Any, backend: str = "auto", device: str = "c
     """
     dev = _check_args(backend, device, precision)
     if not 0.0 <= float(min_label_agreement) <= 1.5:
-        raise EngineError(f"min_label_agreement must be a fraction in [0, 1], got {min_label_agreement}")
+        raise EngineError(f"min_label_agreement must be in [0, 1.5] (above 1 no bf16/int8 path qualifies), "
+                          f"got {min_label_agreement}")
     if num_threads is not None:
         from .cpu_tuning import set_num_threads
 
