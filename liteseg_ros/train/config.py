@@ -15,6 +15,7 @@ Defaults are the LiteSeg recipe (arXiv 1912.06683, official ``train.py``) with i
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -29,6 +30,8 @@ LR_SCHEDULES = ("poly", "cyclic", "constant")
 OPTIMIZERS = ("sgd", "adamw")
 CROP_MODES = ("pad", "resize")
 CLASS_WEIGHT_METHODS = ("enet", "median_freq")
+#: ``liteseg_ros.synthetic.SceneConfig`` fields that ``synthetic_density`` may scale (kept in sync by a test).
+SYNTHETIC_DENSITIES = ("cars", "trucks_buses", "people", "cyclists", "poles", "vegetation")
 
 
 class ConfigError(ValueError):
@@ -49,6 +52,8 @@ class TrainConfig:
     synthetic_train: int = 200             #: number of synthetic training scenes (seeds 0..N-1)
     synthetic_val: int = 20                #: number of synthetic validation scenes (seeds after those)
     synthetic_weather: str = "random"      #: SceneConfig(weather=...): clear|overcast|rain|fog|dusk|random
+    synthetic_density: dict[str, float] = field(default_factory=dict)  #: training scenes only: SceneConfig
+    #: density multipliers, e.g. {cyclists: 4, people: 2} to show rare classes more often (validation keeps 1.0)
     # --- augmentation -----------------------------------------------------------------------
     crop_size: tuple[int, int] = (512, 1024)   #: training crop (H, W)
     scale_range: tuple[float, float] = (0.35, 1.0)  #: random scale of the full image, uniform
@@ -152,7 +157,17 @@ class TrainConfig:
             raise ConfigError(f"class_weight_samples={self.class_weight_samples!r}: must be > 0")
         if self.cyclic_steps <= 0:
             raise ConfigError(f"cyclic_steps={self.cyclic_steps!r}: must be > 0")
+        self._validate_density()
         return self
+
+    def _validate_density(self) -> None:
+        """``synthetic_density`` names SceneConfig density knobs with finite values >= 0."""
+        for key, value in self.synthetic_density.items():
+            if key not in SYNTHETIC_DENSITIES:
+                raise ConfigError(f"synthetic_density: unknown key {key!r}; known: {', '.join(SYNTHETIC_DENSITIES)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"synthetic_density.{key}={value!r}: must be a finite number >= 0")
+            self.synthetic_density[key] = float(value)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -237,7 +237,8 @@ def build_datasets(cfg: TrainConfig) -> tuple[SegDataset, SegDataset | None]:
     if cfg.dataset == "synthetic":
         weather = cfg.synthetic_weather
         train = open_dataset("synthetic", None, None, train_tf, cfg.seed, num_samples=cfg.synthetic_train,
-                             first_seed=0, size=cfg.synthetic_size, weather=weather)
+                             first_seed=0, size=cfg.synthetic_size, weather=weather,
+                             density=cfg.synthetic_density)
         val = None
         if cfg.val_split and cfg.val_every and cfg.synthetic_val > 0:
             val = open_dataset("synthetic", None, None, val_tf, cfg.seed, num_samples=cfg.synthetic_val,
