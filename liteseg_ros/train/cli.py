@@ -29,6 +29,7 @@ examples:
   liteseg eval --weights runs/synthetic/checkpoints/best.pt --data /data/cityscapes --size 360x640
   liteseg eval --weights best.pt --data /data/cityscapes --full-res --out eval_out
   liteseg eval --predictions preds/ --pred-format labelid --data /data/cityscapes
+  liteseg eval --weights demo --synthetic 16          # held-out generated scenes (MODEL_CARD.md's numbers)
 """
 
 
@@ -60,10 +61,20 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     """Register ``eval`` on ``subparsers``; its func returns an exit code."""
     p = subparsers.add_parser(
         "eval", help="evaluate weights (or prediction PNGs) on a labelled dataset: IoU table, mIoU, fps",
-        description="Per-class IoU, category IoU, mIoU and pixel accuracy on a Cityscapes or folder dataset.",
+        description="Per-class IoU, category IoU, mIoU and pixel accuracy on a Cityscapes or folder dataset, "
+                    "or on held-out generated scenes.",
         epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", "-w", help="checkpoint written by liteseg train (or a converted official one)")
-    p.add_argument("--data", "-d", required=True, help="dataset root (Cityscapes layout or images/ + labels/)")
+    p.add_argument("--weights", "-w", help="checkpoint written by liteseg train (or a converted official one); "
+                   "'demo' = the bundled demo weights")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", "-d", help="dataset root (Cityscapes layout or images/ + labels/)")
+    src.add_argument("--synthetic", type=int, metavar="N",
+                     help="evaluate on N generated scenes (liteseg_ros.synthetic; exact labels, no files)")
+    p.add_argument("--synthetic-seed", type=int, default=10000,
+                   help="first scene seed of --synthetic (default: 10000, never used by liteseg train's "
+                        "synthetic runs, so held out)")
+    p.add_argument("--synthetic-size", type=_size, default=(180, 320),
+                   help="generated scene size HxW (default: 180x320, the demo's network size)")
     p.add_argument("--split", default="val", help="split to evaluate (default: val; 'none' for a folder "
                    "without splits)")
     p.add_argument("--dataset", default="auto", choices=("auto", "cityscapes", "folder"),
@@ -120,6 +131,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     split = None if str(args.split).lower() in ("none", "null", "") else args.split
     try:
+        if args.synthetic is not None:
+            return _eval_synthetic(args)
         if args.predictions:
             report = score_predictions(args.predictions, args.data, split, args.pred_format, args.dataset,
                                        out_dir=args.out)
@@ -133,6 +146,33 @@ def run_eval(args: argparse.Namespace) -> int:
     except (DatasetError, FileNotFoundError, ValueError) as exc:
         print(f"liteseg eval: {exc}", file=sys.stderr)
         return 2
+    print(report.format())
+    for what, path in report.files.items():
+        print(f"wrote {what}: {path}")
+    return 0
+
+
+def _eval_synthetic(args: argparse.Namespace) -> int:
+    """``liteseg eval --synthetic N``: the held-out score of the demo weights (MODEL_CARD.md) in one command."""
+    from liteseg_ros.train.datasets import SyntheticDataset
+    from liteseg_ros.train.evaluate import evaluate
+
+    if args.predictions:
+        print("liteseg eval: --predictions scores files of a --data dataset, not --synthetic", file=sys.stderr)
+        return 2
+    if args.synthetic <= 0 or args.synthetic_seed < 0:
+        print("liteseg eval: --synthetic needs N >= 1 scenes and --synthetic-seed >= 0", file=sys.stderr)
+        return 2
+    weights = args.weights or "demo"
+    if weights == "demo":
+        from liteseg_ros.runtime import demo_weights_path
+
+        weights = str(demo_weights_path())
+    ds = SyntheticDataset(args.synthetic, first_seed=args.synthetic_seed, size=args.synthetic_size)
+    h, w = args.synthetic_size
+    where = f"generated scenes {h}x{w} (seeds {args.synthetic_seed}..{args.synthetic_seed + args.synthetic - 1})"
+    report = evaluate(weights, where, None if args.full_res else args.size, None, "synthetic", args.device,
+                      args.amp, 0, args.out, args.max_images, dataset_obj=ds)
     print(report.format())
     for what, path in report.files.items():
         print(f"wrote {what}: {path}")
