@@ -71,8 +71,8 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     src.add_argument("--synthetic", type=int, metavar="N",
                      help="evaluate on N generated scenes (liteseg_ros.synthetic; exact labels, no files)")
     p.add_argument("--synthetic-seed", type=int, default=10000,
-                   help="first scene seed of --synthetic (default: 10000, never used by liteseg train's "
-                        "synthetic runs, so held out)")
+                   help="first scene seed of --synthetic (default: 10000; liteseg train's synthetic runs "
+                        "use seeds 0..synthetic_train+synthetic_val-1, so these are held out below that)")
     p.add_argument("--synthetic-size", type=_size, default=(180, 320),
                    help="generated scene size HxW (default: 180x320, the demo's network size)")
     p.add_argument("--split", default="val", help="split to evaluate (default: val; 'none' for a folder "
@@ -130,6 +130,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from liteseg_ros.train.evaluate import evaluate, score_predictions
 
     split = None if str(args.split).lower() in ("none", "null", "") else args.split
+    if args.weights == "demo":
+        from liteseg_ros.runtime import demo_weights_path
+
+        args.weights = str(demo_weights_path())
     try:
         if args.synthetic is not None:
             return _eval_synthetic(args)
@@ -163,11 +167,11 @@ def _eval_synthetic(args: argparse.Namespace) -> int:
     if args.synthetic <= 0 or args.synthetic_seed < 0:
         print("liteseg eval: --synthetic needs N >= 1 scenes and --synthetic-seed >= 0", file=sys.stderr)
         return 2
-    weights = args.weights or "demo"
-    if weights == "demo":
+    if not args.weights:
         from liteseg_ros.runtime import demo_weights_path
 
-        weights = str(demo_weights_path())
+        args.weights = str(demo_weights_path())
+    weights = args.weights
     ds = SyntheticDataset(args.synthetic, first_seed=args.synthetic_seed, size=args.synthetic_size)
     h, w = args.synthetic_size
     where = f"generated scenes {h}x{w} (seeds {args.synthetic_seed}..{args.synthetic_seed + args.synthetic - 1})"
