@@ -515,6 +515,9 @@ def test_synthetic_density_boosts_rare_classes_in_training_only():
     assert cfg.synthetic_density == {"cyclists": 6.0, "people": 2.0}
     train_ds, val_ds = build_datasets(cfg)
     assert train_ds.density == {"cyclists": 6.0, "people": 2.0} and val_ds.density == {}
+    assert cfg.held_out_warning() is None  # seeds 0..3 stay below liteseg eval --synthetic's held-out scenes
+    big = load_config(None, ["dataset=synthetic", "synthetic_train=9990", "synthetic_val=20"])
+    assert "seeds 0..10009" in big.held_out_warning() and "--synthetic-seed 10010" in big.held_out_warning()
     with pytest.raises(ConfigError, match="synthetic_density: unknown key 'riders'"):
         load_config(None, ["dataset=synthetic", "synthetic_density={riders: 2}"])
     with pytest.raises(ConfigError, match=r"synthetic_density.people=-1.0: must be a finite number >= 0"):

@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from liteseg_ros.train.config import ConfigError, config_keys_help, load_config
+from liteseg_ros.train.config import HELD_OUT_FIRST_SEED, ConfigError, config_keys_help, load_config
 
 TRAIN_EPILOG = """\
 examples:
@@ -70,9 +70,9 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     src.add_argument("--data", "-d", help="dataset root (Cityscapes layout or images/ + labels/)")
     src.add_argument("--synthetic", type=int, metavar="N",
                      help="evaluate on N generated scenes (liteseg_ros.synthetic; exact labels, no files)")
-    p.add_argument("--synthetic-seed", type=int, default=10000,
-                   help="first scene seed of --synthetic (default: 10000; liteseg train's synthetic runs "
-                        "use seeds 0..synthetic_train+synthetic_val-1, so these are held out below that)")
+    p.add_argument("--synthetic-seed", type=int, default=HELD_OUT_FIRST_SEED,
+                   help=f"first scene seed of --synthetic (default: {HELD_OUT_FIRST_SEED}; liteseg train's synthetic "
+                        "runs use seeds 0..synthetic_train+synthetic_val-1 and say so when that reaches it)")
     p.add_argument("--synthetic-size", type=_size, default=(180, 320),
                    help="generated scene size HxW (default: 180x320, the demo's network size)")
     p.add_argument("--split", default="val", help="split to evaluate (default: val; 'none' for a folder "

@@ -32,6 +32,9 @@ CROP_MODES = ("pad", "resize")
 CLASS_WEIGHT_METHODS = ("enet", "median_freq")
 #: ``liteseg_ros.synthetic.SceneConfig`` fields that ``synthetic_density`` may scale (kept in sync by a test).
 SYNTHETIC_DENSITIES = ("cars", "trucks_buses", "people", "cyclists", "poles", "vegetation")
+#: First scene seed of ``liteseg eval --synthetic`` (and of the model card's held-out scores): above the seeds a
+#: synthetic training run uses (0..synthetic_train + synthetic_val - 1) unless that run is this large.
+HELD_OUT_FIRST_SEED = 10000
 
 
 class ConfigError(ValueError):
@@ -168,6 +171,15 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"synthetic_density.{key}={value!r}: must be a finite number >= 0")
             self.synthetic_density[key] = float(value)
+
+    def held_out_warning(self, held_out_first_seed: int = HELD_OUT_FIRST_SEED) -> str | None:
+        """Why ``liteseg eval --synthetic``'s default scenes would not be held out for this run, or None."""
+        used = self.synthetic_train + self.synthetic_val
+        if self.dataset != "synthetic" or used <= held_out_first_seed:
+            return None
+        return (f"note: this run uses scene seeds 0..{used - 1}, which includes the held-out scenes of "
+                f"`liteseg eval --synthetic` (from seed {held_out_first_seed}); score it with "
+                f"--synthetic-seed {used} or above")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

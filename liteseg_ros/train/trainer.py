@@ -367,6 +367,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> TrainResult:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))
     use_amp = cfg.amp and device.type == "cuda"
     class_weights = resolve_class_weights(cfg, train_ds, len(classes))
+    warning = cfg.held_out_warning()
+    if warning and info.is_main:
+        print(warning)
     loss_weight = None
     if class_weights is not None:
         loss_weight = torch.as_tensor(class_weights, dtype=torch.float32, device=device)
