@@ -11,8 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from liteseg_ros.train.config import HELD_OUT_FIRST_SEED, ConfigError, config_keys_help, load_config
+
+if TYPE_CHECKING:  # evaluate imports torch: only when a command runs
+    from liteseg_ros.train.evaluate import EvalReport
 
 TRAIN_EPILOG = """\
 examples:
@@ -130,21 +134,22 @@ def run_eval(args: argparse.Namespace) -> int:
     from liteseg_ros.train.evaluate import evaluate, score_predictions
 
     split = None if str(args.split).lower() in ("none", "null", "") else args.split
-    if args.weights == "demo":
+    weights = args.weights or ("demo" if args.synthetic is not None else None)  # --synthetic: demo by default
+    if weights == "demo":
         from liteseg_ros.runtime import demo_weights_path
 
-        args.weights = str(demo_weights_path())
+        weights = str(demo_weights_path())
     try:
         if args.synthetic is not None:
-            return _eval_synthetic(args)
-        if args.predictions:
+            report = _eval_synthetic(args, weights)
+        elif args.predictions:
             report = score_predictions(args.predictions, args.data, split, args.pred_format, args.dataset,
                                        out_dir=args.out)
         else:
-            if not args.weights:
+            if not weights:
                 print("liteseg eval: give --weights (or --predictions)", file=sys.stderr)
                 return 2
-            report = evaluate(args.weights, args.data, None if args.full_res else args.size, split,
+            report = evaluate(weights, args.data, None if args.full_res else args.size, split,
                               args.dataset, args.device, args.amp, args.num_workers, args.out,
                               args.max_images)
     except (DatasetError, FileNotFoundError, ValueError) as exc:
@@ -156,31 +161,23 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_synthetic(args: argparse.Namespace) -> int:
-    """``liteseg eval --synthetic N``: the held-out score of the demo weights (MODEL_CARD.md) in one command."""
+def _eval_synthetic(args: argparse.Namespace, weights: str) -> EvalReport:
+    """``liteseg eval --synthetic N``: the held-out score of the demo weights (MODEL_CARD.md) in one command.
+
+    Raises ValueError for arguments that do not fit generated scenes (``run_eval`` prints it).
+    """
     from liteseg_ros.train.datasets import SyntheticDataset
     from liteseg_ros.train.evaluate import evaluate
 
     if args.predictions:
-        print("liteseg eval: --predictions scores files of a --data dataset, not --synthetic", file=sys.stderr)
-        return 2
+        raise ValueError("--predictions scores files of a --data dataset, not --synthetic")
     if args.synthetic <= 0 or args.synthetic_seed < 0:
-        print("liteseg eval: --synthetic needs N >= 1 scenes and --synthetic-seed >= 0", file=sys.stderr)
-        return 2
-    if not args.weights:
-        from liteseg_ros.runtime import demo_weights_path
-
-        args.weights = str(demo_weights_path())
-    weights = args.weights
+        raise ValueError("--synthetic needs N >= 1 scenes and --synthetic-seed >= 0")
     ds = SyntheticDataset(args.synthetic, first_seed=args.synthetic_seed, size=args.synthetic_size)
     h, w = args.synthetic_size
     where = f"generated scenes {h}x{w} (seeds {args.synthetic_seed}..{args.synthetic_seed + args.synthetic - 1})"
-    report = evaluate(weights, where, None if args.full_res else args.size, None, "synthetic", args.device,
-                      args.amp, 0, args.out, args.max_images, dataset_obj=ds)
-    print(report.format())
-    for what, path in report.files.items():
-        print(f"wrote {what}: {path}")
-    return 0
+    return evaluate(weights, where, None if args.full_res else args.size, None, "synthetic", args.device,
+                    args.amp, 0, args.out, args.max_images, dataset_obj=ds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
