@@ -490,13 +490,12 @@ def test_synthetic_density_boosts_rare_classes_in_training_only():
     """``synthetic_density`` reaches the training scenes' SceneConfig; validation stays the default world."""
     import dataclasses
 
-    from liteseg_ros.synthetic import SceneConfig, generate_scene
-    from liteseg_ros.train.config import SYNTHETIC_DENSITIES
+    from liteseg_ros.synthetic import DENSITY_KNOBS, SceneConfig, generate_scene
     from liteseg_ros.train.datasets import SyntheticDataset
     from liteseg_ros.train.trainer import build_datasets
 
     scene_fields = {f.name for f in dataclasses.fields(SceneConfig)}
-    assert set(SYNTHETIC_DENSITIES) <= scene_fields
+    assert set(DENSITY_KNOBS) <= scene_fields
     rider_moto_bike = [CITYSCAPES_CLASSES.index(n) for n in ("rider", "motorcycle", "bicycle")]
 
     def share(density):

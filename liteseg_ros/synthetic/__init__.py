@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .render import BLOCK_M, CURB_LABEL, noise_fields, render_frame
-from .world import WEATHERS, SceneConfig, block_moving, block_static, make_world
+from .world import DENSITY_KNOBS, WEATHERS, SceneConfig, block_moving, block_static, make_world
 
-__all__ = ["SceneConfig", "SceneSample", "WEATHERS", "generate_scene", "drive", "dataset"]
+__all__ = ["DENSITY_KNOBS", "SceneConfig", "SceneSample", "WEATHERS", "generate_scene", "drive", "dataset"]
 
 #: ``SceneConfig()``: the default of every function here (frozen, so sharing it is safe).
 DEFAULT_CONFIG = SceneConfig()

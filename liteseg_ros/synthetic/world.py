@@ -20,6 +20,10 @@ import numpy as np
 WEATHERS: tuple[str, ...] = ("clear", "overcast", "rain", "fog", "dusk")
 _WEATHER_P = (0.42, 0.22, 0.12, 0.1, 0.14)
 
+#: ``SceneConfig`` fields that scale how many things of a kind a scene holds (``liteseg train``'s
+#: ``synthetic_density`` accepts exactly these).
+DENSITY_KNOBS: tuple[str, ...] = ("cars", "trucks_buses", "people", "cyclists", "poles", "vegetation")
+
 #: Length of one block of road content (metres); blocks are generated independently.
 BLOCK_M = 30.0
 
@@ -58,8 +62,7 @@ class SceneConfig:
             raise ValueError(
                 f"SceneConfig.weather must be one of {', '.join(WEATHERS)} or random, got {self.weather!r}"
             )
-        for key in ("cars", "trucks_buses", "people", "cyclists", "poles", "vegetation",
-                    "camera_jitter", "noise"):
+        for key in (*DENSITY_KNOBS, "camera_jitter", "noise"):
             v = getattr(self, key)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"SceneConfig.{key} must be a finite number >= 0, got {v!r}")

@@ -1,7 +1,8 @@
 """Training configuration: one flat dataclass, loaded from YAML, every key overridable with ``--set key=value``.
 
-Ring 4 (faces): imports yaml and the standard library only; never rclpy, message packages or
-``liteseg_ros.node`` / ``liteseg_ros.bag`` / ``liteseg_ros.image_codec``.
+Ring 4 (faces): imports yaml and the standard library only (``liteseg_ros.synthetic`` late, to check
+``synthetic_density``); never rclpy, message packages or ``liteseg_ros.node`` / ``liteseg_ros.bag`` /
+``liteseg_ros.image_codec``.
 
 Defaults are the LiteSeg recipe (arXiv 1912.06683, official ``train.py``) with its defects fixed:
 
@@ -30,8 +31,6 @@ LR_SCHEDULES = ("poly", "cyclic", "constant")
 OPTIMIZERS = ("sgd", "adamw")
 CROP_MODES = ("pad", "resize")
 CLASS_WEIGHT_METHODS = ("enet", "median_freq")
-#: ``liteseg_ros.synthetic.SceneConfig`` fields that ``synthetic_density`` may scale (kept in sync by a test).
-SYNTHETIC_DENSITIES = ("cars", "trucks_buses", "people", "cyclists", "poles", "vegetation")
 #: First scene seed of ``liteseg eval --synthetic`` (and of the model card's held-out scores): above the seeds a
 #: synthetic training run uses (0..synthetic_train + synthetic_val - 1) unless that run is this large.
 HELD_OUT_FIRST_SEED = 10000
@@ -165,9 +164,14 @@ class TrainConfig:
 
     def _validate_density(self) -> None:
         """``synthetic_density`` names SceneConfig density knobs with finite values >= 0."""
+        if not self.synthetic_density:
+            return
+        # late: only a run that sets densities needs the generator (numpy, OpenCV)
+        from liteseg_ros.synthetic import DENSITY_KNOBS
+
         for key, value in self.synthetic_density.items():
-            if key not in SYNTHETIC_DENSITIES:
-                raise ConfigError(f"synthetic_density: unknown key {key!r}; known: {', '.join(SYNTHETIC_DENSITIES)}")
+            if key not in DENSITY_KNOBS:
+                raise ConfigError(f"synthetic_density: unknown key {key!r}; known: {', '.join(DENSITY_KNOBS)}")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"synthetic_density.{key}={value!r}: must be a finite number >= 0")
             self.synthetic_density[key] = float(value)
