@@ -57,6 +57,41 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+
+# ------------------------------------------------------------------------------------------ engine tests
+# Shared by test_engines.py and test_cpu_paths.py: both judge every backend against one seeded random-weight
+# LiteSeg-MobileNetV2 on the same smooth-noise batch at the module's own H x W.
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for a module (``pytest.mark.usefixtures``), so engine agreement and timing do not
+    depend on how busy the machine is; opt-in, because the node and training tests want every core."""
+    import torch
+
+    from liteseg_ros.engines.cpu_tuning import set_num_threads
+
+    old = torch.get_num_threads()
+    set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A seeded random-weight LiteSeg-MobileNetV2 whose BN statistics make labels vary over the image."""
+    from liteseg_ros.engines.bench import random_weight_model
+
+    return random_weight_model("mobilenetv2", 19, seed=0)
+
+
+@pytest.fixture(scope="module")
+def batch(request):
+    """Two smooth-noise images of the requesting module's ``H`` x ``W`` (float32 NCHW)."""
+    import torch
+
+    from liteseg_ros.engines.bench import smooth_noise
+
+    return smooth_noise(2, request.module.H, request.module.W, torch.Generator().manual_seed(1)).numpy()
+
 # ------------------------------------------------------------------------------------------ rclpy helpers
 class RosHarness:
     """An rclpy context + node in the test process, spun in a background thread."""

@@ -5,6 +5,8 @@ Two models: a seeded random-weight LiteSeg-MobileNetV2 (always; logic, files, er
 demo weights ``liteseg_ros/data/liteseg_demo_mobilenetv2.pt`` (accuracy: every backend and precision
 against PyTorch fp32 on generated held-out scenes; skipped when the file is absent). Small sizes,
 one thread. The measured agreements are printed (``pytest -s``) and kept as test properties.
+The random model, its batch and the one-thread pin are conftest.py's ``model``, ``batch`` and
+``one_torch_thread`` fixtures, shared by the two engine test modules.
 """
 from __future__ import annotations
 
@@ -15,9 +17,7 @@ import pytest
 import torch
 
 from liteseg_ros.engines import EngineError, cpu_path_ranking, create_engine
-from liteseg_ros.engines.bench import random_weight_model, smooth_noise
 from liteseg_ros.engines.cli import add_quantize_parser
-from liteseg_ros.engines.cpu_tuning import set_num_threads
 from liteseg_ros.engines.export import export_onnx, reference_outputs
 from liteseg_ros.engines.openvino import CAPS_ENV, OpenVinoEngine, cpu_capabilities, has_bf16, openvino_status
 from liteseg_ros.engines.quantize import (
@@ -32,30 +32,13 @@ from liteseg_ros.engines.quantize import (
 )
 from liteseg_ros.runtime import demo_weights_path, resolve_device
 
-pytestmark = pytest.mark.skipif(openvino_status() != "ok", reason=f"openvino unusable: {openvino_status()}")
+pytestmark = [pytest.mark.skipif(openvino_status() != "ok", reason=f"openvino unusable: {openvino_status()}"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
-H, W = 96, 160
+H, W = 96, 160  #: network input of the engine tests (conftest's ``batch`` reads it)
 DEMO = demo_weights_path()
 needs_demo = pytest.mark.skipif(not DEMO.is_file(), reason=f"trained demo weights absent ({DEMO})")
 NO_BF16 = "FP32,INT8"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return random_weight_model("mobilenetv2", 19, seed=0)
-
-
-@pytest.fixture(scope="module")
-def batch() -> np.ndarray:
-    return smooth_noise(2, H, W, torch.Generator().manual_seed(1)).numpy()
 
 
 @pytest.fixture(scope="module")

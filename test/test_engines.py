@@ -3,6 +3,8 @@
 Small sizes (96x160) and one seeded random-weight LiteSeg-MobileNetV2 whose BN statistics were
 calibrated so labels vary over the image (a fresh network is nearly constant and would prove little).
 GPU/TensorRT tests skip with a reason where CUDA or TensorRT is missing.
+The random model, its batch and the one-thread pin are conftest.py's ``model``, ``batch`` and
+``one_torch_thread`` fixtures, shared by the two engine test modules.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from liteseg_ros.engines import (
     available_backends,
     create_engine,
 )
-from liteseg_ros.engines.bench import bench_engine, format_table, random_weight_model, smooth_noise, summarize
+from liteseg_ros.engines.bench import bench_engine, format_table, random_weight_model, summarize
 from liteseg_ros.engines.cli import add_bench_parser, add_export_parser
 from liteseg_ros.engines.cpu_tuning import get_num_threads, set_num_threads, tune_malloc
 from liteseg_ros.engines.export import export_onnx, onnx_metadata, reference_outputs, verify_onnx
@@ -38,7 +40,8 @@ from liteseg_ros.engines.tensorrt import (
     write_plan,
 )
 
-H, W = 96, 160
+H, W = 96, 160  #: network input of the engine tests (conftest's ``batch`` reads it)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 HAS_CUDA = torch.cuda.is_available()
 TRT_STATUS = tensorrt_status()
 
@@ -57,24 +60,6 @@ def needs_trt(fn):
 #: +-3 on >= 99.9% of pixels, against PyTorch fp32 with the trained demo weights on held-out scenes.
 FP16_MIN_AGREEMENT = 0.99
 FP16_CONF_TOL = 3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def model() -> nn.Module:
-    return random_weight_model("mobilenetv2", 19, seed=0)
-
-
-@pytest.fixture(scope="module")
-def batch() -> np.ndarray:
-    return smooth_noise(2, H, W, torch.Generator().manual_seed(1)).numpy()
 
 
 @pytest.fixture(scope="module")
