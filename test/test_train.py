@@ -605,3 +605,47 @@ def test_class_weights(tmp_path):
     saved = json.loads((tmp_path / "run" / "class_weights.json").read_text())
     assert list(saved) == list(CITYSCAPES_CLASSES)
     np.testing.assert_allclose(list(saved.values()), resolve_class_weights(cfg, ds, 19), atol=1e-6)
+
+
+def test_average_cli_writes_the_weighted_mean_and_rejects_mismatches(tmp_path, capsys):
+    """``liteseg average``: every float tensor is the weighted mean, counters and metadata are the first file's,
+    and a file that cannot join the soup is a clear exit-2 error, not a broken checkpoint."""
+    from dataclasses import replace
+
+    from liteseg_ros.cli import main
+    from liteseg_ros.model import LiteSeg, load_checkpoint, save_checkpoint
+    from liteseg_ros.model.checkpoint import CheckpointMeta
+
+    torch.manual_seed(0)
+    a, b = LiteSeg("mobilenetv2", 19), LiteSeg("mobilenetv2", 19)
+    b.train()(torch.randn(2, 3, 64, 96))  # b's BN running stats and counters now differ from a's
+    meta = CheckpointMeta.for_model("mobilenetv2", 19)
+    save_checkpoint(a, tmp_path / "a.pt", replace(meta, model_name="first"))
+    save_checkpoint(b, tmp_path / "b.pt")
+    out = tmp_path / "soup" / "ab.pt"
+    assert main(["average", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "-o", str(out),
+                 "--weights", "1", "3"]) == 0
+    assert "(0.25)" in capsys.readouterr().out
+    soup = load_checkpoint(out)
+    sa, sb, ss = a.state_dict(), b.state_dict(), soup.state_dict()
+    for k, v in ss.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, 0.25 * sa[k] + 0.75 * sb[k], rtol=1e-5, atol=1e-6, msg=k)
+        else:
+            assert torch.equal(v, sa[k]), k
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa if k.endswith("running_mean"))
+    assert soup.meta.model_name == "first"
+
+    save_checkpoint(LiteSeg("mobilenetv2", 5), tmp_path / "five.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    for argv, err in [
+        ([str(tmp_path / "a.pt")], "at least two"),
+        ([str(tmp_path / "a.pt"), str(tmp_path / "five.pt")], "with 5 classes"),
+        ([str(tmp_path / "a.pt"), str(tmp_path / "missing.pt")], "no such checkpoint file"),
+        ([str(tmp_path / "a.pt"), str(tmp_path / "bad.pt")], "bad.pt"),
+        ([str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--weights", "1", "-1"], "finite value >= 0"),
+        ([str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--weights", "1"], "one finite value"),
+    ]:
+        assert main(["average", *argv, "-o", str(tmp_path / "x.pt")]) == 2, argv
+        assert err in capsys.readouterr().err, argv
+    assert not (tmp_path / "x.pt").exists()

@@ -1,0 +1,84 @@
+"""`liteseg average`: one checkpoint whose weights are the mean of several (a "model soup").
+
+Why: two runs fine-tuned from the same weights sit in one basin, and their element-wise mean often scores
+better than either (Wortsman et al., "Model soups", ICML 2022; and the checkpoint averaging of stochastic
+weight averaging). It costs no training, so on a CPU budget it is the cheapest way to combine runs; the
+demo weights v6 are such a mean (MODEL_CARD.md). Always score the result (`liteseg eval`): averaging runs
+that did not start from the same weights gives a broken network.
+
+Floating-point tensors (weights and BatchNorm running statistics) are averaged, optionally weighted;
+integer ones (``num_batches_tracked``) come from the first file. The metadata (classes, palette,
+normalisation) is the first file's; every file must agree on backbone, classes and tensor shapes.
+
+Ring 4: torch and the model package, never rclpy.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Sequence
+
+from liteseg_ros.model import LiteSeg, load_checkpoint, save_checkpoint
+from liteseg_ros.model.checkpoint import CheckpointError
+
+HELP = "average the weights of checkpoints fine-tuned from the same weights (a model soup)"
+
+
+def average_checkpoints(paths: Sequence[str | os.PathLike], weights: Sequence[float] | None = None) -> LiteSeg:
+    """The first checkpoint's model with every floating-point tensor replaced by the (weighted) mean.
+
+    Raises CheckpointError when a file does not load or does not match the first one, ValueError for bad
+    ``weights`` (one finite value >= 0 per file, not all zero).
+    """
+    if len(paths) < 2:
+        raise ValueError(f"average needs at least two checkpoints, got {len(paths)}")
+    if weights is None:
+        weights = [1.0] * len(paths)
+    if len(weights) != len(paths) or any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"weights {list(weights)}: need one finite value >= 0 per checkpoint "
+                         f"({len(paths)}), not all zero")
+    base = load_checkpoint(paths[0])
+    total = float(sum(weights))
+    acc = {k: v.double() * (weights[0] / total) for k, v in base.state_dict().items() if v.is_floating_point()}
+    base_meta = base.meta
+    for path, w in zip(paths[1:], weights[1:]):
+        other = load_checkpoint(path)
+        if (other.backbone, other.num_classes) != (base.backbone, base.num_classes):
+            raise CheckpointError(f"{path}: LiteSeg-{other.backbone} with {other.num_classes} classes; "
+                                  f"{paths[0]} is LiteSeg-{base.backbone} with {base.num_classes}")
+        if list(other.meta.classes.names) != list(base_meta.classes.names):
+            raise CheckpointError(f"{path}: its class names differ from {paths[0]}'s")
+        for k, v in other.state_dict().items():
+            if k in acc:
+                acc[k] += v.double() * (w / total)
+    state = base.state_dict()
+    base.load_state_dict({k: acc[k].to(state[k].dtype) if k in acc else state[k] for k in state})
+    return base
+
+
+def add_average_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``average`` on ``subparsers``; its func returns an exit code."""
+    p = subparsers.add_parser("average", help=HELP, description=HELP + ". " + (__doc__ or "").split("\n\n")[1])
+    p.add_argument("checkpoints", nargs="+", help="two or more checkpoints (any format load_checkpoint reads)")
+    p.add_argument("--out", "-o", required=True, help="where to write the averaged checkpoint (liteseg_ros format)")
+    p.add_argument("--weights", type=float, nargs="+", metavar="W",
+                   help="one weight per checkpoint (default: equal); normalised to sum 1")
+    p.set_defaults(func=run_average)
+    return p
+
+
+def run_average(args: argparse.Namespace) -> int:
+    try:
+        model = average_checkpoints(args.checkpoints, args.weights)
+    except (CheckpointError, ValueError) as exc:
+        print(f"liteseg average: {exc}", file=sys.stderr)
+        return 2
+    out = save_checkpoint(model, args.out)
+    share = args.weights or [1.0] * len(args.checkpoints)
+    print(f"wrote {out}: mean of " + ", ".join(f"{p} ({w / sum(share):.3g})"
+                                              for p, w in zip(args.checkpoints, share)))
+    print(f"score it: liteseg eval --weights {out} --synthetic 16   (or --data ... for your dataset)")
+    return 0
+
