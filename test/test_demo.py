@@ -54,11 +54,11 @@ def test_demo_weights_segment_held_out_scenes():
         s = generate_scene(seed, SceneConfig(height=180, width=320))
         cm.update(pipe(s.image).label, s.label)
     m = cm.compute(list(pipe.classes.names))
-    # Measured when shipped (MODEL_CARD.md, v5): on these 12 scenes mIoU 0.539; road 0.966, sky 0.945, car 0.907,
-    # pole 0.309, traffic light 0.425, traffic sign 0.357 (0.579 over 16 scenes). Thin classes are floored too:
+    # Measured when shipped (MODEL_CARD.md, v6): on these 12 scenes mIoU 0.548; road 0.967, sky 0.947, car 0.908,
+    # pole 0.337, traffic light 0.431, traffic sign 0.345 (0.584 over 16 scenes). Thin classes are floored too:
     # class-weighted training lifted them from ~0.1-0.2 and a regression there would otherwise go unseen.
     iou = dict(zip(pipe.classes.names, m.iou, strict=True))
-    assert m.miou >= 0.51, m.table()
+    assert m.miou >= 0.52, m.table()
     assert iou["road"] >= 0.94 and iou["sky"] >= 0.91 and iou["car"] >= 0.87, m.table()
-    assert iou["pole"] >= 0.22 and iou["traffic_light"] >= 0.30 and iou["traffic_sign"] >= 0.25, m.table()
+    assert iou["pole"] >= 0.25 and iou["traffic_light"] >= 0.30 and iou["traffic_sign"] >= 0.25, m.table()
     assert np.isfinite(m.miou)
