@@ -413,12 +413,28 @@ def save_checkpoint(
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        # mkstemp makes the file 0600; give it the mode a plain open() would, so a run folder shared with a
+        # robot's service user (or a package's data/) stays readable.
+        os.chmod(tmp, 0o666 & ~_umask())
         torch.save(payload, tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    """The process umask, read from /proc where possible because ``os.umask`` can only set-and-return it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def read_extra(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
