@@ -26,33 +26,39 @@ from liteseg_ros.model.checkpoint import CheckpointError
 HELP = "average the weights of checkpoints fine-tuned from the same weights (a model soup)"
 
 
+def normalised_weights(weights: Sequence[float] | None, count: int) -> list[float]:
+    """``weights`` scaled to sum 1 (equal shares when None); ValueError unless one finite value >= 0 per
+    checkpoint, not all zero. One place, so the mean and its printout can never disagree."""
+    if count < 2:
+        raise ValueError(f"average needs at least two checkpoints, got {count}")
+    if weights is None:
+        weights = [1.0] * count
+    if len(weights) != count or any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"weights {list(weights)}: need one finite value >= 0 per checkpoint "
+                         f"({count}), not all zero")
+    total = float(sum(weights))
+    return [w / total for w in weights]
+
+
 def average_checkpoints(paths: Sequence[str | os.PathLike], weights: Sequence[float] | None = None) -> LiteSeg:
     """The first checkpoint's model with every floating-point tensor replaced by the (weighted) mean.
 
     Raises CheckpointError when a file does not load or does not match the first one, ValueError for bad
     ``weights`` (one finite value >= 0 per file, not all zero).
     """
-    if len(paths) < 2:
-        raise ValueError(f"average needs at least two checkpoints, got {len(paths)}")
-    if weights is None:
-        weights = [1.0] * len(paths)
-    if len(weights) != len(paths) or any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"weights {list(weights)}: need one finite value >= 0 per checkpoint "
-                         f"({len(paths)}), not all zero")
+    shares = normalised_weights(weights, len(paths))
     base = load_checkpoint(paths[0])
-    total = float(sum(weights))
-    acc = {k: v.double() * (weights[0] / total) for k, v in base.state_dict().items() if v.is_floating_point()}
-    base_meta = base.meta
-    for path, w in zip(paths[1:], weights[1:]):
+    acc = {k: v.double() * shares[0] for k, v in base.state_dict().items() if v.is_floating_point()}
+    for path, w in zip(paths[1:], shares[1:]):
         other = load_checkpoint(path)
         if (other.backbone, other.num_classes) != (base.backbone, base.num_classes):
             raise CheckpointError(f"{path}: LiteSeg-{other.backbone} with {other.num_classes} classes; "
                                   f"{paths[0]} is LiteSeg-{base.backbone} with {base.num_classes}")
-        if list(other.meta.classes.names) != list(base_meta.classes.names):
+        if list(other.meta.classes.names) != list(base.meta.classes.names):
             raise CheckpointError(f"{path}: its class names differ from {paths[0]}'s")
         for k, v in other.state_dict().items():
             if k in acc:
-                acc[k] += v.double() * (w / total)
+                acc[k] += v.double() * w
     state = base.state_dict()
     base.load_state_dict({k: acc[k].to(state[k].dtype) if k in acc else state[k] for k in state})
     return base
@@ -76,9 +82,8 @@ def run_average(args: argparse.Namespace) -> int:
         print(f"liteseg average: {exc}", file=sys.stderr)
         return 2
     out = save_checkpoint(model, args.out)
-    share = args.weights or [1.0] * len(args.checkpoints)
-    print(f"wrote {out}: mean of " + ", ".join(f"{p} ({w / sum(share):.3g})"
-                                              for p, w in zip(args.checkpoints, share)))
+    shares = normalised_weights(args.weights, len(args.checkpoints))
+    print(f"wrote {out}: mean of " + ", ".join(f"{p} ({w:.3g})" for p, w in zip(args.checkpoints, shares)))
     print(f"score it: liteseg eval --weights {out} --synthetic 16   (or --data ... for your dataset)")
     return 0
 
