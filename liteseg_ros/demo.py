@@ -24,7 +24,7 @@ import numpy as np
 
 from liteseg_ros.engines.cli import parse_size
 
-#: The bundled demo model scores as well at 180x320 as at 360x640 (held-out mIoU 0.584 vs 0.583; MODEL_CARD.md)
+#: The bundled demo model scores as well at 180x320 as at 360x640 (held-out mIoU 0.585 vs 0.584; MODEL_CARD.md)
 #: and is 4x cheaper there, which keeps the demo real-time on a 2-core CPU.
 DEMO_NETWORK_SIZE = (180, 320)
 

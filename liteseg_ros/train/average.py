@@ -3,7 +3,7 @@
 Why: two runs fine-tuned from the same weights sit in one basin, and their element-wise mean often scores
 better than either (Wortsman et al., "Model soups", ICML 2022; and the checkpoint averaging of stochastic
 weight averaging). It costs no training, so on a CPU budget it is the cheapest way to combine runs; the
-demo weights v6 are such a mean (MODEL_CARD.md). Always score the result (`liteseg eval`): averaging runs
+demo weights v6 and v7 are such means (MODEL_CARD.md). Always score the result (`liteseg eval`): averaging runs
 that did not start from the same weights gives a broken network.
 
 Floating-point tensors (weights and BatchNorm running statistics) are averaged, optionally weighted;
