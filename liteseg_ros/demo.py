@@ -23,10 +23,14 @@ import cv2
 import numpy as np
 
 from liteseg_ros.engines.cli import parse_size
+from liteseg_ros.train.config import HELD_OUT_FIRST_SEED
 
 #: The bundled demo model scores as well at 180x320 as at 360x640 (held-out mIoU 0.585 vs 0.584; MODEL_CARD.md)
 #: and is 4x cheaper there, which keeps the demo real-time on a 2-core CPU.
 DEMO_NETWORK_SIZE = (180, 320)
+#: The generated drive's seed. Its first frame is ``generate_scene(DEMO_SEED)``, so it must lie in the held-out
+#: range: the demo weights' runs used scenes 0..8031, which once included the old default 2026.
+DEMO_SEED = HELD_OUT_FIRST_SEED + 2026
 
 
 def add_demo_parser(sub) -> None:
@@ -44,7 +48,8 @@ def add_demo_parser(sub) -> None:
     p.add_argument("--network-size", type=parse_size, default=None, help="network HxW (default: 180x320 for the "
                    "demo weights, the scale they were trained at; else 360x640)")
     p.add_argument("--rate", type=float, default=10.0, help="camera rate in Hz (default 10)")
-    p.add_argument("--seed", type=int, default=2026, help="generated drive seed (held out from training)")
+    p.add_argument("--seed", type=int, default=DEMO_SEED,
+                   help=f"generated drive seed (default {DEMO_SEED}: held out, never a training scene of the demo weights)")
     p.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output/)")
     p.add_argument("--params-file", type=Path, help="extra node parameters (YAML)")
     p.add_argument("--timeout", type=float, default=180.0, help="give up waiting for the node after this many s")

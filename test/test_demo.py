@@ -62,3 +62,16 @@ def test_demo_weights_segment_held_out_scenes():
     assert iou["road"] >= 0.94 and iou["sky"] >= 0.91 and iou["car"] >= 0.87, m.table()
     assert iou["pole"] >= 0.25 and iou["traffic_light"] >= 0.30 and iou["traffic_sign"] >= 0.25, m.table()
     assert np.isfinite(m.miou)
+
+
+def test_demo_drive_is_held_out_from_the_demo_weights_training_scenes():
+    """The drive's first frame is ``generate_scene(seed)``; the old default 2026 was a training scene of runs 3-8,
+    so the contact sheet showed a memorised frame. Synthetic training runs use seeds below HELD_OUT_FIRST_SEED."""
+    from liteseg_ros.cli import build_parser
+    from liteseg_ros.synthetic import SceneConfig, drive, generate_scene
+    from liteseg_ros.train.config import HELD_OUT_FIRST_SEED
+
+    seed = build_parser().parse_args(["demo"]).seed
+    assert seed >= HELD_OUT_FIRST_SEED
+    cfg = SceneConfig(height=90, width=160)
+    assert np.array_equal(next(drive(seed, 1, cfg)).image, generate_scene(seed, cfg).image)
