@@ -10,7 +10,8 @@ Floating-point tensors (weights and BatchNorm running statistics) are averaged, 
 integer ones (``num_batches_tracked``) come from the first file. The metadata (classes, palette,
 normalisation) is the first file's; every file must agree on backbone, classes and tensor shapes.
 
-Ring 4: torch and the model package, never rclpy.
+Ring 4: torch and the model package, never rclpy; both imported only when the command runs, so
+``liteseg average --help`` stays fast like the other subcommands.
 """
 from __future__ import annotations
 
@@ -19,11 +20,10 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from liteseg_ros.model import LiteSeg, load_checkpoint, save_checkpoint
-from liteseg_ros.model.checkpoint import CheckpointError
-
-HELP = "average the weights of checkpoints fine-tuned from the same weights (a model soup)"
+if TYPE_CHECKING:  # the model package imports torch: only when a command runs
+    from liteseg_ros.model import LiteSeg
 
 
 def normalised_weights(weights: Sequence[float] | None, count: int) -> list[float]:
@@ -46,6 +46,9 @@ def average_checkpoints(paths: Sequence[str | os.PathLike], weights: Sequence[fl
     Raises CheckpointError when a file does not load or does not match the first one, ValueError for bad
     ``weights`` (one finite value >= 0 per file, not all zero).
     """
+    from liteseg_ros.model import load_checkpoint
+    from liteseg_ros.model.checkpoint import CheckpointError
+
     shares = normalised_weights(weights, len(paths))
     base = load_checkpoint(paths[0])
     acc = {k: v.double() * shares[0] for k, v in base.state_dict().items() if v.is_floating_point()}
@@ -66,7 +69,11 @@ def average_checkpoints(paths: Sequence[str | os.PathLike], weights: Sequence[fl
 
 def add_average_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``average`` on ``subparsers``; its func returns an exit code."""
-    p = subparsers.add_parser("average", help=HELP, description=HELP + ". " + (__doc__ or "").split("\n\n")[1])
+    from liteseg_ros.cli import SUBCOMMANDS
+
+    help_text = SUBCOMMANDS["average"][0]
+    p = subparsers.add_parser("average", help=help_text,
+                              description=help_text + ". " + (__doc__ or "").split("\n\n")[1])
     p.add_argument("checkpoints", nargs="+", help="two or more checkpoints (any format load_checkpoint reads)")
     p.add_argument("--out", "-o", required=True, help="where to write the averaged checkpoint (liteseg_ros format)")
     p.add_argument("--weights", type=float, nargs="+", metavar="W",
@@ -76,6 +83,9 @@ def add_average_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 
 def run_average(args: argparse.Namespace) -> int:
+    from liteseg_ros.model import save_checkpoint
+    from liteseg_ros.model.checkpoint import CheckpointError
+
     try:
         model = average_checkpoints(args.checkpoints, args.weights)
     except (CheckpointError, ValueError) as exc:
