@@ -433,6 +433,57 @@ def test_eval_cli_synthetic(tmp_path, capsys):
         main(["eval", "--synthetic", "2", "--data", str(tmp_path)])
 
 
+def test_oracle_prediction_keeps_what_fills_a_cell_and_loses_what_does_not():
+    """The stride oracle by hand: a 1-pixel pole vanishes at stride 4, a grid-aligned 8-pixel block survives."""
+    from liteseg_ros.train.evaluate import oracle_prediction
+
+    lab = np.zeros((16, 16), np.uint8)
+    lab[:, 6] = 5                                   # a pole one pixel wide: a quarter of its cells
+    lab[:, 8:16] = 2                                # a block two cells wide, on the cell boundaries
+    lab[0:4, 0:4] = IGNORE_LABEL                    # an unlabelled corner votes for nothing
+    pred = oracle_prediction(lab, 19, (4, 4)).numpy()
+    assert pred.shape == (16, 16)
+    assert not (pred == 5).any()                    # the pole never wins a pixel
+    np.testing.assert_array_equal(pred[:, 8:16], 2)  # the block comes back exactly
+    np.testing.assert_array_equal(pred[4:, 0:6], 0)
+    np.testing.assert_array_equal(oracle_prediction(lab, 19, (16, 16)).numpy()[4:], lab[4:])  # stride 1: itself
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        oracle_prediction(lab[None], 19, (4, 4))
+
+
+def test_evaluate_oracle_is_the_resolution_ceiling_of_generated_scenes(tmp_path, capsys):
+    """Stride 1 scores 100 %; the ceiling falls as the stride grows; halving --size equals doubling the stride."""
+    import json
+
+    from liteseg_ros.train.cli import main
+    from liteseg_ros.train.datasets import SyntheticDataset
+    from liteseg_ros.train.evaluate import evaluate_oracle
+
+    ds = SyntheticDataset(3, first_seed=10000, size=(60, 96))
+    reports = {s: evaluate_oracle(s, ds) for s in (1, 2, 4, 8)}
+    assert reports[1].metrics.miou == 1.0 and reports[1].metrics.pixel_acc == 1.0
+    mious = [reports[s].metrics.miou for s in (1, 2, 4, 8)]
+    assert mious == sorted(mious, reverse=True) and mious[-1] < 0.9  # thin classes go first
+    pole = CITYSCAPES_CLASSES.index("pole")
+    assert reports[8].metrics.iou[pole] < reports[2].metrics.iou[pole]
+    half = evaluate_oracle(2, ds, size=(30, 48))    # grid 15x24 either way
+    np.testing.assert_array_equal(half.metrics.confusion, reports[4].metrics.confusion)
+    with pytest.raises(ValueError, match="within 1..64"):
+        evaluate_oracle(0, ds)
+
+    rc = main(["eval", "--oracle-stride", "4", "--synthetic", "3", "--synthetic-size", "60x96",
+               "--out", str(tmp_path / "o")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "stride-4 oracle" in out and "generated scenes 60x96 (seeds 10000..10002)" in out
+    saved = json.loads((tmp_path / "o" / "eval.json").read_text())
+    assert saved["miou"] == pytest.approx(reports[4].metrics.miou) and saved["fps"] is None
+    root = make_cityscapes(tmp_path / "cs", {"val": 2})
+    assert main(["eval", "--oracle-stride", "1", "--data", str(root)]) == 0
+    assert "mIoU (classes)   100.00" in capsys.readouterr().out
+    assert main(["eval", "--oracle-stride", "4", "--synthetic", "1", "--weights", "demo"]) == 2
+    assert "--oracle-stride scores no model" in capsys.readouterr().err
+
+
 def test_ddp_two_processes_cpu(tmp_path):
     root = make_cityscapes(tmp_path / "cs", {"train": 8, "val": 2})
     out = tmp_path / "ddp"

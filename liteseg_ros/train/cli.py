@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from liteseg_ros.train.config import HELD_OUT_FIRST_SEED, ConfigError, config_keys_help, load_config
 
@@ -34,6 +34,7 @@ examples:
   liteseg eval --weights best.pt --data /data/cityscapes --full-res --out eval_out
   liteseg eval --predictions preds/ --pred-format labelid --data /data/cityscapes
   liteseg eval --weights demo --synthetic 16          # held-out generated scenes (MODEL_CARD.md's numbers)
+  liteseg eval --oracle-stride 4 --synthetic 16       # the most any stride-4 decoder can score there
 """
 
 
@@ -87,6 +88,9 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     g.add_argument("--size", type=_size, help="network input size HxW (labels stay full resolution)")
     g.add_argument("--full-res", action="store_true", help="run the network at full resolution (default)")
     p.add_argument("--predictions", help="score this folder of prediction PNGs instead of running a model")
+    p.add_argument("--oracle-stride", type=int, metavar="S",
+                   help="no model: score ideal logits at 1/S of the network input (LiteSeg: 4, ShuffleNet 8), "
+                        "the resolution ceiling of the dataset at that --size")
     p.add_argument("--pred-format", default="trainid", choices=("trainid", "labelid"),
                    help="ids in the prediction PNGs (default: trainid)")
     p.add_argument("--out", help="write eval.json, eval.txt and confusion.png here")
@@ -134,20 +138,26 @@ def run_eval(args: argparse.Namespace) -> int:
     from liteseg_ros.train.evaluate import evaluate, score_predictions
 
     split = None if str(args.split).lower() in ("none", "null", "") else args.split
+    if args.oracle_stride is not None and (args.weights or args.predictions):
+        print("liteseg eval: --oracle-stride scores no model; leave out --weights and --predictions",
+              file=sys.stderr)
+        return 2
     weights = args.weights or ("demo" if args.synthetic is not None else None)  # --synthetic: demo by default
-    if weights == "demo":
+    if weights == "demo" and args.oracle_stride is None:
         from liteseg_ros.runtime import demo_weights_path
 
         weights = str(demo_weights_path())
     try:
-        if args.synthetic is not None:
+        if args.oracle_stride is not None:
+            report = _eval_oracle(args, split)
+        elif args.synthetic is not None:
             report = _eval_synthetic(args, weights)
         elif args.predictions:
             report = score_predictions(args.predictions, args.data, split, args.pred_format, args.dataset,
                                        out_dir=args.out)
         else:
             if not weights:
-                print("liteseg eval: give --weights (or --predictions)", file=sys.stderr)
+                print("liteseg eval: give --weights (or --predictions or --oracle-stride)", file=sys.stderr)
                 return 2
             report = evaluate(weights, args.data, None if args.full_res else args.size, split,
                               args.dataset, args.device, args.amp, args.num_workers, args.out,
@@ -166,18 +176,37 @@ def _eval_synthetic(args: argparse.Namespace, weights: str) -> EvalReport:
 
     Raises ValueError for arguments that do not fit generated scenes (``run_eval`` prints it).
     """
-    from liteseg_ros.train.datasets import SyntheticDataset
     from liteseg_ros.train.evaluate import evaluate
 
     if args.predictions:
         raise ValueError("--predictions scores files of a --data dataset, not --synthetic")
+    ds, where = _synthetic_dataset(args)
+    return evaluate(weights, where, None if args.full_res else args.size, None, "synthetic", args.device,
+                    args.amp, 0, args.out, args.max_images, dataset_obj=ds)
+
+
+def _synthetic_dataset(args: argparse.Namespace) -> tuple[Any, str]:
+    """The held-out generated scenes of ``--synthetic N`` and how the report names them."""
+    from liteseg_ros.train.datasets import SyntheticDataset
+
     if args.synthetic <= 0 or args.synthetic_seed < 0:
         raise ValueError("--synthetic needs N >= 1 scenes and --synthetic-seed >= 0")
     ds = SyntheticDataset(args.synthetic, first_seed=args.synthetic_seed, size=args.synthetic_size)
     h, w = args.synthetic_size
-    where = f"generated scenes {h}x{w} (seeds {args.synthetic_seed}..{args.synthetic_seed + args.synthetic - 1})"
-    return evaluate(weights, where, None if args.full_res else args.size, None, "synthetic", args.device,
-                    args.amp, 0, args.out, args.max_images, dataset_obj=ds)
+    return ds, f"generated scenes {h}x{w} (seeds {args.synthetic_seed}..{args.synthetic_seed + args.synthetic - 1})"
+
+
+def _eval_oracle(args: argparse.Namespace, split: str | None) -> EvalReport:
+    """``liteseg eval --oracle-stride S``: the resolution ceiling of ``--data`` or ``--synthetic`` scenes."""
+    from liteseg_ros.train.datasets import open_dataset
+    from liteseg_ros.train.evaluate import evaluate_oracle
+
+    size = None if args.full_res else args.size
+    if args.synthetic is not None:
+        ds, where = _synthetic_dataset(args)
+        return evaluate_oracle(args.oracle_stride, ds, size, where, None, args.out, args.max_images)
+    ds = open_dataset(args.dataset, args.data, split)
+    return evaluate_oracle(args.oracle_stride, ds, size, str(args.data), split, args.out, args.max_images)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

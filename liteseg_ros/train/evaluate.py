@@ -213,6 +213,57 @@ def evaluate(model_or_weights: nn.Module | str | Path, data_dir: str | Path | No
     return report
 
 
+@torch.no_grad()
+def oracle_prediction(label: torch.Tensor | np.ndarray, num_classes: int, grid: tuple[int, int]) -> torch.Tensor:
+    """What ideal logits on a ``grid`` (H_g, W_g) give back for ``label`` (H, W) at its full resolution.
+
+    Each grid cell holds every class's area share of the label under it (the most a coarse map can
+    know), resized bilinearly to (H, W) the way ``predict`` resizes logits, then argmax. Thin things that
+    never fill half a cell are lost: that is the resolution ceiling of a decoder with that output grid.
+    Ignored pixels count for no class.
+    """
+    lab = torch.as_tensor(np.asarray(label) if isinstance(label, np.ndarray) else label).long()
+    if lab.dim() != 2:
+        raise ValueError(f"label must be (H, W), got shape {tuple(lab.shape)}")
+    valid = (lab >= 0) & (lab < num_classes)
+    onehot = F.one_hot(torch.where(valid, lab, 0), num_classes).to(torch.float32)
+    onehot *= valid[..., None]
+    share = onehot.permute(2, 0, 1)[None]
+    h, w = lab.shape
+    if tuple(grid) != (h, w):
+        share = F.interpolate(share, size=tuple(grid), mode="area")
+        share = F.interpolate(share, size=(h, w), mode="bilinear", align_corners=False)
+    return share.argmax(1)[0]
+
+
+def evaluate_oracle(stride: int, dataset: SegDataset, size: tuple[int, int] | None = None,
+                    source_data: str = "-", split: str | None = None, out_dir: str | Path | None = None,
+                    max_images: int | None = None) -> EvalReport:
+    """Score the stride-``stride`` oracle on ``dataset``: the best a network can do at its output resolution.
+
+    LiteSeg's logits live on a grid of 1/4 (MobileNetV2, DarkNet19) or 1/8 (ShuffleNet) of the network
+    input, so poles, lights and distant people thinner than a few cells cannot be recovered however well
+    it is trained. This report (no weights, same table as ``evaluate``) says where that ceiling lies for
+    a dataset and network input ``size`` (None = the label's own size), so a measured mIoU can be read
+    against it. See ``oracle_prediction`` for what "best" means here.
+    """
+    if not (isinstance(stride, int) and not isinstance(stride, bool) and 1 <= stride <= 64):
+        raise ValueError(f"oracle stride must be an int within 1..64, got {stride!r}")
+    num_classes = len(dataset.classes)
+    n = len(dataset) if max_images is None else min(int(max_images), len(dataset))
+    cm = ConfusionMatrix(num_classes)
+    for i in range(n):
+        label = dataset.load_label(i)
+        net_h, net_w = size if size else label.shape
+        grid = (-(-int(net_h) // stride), -(-int(net_w) // stride))  # ceil, as LiteSeg.forward sizes its map
+        cm.update(oracle_prediction(label, num_classes, grid), torch.from_numpy(label.astype(np.int64)))
+    metrics = cm.compute(dataset.classes.names, _categories_for(dataset.classes.names))
+    report = EvalReport(metrics, n, tuple(size) if size else None, float("nan"),
+                        f"stride-{stride} oracle (ideal logits at 1/{stride} of the network input)", source_data, split)
+    _write_outputs(report, out_dir)
+    return report
+
+
 def _num_outputs(model: nn.Module) -> int | None:
     n = getattr(model, "num_classes", None)
     return int(n) if isinstance(n, int) else None
