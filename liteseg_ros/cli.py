@@ -28,6 +28,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
              "liteseg_ros.train.cli:add_eval_parser"),
     "average": ("average the weights of checkpoints fine-tuned from the same weights (a model soup)",
                 "liteseg_ros.train.average:add_average_parser"),
+    "calibrate": ("fit one logit offset per class on a labelled set to maximise mIoU, folded into the weights",
+                  "liteseg_ros.train.calibrate:add_calibrate_parser"),
     "export": ("export ONNX / build a TensorRT engine", "liteseg_ros.engines.cli:add_export_parser"),
     "bench": ("time backends model-only and end to end (paper-style)", "liteseg_ros.engines.cli:add_bench_parser"),
     "quantize": ("int8 model for ONNX Runtime / OpenVINO with a label-agreement report",

@@ -25,7 +25,7 @@ import numpy as np
 from liteseg_ros.engines.cli import parse_size
 from liteseg_ros.train.config import HELD_OUT_FIRST_SEED
 
-#: The bundled demo model scores as well at 180x320 as at 360x640 (held-out mIoU 0.585 vs 0.584; MODEL_CARD.md)
+#: The bundled demo model scores as well at 180x320 as at 360x640 (held-out mIoU 0.617 at both; MODEL_CARD.md)
 #: and is 4x cheaper there, which keeps the demo real-time on a 2-core CPU.
 DEMO_NETWORK_SIZE = (180, 320)
 #: The generated drive's seed. Its first frame is ``generate_scene(DEMO_SEED)``, so it must lie in the held-out

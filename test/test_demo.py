@@ -54,13 +54,16 @@ def test_demo_weights_segment_held_out_scenes():
         s = generate_scene(seed, SceneConfig(height=180, width=320))
         cm.update(pipe(s.image).label, s.label)
     m = cm.compute(list(pipe.classes.names))
-    # Measured when shipped (MODEL_CARD.md, v7): on these 12 scenes mIoU 0.547; road 0.968, sky 0.948, car 0.909,
-    # pole 0.342, traffic light 0.430, traffic sign 0.343 (0.585 over 16 scenes). Thin classes are floored too:
-    # class-weighted training lifted them from ~0.1-0.2 and a regression there would otherwise go unseen.
+    # Measured when shipped (MODEL_CARD.md, v8): on these 12 scenes mIoU 0.574; road 0.968, sky 0.948, car 0.905,
+    # pole 0.320, traffic light 0.442, traffic sign 0.392, bicycle 0.424 (0.617 over 16 scenes). Thin classes are
+    # floored too: class-weighted training lifted them from ~0.1-0.2 and a regression there would otherwise go
+    # unseen. v7 before its class offsets (liteseg calibrate) measured mIoU 0.547 here and bicycle ~0.1 on 16
+    # scenes: the mIoU and bicycle floors fail if the offsets are lost.
     iou = dict(zip(pipe.classes.names, m.iou, strict=True))
-    assert m.miou >= 0.52, m.table()
+    assert m.miou >= 0.555, m.table()
     assert iou["road"] >= 0.94 and iou["sky"] >= 0.91 and iou["car"] >= 0.87, m.table()
     assert iou["pole"] >= 0.25 and iou["traffic_light"] >= 0.30 and iou["traffic_sign"] >= 0.25, m.table()
+    assert iou["bicycle"] >= 0.30, m.table()
     assert np.isfinite(m.miou)
 
 
