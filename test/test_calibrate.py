@@ -140,3 +140,29 @@ def test_calibrate_cli_writes_weights_that_eval_scores_as_printed(tmp_path, caps
     assert "--synthetic needs N >= 1" in capsys.readouterr().err
     np.testing.assert_array_equal(load_checkpoint(out).last_conv[-1].bias.detach().numpy(),
                                   cal.last_conv[-1].bias.detach().numpy())  # failed runs wrote nothing
+
+
+def test_calibrate_cli_on_a_folder_dataset_at_a_network_size(tmp_path, capsys):
+    """``--data`` (images/ + labels/ + classes.yaml, split val) with ``--size``: the path users take."""
+    import cv2
+    import yaml
+
+    from liteseg_ros.classes import CITYSCAPES_CLASSES
+    from liteseg_ros.cli import main
+    from liteseg_ros.synthetic import SceneConfig, generate_scene
+
+    root = tmp_path / "ds"
+    for sub in ("images", "labels"):
+        (root / "val" / sub).mkdir(parents=True)
+    for seed in (9100, 9101):
+        scene = generate_scene(seed, SceneConfig(height=72, width=128))
+        cv2.imwrite(str(root / "val" / "images" / f"s{seed}.png"), scene.image)
+        cv2.imwrite(str(root / "val" / "labels" / f"s{seed}.png"), scene.label)
+    (root / "classes.yaml").write_text(yaml.safe_dump(list(CITYSCAPES_CLASSES)))
+    out = tmp_path / "cal.pt"
+    assert main(["calibrate", "--weights", "demo", "--data", str(root), "--size", "36x64", "--sweeps", "1",
+                 "--min-pixels", "50", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"calibration set: {root} [val], 2 images at 36x64, {2 * 72 * 128} pixels" in text and out.is_file()
+    assert main(["calibrate", "--weights", "demo", "--data", str(root), "--split", "test", "-o", str(out)]) == 2
+    assert "split 'test' not found" in capsys.readouterr().err
