@@ -166,8 +166,9 @@ def fit_class_bias(data: CalibrationSet, sweeps: int = 3, span: float = 2.0, ste
         iou = np.array(_miou(conf)[1])[mask]
         return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
 
-    before, iou_before = _miou(_confusion(labels, predict(bias), num_classes))
-    best = objective(_confusion(labels, predict(bias), num_classes))
+    start = _confusion(labels, predict(bias), num_classes)
+    before, iou_before = _miou(start)
+    best = objective(start)
     history = []
     for sweep in range(sweeps):
         scale = span * 0.5 ** sweep
