@@ -235,8 +235,8 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     help_text = SUBCOMMANDS["calibrate"][0]
     p = subparsers.add_parser("calibrate", help=help_text,
                               description=help_text + ".\n\n" + (__doc__ or "").split("\n\n")[1],
-                              epilog="examples:\n  liteseg calibrate --weights best.pt --data /data/cityscapes "
-                                     "--split val --size 360x640 -o best_calibrated.pt\n"
+                              epilog="examples:\n  liteseg calibrate --weights best.pt --data /data/calib --split none "
+                                     "--size 360x640 -o best_calibrated.pt\n"
                                      "  liteseg calibrate --weights demo --synthetic 96 -o demo_calibrated.pt\n"
                                      "then score it on images it was not fitted on: liteseg eval --weights ...",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
