@@ -80,17 +80,14 @@ def collect_logits(model: nn.Module, dataset: Any, size: tuple[int, int] | None 
     import numpy as np
     import torch
 
-    from liteseg_ros.classes import IMAGENET_MEAN, IMAGENET_STD
     from liteseg_ros.train.datasets import EvalTransform
+    from liteseg_ros.train.evaluate import logits_at, model_normalisation
     from liteseg_ros.train.trainer import resolve_device
 
     if pixels_per_image < 1:
         raise ValueError(f"pixels_per_image must be >= 1, got {pixels_per_image}")
     dev = resolve_device(device)
-    meta = getattr(model, "meta", None)
-    mean = tuple(getattr(meta, "mean", IMAGENET_MEAN))
-    std = tuple(getattr(meta, "std", IMAGENET_STD))
-    dataset.transform = EvalTransform(size, mean, std)
+    dataset.transform = EvalTransform(size, *model_normalisation(model))
     n = len(dataset) if max_images is None else min(int(max_images), len(dataset))
     if n == 0:
         raise ValueError("the calibration set has no images")
@@ -101,12 +98,9 @@ def collect_logits(model: nn.Module, dataset: Any, size: tuple[int, int] | None 
     with torch.no_grad():
         for i in range(n):
             image, label = dataset[i]
-            out = model(image[None].to(dev))
+            out = logits_at(model, image[None].to(dev), tuple(label.shape))
             if out.shape[1] != num_classes:
                 raise ValueError(f"model predicts {out.shape[1]} classes but the dataset has {num_classes}")
-            if tuple(out.shape[-2:]) != tuple(label.shape):
-                out = torch.nn.functional.interpolate(out, size=tuple(label.shape), mode="bilinear",
-                                                      align_corners=False)
             flat = label.reshape(-1)
             keep = torch.nonzero((flat >= 0) & (flat < num_classes)).squeeze(1)
             if keep.numel() > pixels_per_image:
@@ -265,8 +259,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from liteseg_ros.model import CheckpointError, load_checkpoint, save_checkpoint
+    from liteseg_ros.train.cli import _split, _synthetic_dataset
     from liteseg_ros.train.config import HELD_OUT_FIRST_SEED
-    from liteseg_ros.train.datasets import DatasetError, SyntheticDataset, open_dataset
+    from liteseg_ros.train.datasets import DatasetError, open_dataset
 
     weights = args.weights
     if weights == "demo":
@@ -279,20 +274,15 @@ def run_calibrate(args: argparse.Namespace) -> int:
         model = load_checkpoint(weights, map_location="cpu")
         classifier(model)
         if args.synthetic is not None:
-            if args.synthetic <= 0 or args.synthetic_seed < 0:
-                raise ValueError("--synthetic needs N >= 1 scenes and --synthetic-seed >= 0")
-            ds = SyntheticDataset(args.synthetic, first_seed=args.synthetic_seed, size=args.synthetic_size,
-                                  cache=False)
+            ds, scenes = _synthetic_dataset(args, cache=False)  # one pass: keep no scenes
+            where = f"{args.synthetic} {scenes}"
             last = args.synthetic_seed + args.synthetic - 1
             if last >= HELD_OUT_FIRST_SEED:
                 print(f"liteseg calibrate: note: seeds {args.synthetic_seed}..{last} include held-out scenes "
                       f"that liteseg eval --synthetic scores (from {HELD_OUT_FIRST_SEED}); score on others",
                       file=sys.stderr)
-            h, w = args.synthetic_size
-            where = (f"{args.synthetic} generated scenes {h}x{w} "
-                     f"(seeds {args.synthetic_seed}..{args.synthetic_seed + args.synthetic - 1})")
         else:
-            split = None if str(args.split).lower() in ("none", "null", "") else args.split
+            split = _split(args.split)
             ds = open_dataset(args.dataset, args.data, split)
             where = f"{args.data} [{split or '-'}]"
         data = collect_logits(model, ds, args.size, args.device, args.pixels_per_image, args.max_images)

@@ -48,6 +48,11 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _split(text: str) -> str | None:
+    """``--split``: 'none' (or 'null', '') means a dataset without splits."""
+    return None if str(text).lower() in ("none", "null", "") else text
+
+
 def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``train`` on ``subparsers``; its func returns an exit code."""
     p = subparsers.add_parser(
@@ -137,7 +142,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from liteseg_ros.train.datasets import DatasetError
     from liteseg_ros.train.evaluate import evaluate, score_predictions
 
-    split = None if str(args.split).lower() in ("none", "null", "") else args.split
+    split = _split(args.split)
     if args.oracle_stride is not None and (args.weights or args.predictions):
         print("liteseg eval: --oracle-stride scores no model; leave out --weights and --predictions",
               file=sys.stderr)
@@ -185,13 +190,14 @@ def _eval_synthetic(args: argparse.Namespace, weights: str) -> EvalReport:
                     args.amp, 0, args.out, args.max_images, dataset_obj=ds)
 
 
-def _synthetic_dataset(args: argparse.Namespace) -> tuple[Any, str]:
-    """The held-out generated scenes of ``--synthetic N`` and how the report names them."""
+def _synthetic_dataset(args: argparse.Namespace, cache: bool = True) -> tuple[Any, str]:
+    """The generated scenes of ``--synthetic N`` (``--synthetic-seed``, ``--synthetic-size``) and how reports
+    name them; ``cache=False`` for one pass over many scenes. ValueError for N < 1 or a negative seed."""
     from liteseg_ros.train.datasets import SyntheticDataset
 
     if args.synthetic <= 0 or args.synthetic_seed < 0:
         raise ValueError("--synthetic needs N >= 1 scenes and --synthetic-seed >= 0")
-    ds = SyntheticDataset(args.synthetic, first_seed=args.synthetic_seed, size=args.synthetic_size)
+    ds = SyntheticDataset(args.synthetic, first_seed=args.synthetic_seed, size=args.synthetic_size, cache=cache)
     h, w = args.synthetic_size
     return ds, f"generated scenes {h}x{w} (seeds {args.synthetic_seed}..{args.synthetic_seed + args.synthetic - 1})"
 

@@ -43,14 +43,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def model_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the model's checkpoint metadata asks for; ImageNet's when it has none."""
+    meta = getattr(model, "meta", None)
+    return tuple(getattr(meta, "mean", IMAGENET_MEAN)), tuple(getattr(meta, "std", IMAGENET_STD))
+
+
 @torch.no_grad()
-def predict(model: nn.Module, image: torch.Tensor, out_size: tuple[int, int], amp: bool = False) -> torch.Tensor:
-    """Class map (N, H_out, W_out) for a normalised batch: logits resized bilinearly, then argmax."""
+def logits_at(model: nn.Module, image: torch.Tensor, out_size: tuple[int, int], amp: bool = False) -> torch.Tensor:
+    """Logits (N, C, H_out, W_out) for a normalised batch, resized bilinearly to the label size if needed."""
     with torch.autocast(device_type=image.device.type, dtype=torch.float16, enabled=amp):
         logits = model(image)
     if tuple(logits.shape[-2:]) != tuple(out_size):
         logits = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
-    return logits.argmax(1)
+    return logits
+
+
+@torch.no_grad()
+def predict(model: nn.Module, image: torch.Tensor, out_size: tuple[int, int], amp: bool = False) -> torch.Tensor:
+    """Class map (N, H_out, W_out) for a normalised batch: logits resized bilinearly, then argmax."""
+    return logits_at(model, image, out_size, amp).argmax(1)
 
 
 @torch.no_grad()
@@ -173,7 +185,6 @@ def evaluate(model_or_weights: nn.Module | str | Path, data_dir: str | Path | No
     from liteseg_ros.train.trainer import resolve_device
 
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
     if isinstance(model_or_weights, nn.Module):
         model, source = model_or_weights, type(model_or_weights).__name__
     else:
@@ -183,10 +194,7 @@ def evaluate(model_or_weights: nn.Module | str | Path, data_dir: str | Path | No
         if not Path(source).is_file():
             raise FileNotFoundError(f"weights not found: {source}")
         model = load_checkpoint(source, map_location="cpu")
-    meta = getattr(model, "meta", None)
-    if meta is not None:
-        mean, std = tuple(getattr(meta, "mean", mean)), tuple(getattr(meta, "std", std))
-    transform = EvalTransform(size, mean, std)
+    transform = EvalTransform(size, *model_normalisation(model))
     if dataset_obj is None:
         ds = open_dataset(dataset, data_dir, split, transform)
     else:
@@ -222,7 +230,7 @@ def oracle_prediction(label: torch.Tensor | np.ndarray, num_classes: int, grid: 
     never fill half a cell are lost: that is the resolution ceiling of a decoder with that output grid.
     Ignored pixels count for no class.
     """
-    lab = torch.as_tensor(np.asarray(label) if isinstance(label, np.ndarray) else label).long()
+    lab = torch.as_tensor(label).long()
     if lab.dim() != 2:
         raise ValueError(f"label must be (H, W), got shape {tuple(lab.shape)}")
     valid = (lab >= 0) & (lab < num_classes)
@@ -256,7 +264,7 @@ def evaluate_oracle(stride: int, dataset: SegDataset, size: tuple[int, int] | No
         label = dataset.load_label(i)
         net_h, net_w = size if size else label.shape
         grid = (-(-int(net_h) // stride), -(-int(net_w) // stride))  # ceil, as LiteSeg.forward sizes its map
-        cm.update(oracle_prediction(label, num_classes, grid), torch.from_numpy(label.astype(np.int64)))
+        cm.update(oracle_prediction(label, num_classes, grid), label)
     metrics = cm.compute(dataset.classes.names, _categories_for(dataset.classes.names))
     report = EvalReport(metrics, n, tuple(size) if size else None, float("nan"),
                         f"stride-{stride} oracle (ideal logits at 1/{stride} of the network input)", source_data, split)
