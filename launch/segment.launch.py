@@ -1,80 +1,166 @@
-"""Start the liteseg node: `ros2 launch liteseg_ros segment.launch.py image:=/camera/image_raw`.
+"""Start the liteseg node: `ros2 launch liteseg_ros segment.launch.py image:=/camera/image_raw weights:=demo`.
 
-Arguments: params_file, image, camera_info, namespace, node_name, use_sim_time, rviz, log_level,
-bag (play a rosbag with --clock and use sim time), cameras (comma-separated names: one process
-serves several cameras; their inputs are <cam>/image relative to the namespace). The equivalent
-without `launch` (machines with no ROS install) is printed by `liteseg launch-cmd`.
+`ros2 launch liteseg_ros segment.launch.py --show-args` lists every argument. The ones named after
+node parameters (weights, autostart, backend, device, precision, network_width, network_height)
+override the params file only when given; left empty, the params file's value stands.
+
+What this file guarantees, because scripts and service managers rely on it:
+- a bad argument, a missing params file or a missing `ros2 bag` stops the launch at once with one
+  message and a non-zero exit status, before any process starts;
+- if the node exits (a start-up failure, or `ros2 lifecycle set ... shutdown`) the whole launch
+  ends, with a non-zero status when the node's was;
+- with `bag:=...`, playback starts only once the node is active, so no frame is lost;
+- a missing rviz2 is a warning: the node runs without it.
 """
 import os
 
-from ament_index_python.packages import get_package_share_directory
+import launch
+from ament_index_python.packages import PackageNotFoundError, get_package_prefix
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
-from launch.conditions import IfCondition, UnlessCondition
-from launch.substitutions import LaunchConfiguration, PythonExpression
-from launch_ros.actions import Node
+from launch.actions import (
+    DeclareLaunchArgument,
+    ExecuteProcess,
+    LogInfo,
+    OpaqueFunction,
+    RegisterEventHandler,
+)
+from launch.event_handlers import OnProcessExit
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+
+from liteseg_ros import params
+from liteseg_ros.share import share_dir
+
+#: Launch arguments that set the node parameter of the same name when given.
+PARAMETER_ARGUMENTS = ("weights", "autostart", "backend", "device", "precision", "network_width",
+                       "network_height")
+LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 
 
-def _segmentation_node(context):
-    """The node, built at launch time so `cameras:=a,b` becomes a string list parameter."""
-    cameras = [c.strip() for c in LaunchConfiguration("cameras").perform(context).split(",") if c.strip()]
-    bag = LaunchConfiguration("bag").perform(context)
-    sim_time = LaunchConfiguration("use_sim_time").perform(context).lower() == "true" or bool(bag)
-    overrides = {"use_sim_time": sim_time}
+def _arg(context, name: str) -> str:
+    return launch.substitutions.LaunchConfiguration(name).perform(context)
+
+
+def _is_true(text: str) -> bool:
+    return text.strip().lower() in ("true", "1", "yes", "on")
+
+
+def _parameter_overrides(context) -> dict:
+    """The parameter arguments the user gave, typed and checked by the node's own parameter table."""
+    out = {}
+    for name in PARAMETER_ARGUMENTS:
+        text = _arg(context, name)
+        if not text:
+            continue
+        kind = params.PARAMS_BY_NAME[name].type_name
+        try:
+            value = {"bool": lambda t: {"true": True, "false": False}[t.lower()], "int": int,
+                     "string": str}[kind](text)
+            out[name] = params.check_value(name, value)
+        except (KeyError, ValueError) as exc:
+            raise RuntimeError(f"launch argument {name}:={text!r} is not a valid {kind}: {exc}") from None
+    return out
+
+
+def _node_and_helpers(context):
+    """Everything that depends on the argument values, checked before anything starts."""
+    params_file = os.path.expanduser(_arg(context, "params_file"))
+    if not os.path.isfile(params_file):
+        raise RuntimeError(f"params_file {params_file} does not exist (launch argument params_file:=...)")
+    bag = _arg(context, "bag")
+    if bag:
+        if not os.path.exists(bag):
+            raise RuntimeError(f"bag {bag} does not exist (launch argument bag:=...)")
+        try:
+            get_package_prefix("ros2bag")
+        except PackageNotFoundError:
+            raise RuntimeError(
+                f"bag:={bag} needs `ros2 bag` (rosbag2), which is not installed here: install it "
+                "(apt install ros-$ROS_DISTRO-rosbag2), or replay without it: start this launch without "
+                f"bag:= and use_sim_time:=true, then run `liteseg play {bag} --clock`") from None
+    level = _arg(context, "log_level").lower()
+    if level not in LOG_LEVELS:
+        raise RuntimeError(f"log_level:={level!r} is not one of {', '.join(LOG_LEVELS)}")
+
+    name = _arg(context, "node_name")
+    namespace = _arg(context, "namespace").strip("/")
+    cameras = [c.strip() for c in _arg(context, "cameras").split(",") if c.strip()]
+    overrides = dict(_parameter_overrides(context), use_sim_time=_is_true(_arg(context, "use_sim_time")) or bool(bag))
     if cameras:
-        overrides["cameras"] = cameras
-    image = LaunchConfiguration("image").perform(context)
+        overrides["cameras"] = params.check_value("cameras", cameras)
+    image = _arg(context, "image")
+    # Relative names resolve inside the namespace (as image_pipeline's nodes do); absolute ones stay.
     remappings = [] if cameras else [
         ("image", image),
         ("image/compressed", image + "/compressed"),
-        ("camera_info", LaunchConfiguration("camera_info").perform(context)),
+        ("camera_info", _arg(context, "camera_info")),
     ]
-    return [Node(
+    # Scope the level to our node's logger, so log_level:=debug does not flood rcl's own loggers.
+    logger = ".".join(p for p in (*namespace.split("/"), name) if p)
+    node = LifecycleNode(
         package="liteseg_ros",
         executable="liteseg_node",
-        name=LaunchConfiguration("node_name"),
-        namespace=LaunchConfiguration("namespace"),
+        name=name,
+        namespace=namespace,
         output="screen",
         emulate_tty=True,
-        parameters=[LaunchConfiguration("params_file"), overrides],
+        parameters=[params_file, overrides],
         remappings=remappings,
-        arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
-    )]
+        ros_arguments=["--log-level", f"{logger}:={level}"],
+    )
+
+    def on_node_exit(event_context):
+        code = event_context.locals.event.returncode
+        if event_context.is_shutdown:
+            return []
+        if code != 0:
+            raise RuntimeError(f"{name} exited with code {code} (its message is above); stopping the launch")
+        return [launch.actions.Shutdown(reason=f"{name} exited")]
+
+    actions = [node, RegisterEventHandler(OnProcessExit(target_action=node,
+                                                        on_exit=[OpaqueFunction(function=on_node_exit)]))]
+    if bag:
+        actions.append(RegisterEventHandler(OnStateTransition(
+            target_lifecycle_node=node, goal_state="active", handle_once=True,
+            entities=[LogInfo(msg=f"{name} is active: playing {bag}"),
+                      ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--clock"], output="screen")])))
+    if _is_true(_arg(context, "rviz")):
+        try:
+            get_package_prefix("rviz2")
+            actions.append(Node(package="rviz2", executable="rviz2", name="liteseg_rviz",
+                                arguments=["-d", str(share_dir() / "config" / "liteseg.rviz")],
+                                parameters=[{"use_sim_time": overrides["use_sim_time"]}]))
+        except PackageNotFoundError:
+            actions.append(LogInfo(msg="[WARN] rviz:=true but rviz2 is not installed (apt install "
+                                       "ros-$ROS_DISTRO-rviz2); the node runs without it"))
+    return actions
 
 
 def generate_launch_description():
-    share = get_package_share_directory("liteseg_ros")
-    bag = LaunchConfiguration("bag")
-    sim_time = PythonExpression(["'", LaunchConfiguration("use_sim_time"), "' == 'true' or '", bag, "' != ''"])
-    return LaunchDescription([
-        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "liteseg.yaml"),
+    args = [
+        DeclareLaunchArgument("params_file", default_value=str(share_dir() / "config" / "liteseg.yaml"),
                               description="node parameters (YAML)"),
-        DeclareLaunchArgument("image", default_value="/camera/image_raw",
-                              description="input image topic (its /compressed sibling with input_transport)"),
-        DeclareLaunchArgument("camera_info", default_value="/camera/camera_info",
-                              description="input camera_info topic"),
+        DeclareLaunchArgument("image", default_value="camera/image_raw",
+                              description="input image topic; relative names resolve in the namespace "
+                                          "(its /compressed sibling is used with input_transport: compressed)"),
+        DeclareLaunchArgument("camera_info", default_value="camera/camera_info",
+                              description="input camera_info topic (relative names resolve in the namespace)"),
         DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
         DeclareLaunchArgument("node_name", default_value="liteseg", description="node name"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock"),
-        DeclareLaunchArgument("rviz", default_value="false", description="start rviz2 with the shipped view"),
-        DeclareLaunchArgument("log_level", default_value="info", description="debug|info|warn|error"),
-        DeclareLaunchArgument("bag", default_value="",
-                              description="play this rosbag (ros2 bag play --clock) and use sim time"),
+        DeclareLaunchArgument("log_level", default_value="info",
+                              description=f"level of the node's own logger: {'|'.join(LOG_LEVELS)}"),
         DeclareLaunchArgument("cameras", default_value="",
                               description="comma-separated camera names for one process serving several "
                                           "cameras (inputs <cam>/image); empty = one camera on `image`"),
-        OpaqueFunction(function=_segmentation_node),
-        Node(
-            package="rviz2",
-            executable="rviz2",
-            name="liteseg_rviz",
-            arguments=["-d", os.path.join(share, "config", "liteseg.rviz")],
-            parameters=[{"use_sim_time": sim_time}],
-            condition=IfCondition(LaunchConfiguration("rviz")),
-        ),
-        ExecuteProcess(
-            cmd=["ros2", "bag", "play", bag, "--clock"],
-            output="screen",
-            condition=UnlessCondition(PythonExpression(["'", bag, "' == ''"])),
-        ),
-    ])
+        DeclareLaunchArgument("rviz", default_value="false", description="start rviz2 with the shipped view"),
+        DeclareLaunchArgument("bag", default_value="",
+                              description="play this rosbag (ros2 bag play --clock) once the node is active; "
+                                          "turns on sim time"),
+    ]
+    for name in PARAMETER_ARGUMENTS:
+        spec = params.PARAMS_BY_NAME[name]
+        args.append(DeclareLaunchArgument(name, default_value="",
+                                          description=f"node parameter {name} ({spec.description}); "
+                                                      "empty = the params file's value"))
+    return LaunchDescription([*args, OpaqueFunction(function=_node_and_helpers)])

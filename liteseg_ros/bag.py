@@ -62,17 +62,13 @@ class BagError(RuntimeError):
 
 # ------------------------------------------------------------------------------------------ types
 def find_msg_dir() -> Path | None:
-    """Where our ``msg/*.msg`` live: the source tree, then an installed share/liteseg_ros/msg."""
-    import os
+    """Where our ``msg/*.msg`` live (source tree or installed share/liteseg_ros/msg), or None."""
+    from liteseg_ros.share import ShareFileError, share_file
 
-    candidates = [Path(__file__).resolve().parents[1] / "msg"]
-    for prefix in [*os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep), sys.prefix]:
-        if prefix:
-            candidates.append(Path(prefix) / "share" / OUR_PACKAGE / "msg")
-    for c in candidates:
-        if (c / "SegmentationInfo.msg").is_file():
-            return c
-    return None
+    try:
+        return share_file("msg/SegmentationInfo.msg").parent
+    except ShareFileError:
+        return None
 
 
 def make_typestore(msg_dir: Path | None = None):

@@ -9,7 +9,6 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from liteseg_ros.engines.cli import parse_size
 
@@ -34,8 +33,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("time backends model-only and end to end (paper-style)", "liteseg_ros.engines.cli:add_bench_parser"),
     "quantize": ("int8 model for ONNX Runtime / OpenVINO with a label-agreement report",
                  "liteseg_ros.engines.cli:add_quantize_parser"),
-    "launch-cmd": ("print the liteseg_node command line that `ros2 launch liteseg_ros segment.launch.py` runs",
-                   "liteseg_ros.cli:add_launch_cmd_parser"),
 }
 
 
@@ -68,24 +65,6 @@ def _run_info(args) -> int:
     width = max(len(k) for k in d)
     for k, v in d.items():
         print(f"{k:<{width}}  {v}")
-    return 0
-
-
-# ------------------------------------------------------------------------------------------ launch-cmd
-def add_launch_cmd_parser(sub) -> None:
-    p = sub.add_parser("launch-cmd", help=SUBCOMMANDS["launch-cmd"][0], description=SUBCOMMANDS["launch-cmd"][0])
-    p.add_argument("overrides", nargs="*", metavar="NAME:=VALUE", help="launch arguments, as for ros2 launch")
-    p.set_defaults(func=_run_launch_cmd)
-
-
-def _run_launch_cmd(args) -> int:
-    import shlex
-
-    from liteseg_ros import launch_check
-
-    repo = Path(__file__).resolve().parents[1]
-    over = dict(o.split(":=", 1) for o in args.overrides)
-    print(shlex.join(["liteseg_node", *launch_check.launch_argv(repo, **over)]))
     return 0
 
 

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from liteseg_ros.engines.cli import parse_size
+from liteseg_ros.share import ShareFileError, share_file
 from liteseg_ros.train.config import HELD_OUT_FIRST_SEED
 
 #: The bundled demo model scores as well at 180x320 as at 360x640 (held-out mIoU 0.617 at both; MODEL_CARD.md)
@@ -158,10 +159,12 @@ def run_demo(args: argparse.Namespace) -> int:
     from liteseg_ros import image_codec
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    xml = Path(__file__).resolve().parent.parent / "config" / "fastdds_large_shm.xml"
-    if not xml.is_file():
-        xml = _share_file("config/fastdds_large_shm.xml")
-    if xml is not None and xml.is_file():
+    try:
+        xml = share_file("config/fastdds_large_shm.xml")
+    except ShareFileError as exc:
+        print(f"warning: {exc}; large frames may be lost over Fast DDS shared memory", file=sys.stderr)
+        xml = None
+    if xml is not None:
         os.environ.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(xml))
         os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(xml))
     if "ROS_DOMAIN_ID" not in os.environ:  # keep the demo off a robot's default domain 0
@@ -358,11 +361,3 @@ def _nest(flat: dict) -> dict:
         cur[leaf] = v
     return out
 
-
-def _share_file(rel: str) -> Path | None:
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return Path(get_package_share_directory("liteseg_ros")) / rel
-    except Exception:
-        return None

@@ -7,8 +7,8 @@ ROS install. Every parameter name, type, range, default and help text lives here
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,14 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 class ParameterError(ValueError):
-    """A parameter value that is not allowed; the message names the key and what is allowed."""
+    """A parameter value that is not allowed; the message names the key and what is allowed.
+
+    ``errors`` holds one line per bad key, so a caller can report every problem of a file at once.
+    """
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or [message]
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,6 @@ class Param:
     step: float | None = None
     read_only: bool = False
     pattern: str | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def type_name(self) -> str:
@@ -117,7 +123,8 @@ PARAMS: tuple[Param, ...] = (
     Param("publish_confidence", True, "publish ~/confidence"),
     Param("publish_masks", True, "publish ~/masks/<group>"),
     Param("publish_boundary", True, "publish ~/drivable_boundary (needs a 'drivable' mask group)"),
-    Param("diagnostics_period", 1.0, "seconds between /diagnostics and rate updates", min=0.1, max=60.0),
+    Param("diagnostics_period", 1.0, "seconds between /diagnostics messages (a steady-clock timer, so they flow "
+          "in every lifecycle state and with sim time before /clock starts)", min=0.1, max=60.0),
     Param("error_log_period", 5.0, "seconds between repeated log lines about bad input", min=0.0,
           max=3600.0),
     # --- lifecycle ---
@@ -127,11 +134,28 @@ PARAMS: tuple[Param, ...] = (
 PARAMS_BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
 #: Parameters rclpy declares by itself; allowed in YAML, never declared by us.
 BUILTIN_PARAMS = ("use_sim_time", "start_type_description_service")
-LIVE_PARAMS = tuple(p.name for p in PARAMS if not p.read_only)
+#: rclpy's QoS override parameters (``qos_overrides./topic.subscription.reliability``).
+QOS_OVERRIDES_PREFIX = "qos_overrides."
 
 
-def check_value(name: str, value: Any, classes: ClassTable | None = None) -> Any:
-    """Validate one parameter value; returns it normalised or raises ParameterError naming the key."""
+def is_ros_builtin(name: str) -> bool:
+    """Parameters that rclpy itself owns: allowed in a params file, never declared or checked by us."""
+    return name in BUILTIN_PARAMS or name.startswith(QOS_OVERRIDES_PREFIX)
+
+
+#: Weights whose class table is known without loading them: empty (random weights), the bundled
+#: demo model, and the authors' official ``.pth`` checkpoints, which all use the Cityscapes classes.
+#: A checkpoint of ours (``.pt``) carries its own class names, which only loading it reveals.
+def classes_known_before_load(weights: str) -> bool:
+    return weights in ("", "demo") or weights.endswith(".pth")
+
+
+def check_value(name: str, value: Any, classes: ClassTable | None = None, check_classes: bool = True) -> Any:
+    """Validate one parameter value; returns it normalised or raises ParameterError naming the key.
+
+    Mask groups' class names are checked against ``classes`` (default: Cityscapes) unless
+    ``check_classes`` is false, for weights whose class names are only known once loaded.
+    """
     if name.startswith(MASK_GROUPS_PREFIX):
         group = name[len(MASK_GROUPS_PREFIX):]
         if isinstance(value, str):
@@ -139,7 +163,12 @@ def check_value(name: str, value: Any, classes: ClassTable | None = None) -> Any
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ParameterError(f"{name}: expected a list of class names, got {value!r}")
         if not value:
-            raise ParameterError(f"mask_groups.{group} names no class")
+            raise ParameterError(f"{name} names no class: give at least one class name, or remove the group")
+        if not group.isidentifier():
+            raise ParameterError(f"{name}: the group name {group!r} must be a plain identifier "
+                                 "(it becomes the topic ~/masks/<group>)")
+        if not check_classes:
+            return list(value)
         try:
             (classes or ClassTable()).resolve_groups({group: list(value)})
         except ValueError as exc:
@@ -147,7 +176,7 @@ def check_value(name: str, value: Any, classes: ClassTable | None = None) -> Any
         return list(value)
     spec = PARAMS_BY_NAME.get(name)
     if spec is None:
-        if name in BUILTIN_PARAMS or name.startswith("qos_overrides."):
+        if is_ros_builtin(name):
             return value
         raise ParameterError(f"unknown parameter {name!r}; known: {', '.join(sorted(PARAMS_BY_NAME))}, "
                              f"{MASK_GROUPS_PREFIX}<group>")
@@ -223,21 +252,28 @@ def read_params_file(path: str | Path, node_name: str = "liteseg", namespace: st
 def validate(values: Mapping[str, Any], classes: ClassTable | None = None) -> dict[str, Any]:
     """Validate a flat parameter map (from a params file or overrides); returns the full effective set.
 
-    Defaults fill what is missing. If any ``mask_groups.*`` key is given, those groups replace the
-    default groups entirely (a YAML that lists two groups gets two mask topics, not five).
+    The node, ``liteseg bag`` and the demo all call this one function on what they were given, so they
+    accept and refuse exactly the same files, and every bad key is reported at once, before any model
+    loads. Defaults fill what is missing. If any ``mask_groups.*`` key is given, those groups replace
+    the default groups entirely (a YAML that lists two groups gets two mask topics, not five). Class
+    names are checked against ``classes`` if given, else against Cityscapes where the weights are known
+    to use it (:func:`classes_known_before_load`); other weights' names are checked once loaded.
+    Raises ParameterError whose ``errors`` list every bad key.
     """
     errors = []
+    weights = values.get("weights", "")
+    check_classes = classes is not None or not isinstance(weights, str) or classes_known_before_load(weights)
     effective = {k: v for k, v in defaults().items() if not k.startswith(MASK_GROUPS_PREFIX)}
     given_groups = {k: v for k, v in values.items() if k.startswith(MASK_GROUPS_PREFIX)}
     if not given_groups:
         effective.update({k: v for k, v in defaults().items() if k.startswith(MASK_GROUPS_PREFIX)})
     for k, v in values.items():
         try:
-            effective[k] = check_value(k, v, classes)
+            effective[k] = check_value(k, v, classes, check_classes)
         except ParameterError as exc:
             errors.append(str(exc))
     if errors:
-        raise ParameterError("; ".join(errors))
+        raise ParameterError("invalid parameters:\n  " + "\n  ".join(errors), errors)
     return effective
 
 
@@ -280,6 +316,3 @@ def yaml_keys(path: str | Path, node_name: str = "liteseg") -> set[str]:
     """Keys a shipped params file sets (for the config/README consistency test)."""
     return set(read_params_file(path, node_name))
 
-
-def documented_names() -> Iterable[str]:
-    return [p.name for p in PARAMS] + [MASK_GROUPS_PREFIX + "<group>"]

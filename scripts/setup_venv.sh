@@ -64,4 +64,13 @@ if ! fresh project "$h"; then
   quiet "${PIP[@]}" --no-deps -e . --config-settings editable_mode=compat
   mark project "$h"
 fi
+# The real ROS 2 command line (ros2 launch/topic/param/lifecycle, colcon) for the tests that do what a
+# ROS user does. It ships beside the checkout in ../shared/ros2-cli (CI has it); elsewhere those
+# tests skip and say how to get it. Its own stamp makes this a no-op when nothing changed.
+KIT=${LITESEG_ROS2_CLI:-$ROOT/../shared/ros2-cli}
+if [ -f "$KIT/install.sh" ]; then
+  bash "$KIT/install.sh" "$VENV" >&2
+else
+  log "no ROS 2 command-line kit at $KIT: the colcon/ros2 launch tests will skip"
+fi
 log "ready in $(( $(date +%s) - t0 )) s: $VENV"

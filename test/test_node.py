@@ -291,3 +291,134 @@ def test_degrades_to_standard_messages_without_the_custom_interfaces(ros, tiny_c
         assert "messages are not built" in node.output()
     finally:
         node.stop()
+
+
+def test_label_info_matches_what_nav2_reads_and_follows_the_threshold(start_node, ros, tiny_checkpoint):
+    """vision_msgs/LabelInfo on ~/label_info (latched): class ids = label values, names, threshold."""
+    pytest.importorskip("vision_msgs.msg", reason="vision_msgs is not generated here (../shared/ros2-cli)")
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+    from vision_msgs.msg import LabelInfo
+
+    start_node({"weights": str(tiny_checkpoint), **NET, "confidence_threshold": 0.2})
+    got = ros.collect(LabelInfo, "/liteseg/label_info", LATCHED)
+    ros.wait_for(lambda: got, 60, "latched ~/label_info")
+    first = got[-1]
+    names = ClassTable.cityscapes().names
+    assert [(c.class_id, c.class_name) for c in first.class_map] == list(enumerate(names))
+    assert first.threshold == pytest.approx(0.2)
+    client = AsyncParameterClient(ros.node, "/liteseg")
+    assert client.wait_for_services(timeout_sec=30)
+    fut = client.set_parameters([Parameter("confidence_threshold", value=0.6)])
+    ros.wait_for(fut.done, 20, "set_parameters")
+    assert fut.result().results[0].successful
+    ros.wait_for(lambda: got[-1].threshold == pytest.approx(0.6), 20, "~/label_info with the new threshold")
+    late = ros.collect(LabelInfo, "/liteseg/label_info", LATCHED)  # a subscriber that joins later
+    ros.wait_for(lambda: late, 20, "latched ~/label_info for a late subscriber")
+    assert late[-1].threshold == pytest.approx(0.6) and len(late[-1].class_map) == 19
+
+
+def _diagnostics(ros, timeout: float = 30.0) -> list:
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    got = ros.collect(DiagnosticArray, "/diagnostics")
+    ros.wait_for(lambda: any(s.name.startswith("liteseg:") for m in got for s in m.status), timeout, "/diagnostics")
+    return [s for m in got for s in m.status if s.name.startswith("liteseg:")]
+
+
+def test_diagnostics_while_unconfigured_and_before_any_frame(start_node, ros, tiny_checkpoint):
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    waiting = start_node({"weights": str(tiny_checkpoint), **NET, "autostart": False, "use_sim_time": True},
+                         name="liteseg")  # sim time with no /clock: diagnostics must still flow
+    status = _diagnostics(ros)[-1]
+    assert status.level == DiagnosticStatus.WARN and "unconfigured" in status.message
+    waiting.stop()
+    start_node({"weights": str(tiny_checkpoint), **NET}, extra_args=["-r", "image:=/no_camera_here"])
+    ros.wait_for(lambda: any("no frame received on /no_camera_here" in s.message for s in _diagnostics(ros)),
+                 60, "a warning about the silent input")
+
+
+@pytest.mark.parametrize("text,bad_keys", [
+    ("overlay_alpha: 1\nmask_groups:\n  drivable: road\n", []),  # an int for a float, one class for a group
+    ("overlay_alpha: 3.0\nbackend: cuda-magic\nmask_groups:\n  drivable: [road, runway]\ntypo_key: 1\n",
+     ["overlay_alpha", "backend", "runway", "typo_key"]),
+])
+def test_node_and_bag_tool_accept_and_refuse_the_same_params_files(start_node, tmp_path, tiny_checkpoint,
+                                                                  text, bad_keys):
+    from liteseg_ros import bag, params
+
+    pf = tmp_path / "p.yaml"
+    body = "".join(f"    {line}\n" for line in text.splitlines())
+    pf.write_text(f"/**:\n  ros__parameters:\n    weights: demo\n    network_width: 96\n    network_height: 64\n"
+                  f"    build_only: true\n{body}")
+    try:
+        bag.settings_from(pf)
+        tool_error = ""
+    except params.ParameterError as exc:
+        tool_error = str(exc)
+    node = start_node(params_file=pf)
+    code = node.proc.wait(120)
+    if not bad_keys:
+        assert tool_error == "" and code == 0, node.output()
+        return
+    assert code == 2, node.output()
+    out = node.output()
+    assert "configuring" not in out  # refused before the model loads
+    assert "Traceback" not in out
+    for key in bad_keys:
+        assert key in tool_error and key in out, (key, tool_error, out)
+
+
+@pytest.mark.parametrize("content,expected", [
+    (None, "does not exist"),
+    ("/**:\n  ros__parameters: [unclosed\n", "not valid YAML"),
+])
+def test_unreadable_params_file_exits_2_with_one_message(start_node, tmp_path, content, expected):
+    pf = tmp_path / "broken.yaml"
+    if content is not None:
+        pf.write_text(content)
+    node = start_node(params_file=pf)
+    assert node.proc.wait(60) == 2
+    out = node.output()
+    assert expected in out and str(pf) in out and "Traceback" not in out, out
+
+
+def test_qos_override_for_no_topic_is_reported(start_node, ros, tiny_checkpoint):
+    node = start_node({"weights": str(tiny_checkpoint), **NET,
+                       "qos_overrides": {"/image": {"subscription": {"reliability": "reliable"}},
+                                         "/cam/image_raw": {"subscription": {"reliability": "reliable"}}}},
+                      extra_args=["-r", "image:=/cam/image_raw"])
+    ros.wait_for(lambda: "active: segmenting" in node.output(), 90, "active node")
+    ros.wait_for(lambda: "qos_overrides./image.subscription.reliability matches none" in node.output(), 10,
+                 "the unmatched override warning")
+    assert "qos_overrides./cam/image_raw.subscription.reliability matches none" not in node.output()
+    ros.wait_for(lambda: ros.node.get_subscriptions_info_by_topic("/cam/image_raw"), 20, "subscription")
+    subs = ros.node.get_subscriptions_info_by_topic("/cam/image_raw")
+    assert subs[0].qos_profile.reliability == QoSReliabilityPolicy.RELIABLE
+
+
+def test_process_all_frames_loses_nothing_in_a_burst(start_node, ros, tiny_checkpoint):
+    """A reliable KEEP_ALL publisher far faster than the node: a small queue applies back-pressure and
+    every frame is segmented (the newest-frame mode would drop most of them)."""
+    from rclpy.qos import QoSHistoryPolicy
+
+    node = start_node({"weights": str(tiny_checkpoint), **NET, "process_all_frames": True, "queue_size": 4,
+                       "backend": "onnxruntime", "precision": "fp32"})
+    stats = ros.collect(FrameStats, "/liteseg/stats")
+    keep_all = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, history=QoSHistoryPolicy.KEEP_ALL)
+    pub = ros.node.create_publisher(Image, "/image", keep_all)
+    wait_matched(ros, pub, node)
+    ros.wait_for(lambda: ros.node.count_subscribers("/liteseg/stats") >= 1
+                 and pub.get_subscription_count() > 0, 30, "matched")
+    time.sleep(1.0)
+    n = 120
+    base = image_msg(frame(64, 96, 1), "bgr8", 0)
+    for i in range(n):
+        base.header.stamp.sec = 2000 + i
+        pub.publish(base)  # back to back: many times the node's rate
+    ros.wait_for(lambda: stats and stats[-1].received == n and stats[-1].processed == n, 120,
+                 f"all {n} frames processed (last stats: {stats[-1] if stats else None})")
+    last = stats[-1]
+    assert last.dropped == 0 and last.rejected == 0, last
+    assert "lost before the node received them" not in node.output()

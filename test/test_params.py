@@ -1,6 +1,8 @@
 """The parameter table: validation of values and params files, descriptors."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from liteseg_ros import params
@@ -74,3 +76,18 @@ def test_descriptors_carry_ranges_and_read_only():
     d = params.descriptor(params.PARAMS_BY_NAME["network_width"])
     assert d.integer_range[0].from_value == 32 and d.read_only
     assert "stretch|letterbox" in params.descriptor(params.PARAMS_BY_NAME["resize_mode"]).description
+
+
+def test_shipped_yaml_and_readme_list_exactly_the_parameter_table():
+    repo = Path(__file__).resolve().parents[1]
+    yaml_keys = params.yaml_keys(repo / "config" / "liteseg.yaml")
+    table = set(params.PARAMS_BY_NAME)
+    groups = {k for k in yaml_keys if k.startswith(params.MASK_GROUPS_PREFIX)}
+    commented = {p.name for p in params.PARAMS if p.default == []}  # rcl cannot parse an empty list
+    text = (repo / "config" / "liteseg.yaml").read_text()
+    assert all(f"# {name}:" in text for name in commented)
+    assert yaml_keys - groups == table - commented
+    assert params.validate(params.read_params_file(repo / "config" / "liteseg.yaml")) == params.defaults()
+    readme = (repo / "README.md").read_text()
+    missing = [name for name in table if f"`{name}`" not in readme]
+    assert not missing, f"README does not document {missing}"
