@@ -344,3 +344,20 @@ def test_onnxruntime_cuda_runs_the_fp16_file(files, demo_model, holdout):
     assert out.label.dtype == np.uint8 and out.confidence.dtype == np.uint8
     assert float(np.mean(out.label == ref_label)) >= 0.99
     assert np.mean(np.abs(out.confidence.astype(np.int16) - ref_conf.astype(np.int16)) <= 3) >= 0.999
+
+
+def test_cli_exports_and_verifies_an_fp16_onnx_file(tmp_path, capsys):
+    import argparse
+
+    from liteseg_ros.engines.cli import add_export_parser
+    from liteseg_ros.runtime import demo_weights_path
+
+    ap = argparse.ArgumentParser()
+    add_export_parser(ap.add_subparsers())
+    out = tmp_path / "demo_fp16.onnx"
+    args = ap.parse_args(["export", "--weights", str(demo_weights_path()), "--precision", "fp16", "--size", "96x160",
+                          "-o", str(out)])
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert "(fp16, opset 17" in text and "verified at 96x160" in text
+    assert onnx_precision(out) == "fp16"
