@@ -4,8 +4,10 @@ Ring 2: imports numpy and torch (runtimes lazily); never rclpy, message packages
 ``liteseg_ros.node`` / ``bag`` / ``image_codec``.
 
 Backends: ``pytorch`` (CPU or CUDA, fp32 or fp16 autocast), ``onnxruntime`` (CPU fp32 or int8;
-CUDA with onnxruntime-gpu), ``openvino`` (CPU fp32, bf16 where the CPU has it, int8), ``tensorrt``
-(CUDA, fp32/fp16, optional dependency). ``auto`` picks, and says why in ``engine.info.reason``:
+CUDA fp32 or fp16 with onnxruntime-gpu), ``openvino`` (CPU fp32, bf16 where the CPU has it, int8),
+``tensorrt`` (CUDA, fp32/fp16, optional dependency, 10.x/11.x). On CUDA, fp16 for ONNX Runtime and
+TensorRT is an fp16 ONNX export (``onnx_for(..., precision='fp16')``): both run the graph's types.
+``auto`` picks, and says why in ``engine.info.reason``:
 
 - device ``cuda[:N]``: TensorRT when it imports and its engine loads or builds, else PyTorch CUDA;
   if CUDA is missing, the CPU choice below (fp16 then falls back to fp32, also in the reason).
