@@ -41,8 +41,10 @@ SUPPORTED_MAJORS = (10, 11)
 
 #: Every TensorRT Python name this package uses, as ``Owner.member`` (``Owner`` a class or enum of the
 #: ``tensorrt`` module, or ``tensorrt`` itself), with the majors it is used on. This module uses no
-#: other TensorRT name: test/test_tensorrt.py parses it to check that, checks that no name is in the
-#: migration guide's removed-API table, and, where ``tensorrt`` imports, that each exists.
+#: other TensorRT name: test/test_tensorrt.py parses it to check that (``trt.X.Y`` chains, and members of
+#: the objects held as ``builder``, ``network``, ``parser``, ``config``, ``profile``, ``engine``,
+#: ``self._engine``, ``self._context``, ``self._runtime``: keep those names), checks that no name is in
+#: the migration guide's removed-API table, and, where ``tensorrt`` imports, that each exists.
 TRT_API: tuple[tuple[str, tuple[int, ...]], ...] = (
     ("tensorrt.__version__", (10, 11)),
     ("tensorrt.Logger", (10, 11)),
