@@ -262,7 +262,8 @@ def build_plan(onnx_path: Path, input_size: tuple[int, int], precision: str, max
     name = network.get_input(0).name
     profile.set_shape(name, (1, 3, h, w), (1, 3, h, w), (int(max_batch), 3, h, w))
     config.add_optimization_profile(profile)
-    config.progress_monitor = _progress_monitor(trt, log)
+    monitor = _progress_monitor(trt, log)  # a local keeps the Python object alive while TensorRT calls it
+    config.progress_monitor = monitor
     log(f"tensorrt {trt.__version__}: building strongly typed {precision} engine for {h}x{w} "
         f"(batch <= {max_batch}) from {onnx_path.name}; this takes minutes once, then the cached "
         f"engine loads in seconds")
