@@ -382,3 +382,13 @@ def test_cli_exports_and_verifies_an_fp16_onnx_file(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "(fp16, opset 17" in text and "verified at 96x160" in text
     assert onnx_precision(out) == "fp16"
+
+
+@pytest.mark.skipif(not bool(_cuda_provider()), reason="checks the message where ONNX Runtime has no CUDA")
+def test_onnxruntime_on_cuda_exports_the_fp16_file_and_says_what_is_missing(model, tmp_path):
+    from liteseg_ros.engines import create_engine
+
+    with pytest.raises(EngineError, match="onnxruntime-gpu"):
+        create_engine(model, "onnxruntime", "cuda", "auto", (96, 160), cache_dir=tmp_path, log=lambda m: None)
+    exported = sorted(p.name for p in (tmp_path / "onnx").glob("*.onnx"))
+    assert len(exported) == 1 and exported[0].endswith("_u8_fp16.onnx")  # auto on CUDA = fp16, in the graph
