@@ -17,7 +17,7 @@ setup(
     extras_require={
         "onnx": ["onnx", "onnxruntime"],
         "bags": ["rosbags"],
-        "tensorrt": ["tensorrt"],
+        "tensorrt": ["tensorrt>=10,<12", "onnx"],  # the majors engines/tensorrt.py supports; onnx: the export
         "openvino": ["openvino", "onnx"],
     },
     data_files=[

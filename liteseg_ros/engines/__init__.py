@@ -4,8 +4,10 @@ Ring 2: imports numpy and torch (runtimes lazily); never rclpy, message packages
 ``liteseg_ros.node`` / ``bag`` / ``image_codec``.
 
 Backends: ``pytorch`` (CPU or CUDA, fp32 or fp16 autocast), ``onnxruntime`` (CPU fp32 or int8;
-CUDA with onnxruntime-gpu), ``openvino`` (CPU fp32, bf16 where the CPU has it, int8), ``tensorrt``
-(CUDA, fp32/fp16, optional dependency). ``auto`` picks, and says why in ``engine.info.reason``:
+CUDA fp32 or fp16 with onnxruntime-gpu), ``openvino`` (CPU fp32, bf16 where the CPU has it, int8),
+``tensorrt`` (CUDA, fp32/fp16, optional dependency, 10.x/11.x). On CUDA, fp16 for ONNX Runtime and
+TensorRT is an fp16 ONNX export (``onnx_for(..., precision='fp16')``): both run the graph's types.
+``auto`` picks, and says why in ``engine.info.reason``:
 
 - device ``cuda[:N]``: TensorRT when it imports and its engine loads or builds, else PyTorch CUDA;
   if CUDA is missing, the CPU choice below (fp16 then falls back to fp32, also in the reason).
@@ -102,8 +104,10 @@ def _state_hash(model) -> str:
 
 
 def onnx_for(model, input_size: tuple[int, int], cache_dir: str | os.PathLike | None, uint8: bool = True,
-             log: Callable[[str], None] = print) -> Path:
-    """Export ``model`` once per (weights, size, output types) into ``cache_dir/onnx`` and reuse it.
+             log: Callable[[str], None] = print, precision: str = "fp32") -> Path:
+    """Export ``model`` once per (weights, size, output types, precision) into ``cache_dir/onnx`` and reuse it.
+
+    ``precision='fp16'`` is the fp16 graph that TensorRT and ONNX Runtime CUDA run (export.Fp16Network).
 
     Without a logits output: a graph output keeps the 19xHxW tensor alive and cost ~20% in ONNX
     Runtime (benchmarks/bench_engines.py); tools that need logits export with ``with_logits=True``
@@ -114,10 +118,11 @@ def onnx_for(model, input_size: tuple[int, int], cache_dir: str | os.PathLike | 
 
     h, w = (int(v) for v in input_size)
     base = Path(cache_dir) if cache_dir else default_cache_dir()
-    path = base / "onnx" / f"liteseg_{_state_hash(model)}_{h}x{w}_{'u8' if uint8 else 'i32'}.onnx"
+    tag = "" if precision == "fp32" else f"_{precision}"
+    path = base / "onnx" / f"liteseg_{_state_hash(model)}_{h}x{w}_{'u8' if uint8 else 'i32'}{tag}.onnx"
     if not path.is_file():
         log(f"engines: exporting ONNX {path.name}")
-        export_onnx(model, path, (h, w), dynamic=False, with_logits=False, uint8=uint8)
+        export_onnx(model, path, (h, w), dynamic=False, with_logits=False, uint8=uint8, precision=precision)
     return path
 
 
@@ -173,7 +178,11 @@ def create_engine(model_or_weights: Any, backend: str = "auto", device: str = "c
             if backend in ("onnxruntime", "openvino") and dev == "cpu":
                 backend = "cpu-auto:" + backend
             else:
-                precision = "fp16" if dev.startswith("cuda") and backend != "onnxruntime" else "fp32"
+                precision = "fp16" if dev.startswith("cuda") else "fp32"
+                if is_onnx and dev.startswith("cuda"):  # a given file's types fix its precision
+                    from .export import onnx_precision
+
+                    precision = onnx_precision(model_or_weights)
         elif precision in ("bf16", "int8") and backend not in ("onnxruntime", "openvino"):
             raise EngineError(f"precision {precision!r} is a CPU precision of backend openvino (bf16, int8) "
                               f"and onnxruntime (int8), not of {backend!r}")
@@ -384,8 +393,9 @@ def _build(ctx: _Ctx, backend: str, dev: str, precision: str, reason: str, auto:
 
         if precision == "int8" and dev != "cpu":
             raise EngineError(f"precision int8 runs on device cpu, got {dev!r}")
+        precision = _file_precision(ctx, precision, auto)
         path = _cpu_file(ctx, backend, precision) if dev == "cpu" or ctx.is_onnx else onnx_for(
-            ctx.model, ctx.input_size, ctx.cache_dir, True, ctx.log)
+            ctx.model, ctx.input_size, ctx.cache_dir, True, ctx.log, precision)
         return OnnxRuntimeEngine(path, dev, precision, ctx.num_threads, reason, ctx.log)
     if backend == "openvino":
         from .openvino import OpenVinoEngine
@@ -398,7 +408,9 @@ def _build(ctx: _Ctx, backend: str, dev: str, precision: str, reason: str, auto:
 
     model = None if ctx.is_onnx else ctx.model
     try:
-        path = Path(ctx.source) if ctx.is_onnx else onnx_for(model, ctx.input_size, ctx.cache_dir, False, ctx.log)
+        precision = _file_precision(ctx, precision, auto)
+        path = Path(ctx.source) if ctx.is_onnx else onnx_for(model, ctx.input_size, ctx.cache_dir, False, ctx.log,
+                                                             precision)
         return TensorRTEngine(path, ctx.input_size, dev, precision, ctx.max_batch, ctx.cache_dir, ctx.rebuild,
                               int(getattr(model, "num_classes", 0)), reason, ctx.log)
     except Exception as exc:  # noqa: BLE001 - auto must fall back, whatever TensorRT raised
@@ -409,6 +421,17 @@ def _build(ctx: _Ctx, backend: str, dev: str, precision: str, reason: str, auto:
 
         return PyTorchEngine(model, dev, precision, compile=ctx.compile, reason=f"auto: PyTorch CUDA "
                              f"(TensorRT failed: {str(exc)[:200]})", log=ctx.log)
+
+
+def _file_precision(ctx: _Ctx, precision: str, auto: bool) -> str:
+    """The precision to build: the requested one, or, for a given fp32/fp16 ONNX file under ``auto``,
+    the file's (its types are what a strongly typed runtime runs; an explicit mismatch is the
+    engine's error to report)."""
+    if not (ctx.is_onnx and auto and precision in ("fp32", "fp16")):
+        return precision
+    from .export import onnx_precision
+
+    return onnx_precision(ctx.source)
 
 
 def build_tensorrt_engine(model_or_weights: Any, input_size: tuple[int, int], precision: str = "fp16",
@@ -428,6 +451,6 @@ def build_tensorrt_engine(model_or_weights: Any, input_size: tuple[int, int], pr
         raise EngineError(f"precision {precision!r} is not one of: fp32, fp16 (TensorRT)")
     is_onnx = str(model_or_weights).endswith(".onnx") and not hasattr(model_or_weights, "state_dict")
     path = Path(model_or_weights) if is_onnx else onnx_for(load_model(model_or_weights), input_size,
-                                                             cache_dir, False, log)
+                                                             cache_dir, False, log, precision)
     plan_path, _ = ensure_plan(path, input_size, precision, dev.index or 0, max_batch, cache_dir, rebuild, log)
     return plan_path

@@ -9,6 +9,10 @@ outputs ``label`` (N, h, w) uint8, ``confidence`` (N, h, w) uint8 and, with ``wi
 w. It uses the TorchScript-based exporter (``dynamo=False``: no onnxscript dependency) at opset 17
 by default; BatchNorm is folded into the convolutions by the exporter's eval-mode constant folding.
 Model facts are stored as ONNX metadata (``liteseg.*`` keys) so a runtime can check what it loads.
+
+``precision='fp16'`` writes the same interface with the network itself in fp16 (:class:`Fp16Network`):
+the precision lives in the graph's types, which is the only way TensorRT 11 (strongly typed networks
+only) and ONNX Runtime's CUDA provider can run fp16 at all. :func:`onnx_precision` reads it back.
 """
 from __future__ import annotations
 
@@ -28,6 +32,43 @@ from .outputs import SegmentationOutputs
 
 DEFAULT_OPSET = 17
 INPUT_NAME = "input"
+#: Precisions an exported file can carry in its graph types.
+ONNX_PRECISIONS = ("fp32", "fp16")
+
+
+class Fp16Network(nn.Module):
+    """``model`` with fp16 weights and activations between a float32 input and float32 logits.
+
+    This is what an fp16 ONNX file holds, so that a strongly typed runtime runs the convolutions in
+    fp16 without any builder flag: the input is cast to fp16 on entry, the logits back to float32,
+    and the post-processing (argmax, softmax confidence) stays in float32, where ``exp`` and the sum
+    over 19 classes keep their precision. BatchNorm is folded in float32 *before* rounding the
+    weights, so they are rounded once. With ``fp32_tail`` (the LiteSeg classifier ``last_conv``) the
+    output of that layer is cast to float32 and the final bilinear upsampling to the input size also
+    runs in float32; whether it is worth the extra float32 tensor is measured by
+    ``benchmarks/bench_fp16_onnx.py`` (labels vs fp32 on held-out scenes with the demo weights).
+    """
+
+    def __init__(self, model: nn.Module, fp32_tail: str | None = None) -> None:
+        super().__init__()
+        from .pytorch import fold_bn_copy
+
+        folded, _ = fold_bn_copy(model.eval())
+        if folded is model:  # no folding available: still never touch the caller's model
+            import copy
+
+            folded = copy.deepcopy(model)
+        self.model = folded.half().eval()
+        self.num_classes = getattr(model, "num_classes", None)
+        self.fp32_tail = fp32_tail
+        if fp32_tail:
+            layer = getattr(self.model, fp32_tail, None)
+            if not isinstance(layer, nn.Module):
+                raise EngineError(f"fp32_tail {fp32_tail!r} is not a layer of {type(model).__name__}")
+            layer.register_forward_hook(lambda _m, _i, out: out.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.half()).float()
 
 
 def _check_size(input_size: tuple[int, int]) -> tuple[int, int]:
@@ -43,7 +84,7 @@ def _check_size(input_size: tuple[int, int]) -> tuple[int, int]:
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int, int],
                 dynamic: bool = False, opset: int = DEFAULT_OPSET, with_logits: bool = False,
                 uint8: bool = True, check_dynamic: bool = True, postprocess: bool = True,
-                method: str = "auto") -> Path:
+                method: str = "auto", precision: str = "fp32", fp32_tail: str | None = None) -> Path:
     """Export ``SegmentationOutputs(model)`` to ``path`` and return the path.
 
     input_size: (h, w) traced size (the fixed size unless ``dynamic``). ``uint8=False`` exports an
@@ -53,9 +94,13 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     traced size; that raises EngineError instead of writing a file that fails later.
     ``postprocess=False`` exports the bare network (one output, ``logits``) for benchmarks and tools;
     ``method`` picks the post-processing formulation (``outputs.segmentation_outputs``).
+    ``precision='fp16'``: the network in fp16 inside the same float32-in / uint8-or-int32-out
+    interface (:class:`Fp16Network`, ``fp32_tail`` passed on); checked by :func:`check_fp16_graph`.
     """
     import onnx
 
+    if precision not in ONNX_PRECISIONS:
+        raise EngineError(f"ONNX precision {precision!r} is not one of: {', '.join(ONNX_PRECISIONS)}")
     h, w = _check_size(input_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,12 +110,13 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
             model.check_input_size(h, w)
         except ValueError as exc:
             raise EngineError(str(exc)) from None
+    net: nn.Module = model if precision == "fp32" else Fp16Network(model, fp32_tail)
     if postprocess:
-        wrapper: nn.Module = SegmentationOutputs(model, with_confidence=True, with_logits=with_logits,
+        wrapper: nn.Module = SegmentationOutputs(net, with_confidence=True, with_logits=with_logits,
                                                  uint8=uint8, method=method).eval()
         names = wrapper.output_names()
     else:
-        wrapper, names = model, ["logits"]
+        wrapper, names = net, ["logits"]
     axes: dict[str, dict[int, str]] = {INPUT_NAME: {0: "batch"}}
     for name in names:
         axes[name] = {0: "batch"}
@@ -95,6 +141,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
         "liteseg.opset": str(int(opset)),
         "liteseg.outputs": ",".join(names),
         "liteseg.uint8": str(bool(uint8)),
+        "liteseg.precision": precision,
     }
     model_meta = getattr(model, "meta", None)
     if model_meta is not None and hasattr(model_meta, "mean"):
@@ -104,6 +151,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     onnx.checker.check_model(proto)
+    if precision == "fp16":
+        try:
+            check_fp16_graph(proto)
+        except EngineError:
+            tmp.unlink(missing_ok=True)
+            raise
     onnx.save(proto, str(tmp))
     os.replace(tmp, path)
     if dynamic and check_dynamic and postprocess:
@@ -131,6 +184,57 @@ def _check_dynamic(path: Path, h: int, w: int) -> None:
     if out.shape[-2:] != (h2, w2):
         raise EngineError(f"{path}: dynamic-size export returns {out.shape[-2:]} for a {h2}x{w2} input "
                           f"(sizes frozen at trace time); export with dynamic=False")
+
+
+def _conv_weight_types(proto) -> dict[str, int]:
+    """Conv node name -> ONNX element type of its weight initializer."""
+    inits = {t.name: t.data_type for t in proto.graph.initializer}
+    return {node.name or f"Conv#{i}": inits.get(node.input[1], 0)
+            for i, node in enumerate(proto.graph.node) if node.op_type == "Conv"}
+
+
+def check_fp16_graph(proto) -> None:
+    """Raise EngineError unless every Conv runs in fp16: fp16 weights (and bias) and an fp16 input.
+
+    The graph's interface is not checked here (the caller compares it with the fp32 export); this
+    is the part a strongly typed runtime obeys, so a Conv left in float32 would silently run at fp32.
+    """
+    import onnx
+    from onnx import TensorProto
+
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.input,
+                                                          *inferred.graph.output)}
+    inits = {t.name: t.data_type for t in proto.graph.initializer}
+    types.update(inits)
+    bad = []
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    for node in convs:
+        for name in node.input:
+            if name and types.get(name) != TensorProto.FLOAT16:
+                bad.append(f"{node.name or 'Conv'} input {name} "
+                           f"({TensorProto.DataType.Name(types.get(name, 0))})")
+    if not convs:
+        raise EngineError("fp16 ONNX graph has no Conv node")
+    if bad:
+        raise EngineError(f"fp16 ONNX graph has {len(bad)} Conv inputs not in fp16: {'; '.join(bad[:5])}")
+
+
+def onnx_precision(path: str | os.PathLike) -> str:
+    """'fp16' or 'fp32': the precision the file's convolutions carry (metadata, else the weight types).
+
+    A strongly typed runtime (TensorRT 10 with STRONGLY_TYPED, every TensorRT 11) runs exactly these
+    types, so this, not a builder flag, is the precision of an engine built from the file.
+    """
+    import onnx
+    from onnx import TensorProto
+
+    proto = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if meta.get("liteseg.precision") in ONNX_PRECISIONS:
+        return meta["liteseg.precision"]
+    weights = set(_conv_weight_types(proto).values())
+    return "fp16" if weights and weights <= {TensorProto.FLOAT16} else "fp32"
 
 
 def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:

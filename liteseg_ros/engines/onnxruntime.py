@@ -1,4 +1,5 @@
-"""ONNX Runtime engine: the CPU backend (fp32, or int8 from a QDQ file), and CUDA with onnxruntime-gpu.
+"""ONNX Runtime engine: the CPU backend (fp32, or int8 from a QDQ file), and CUDA with onnxruntime-gpu
+(fp32, or fp16 from the fp16 export TensorRT also builds from).
 
 Ring 2: imports numpy and onnxruntime; never rclpy, message packages, or the node/bag/codec modules.
 Runs a file from ``export.export_onnx`` whose graph already contains argmax and the softmax
@@ -35,8 +36,10 @@ class OnnxRuntimeEngine(Engine):
     """Runs an exported LiteSeg ONNX file with ONNX Runtime.
 
     device ``cpu`` uses the CPU execution provider; ``cuda[:N]`` needs ``CUDAExecutionProvider``
-    (onnxruntime-gpu). fp32, or ``int8`` for a QDQ file from ``quantize.quantize_model`` (the
-    precision must match the file); fp16 ONNX files are a TensorRT/PyTorch-CUDA matter.
+    (onnxruntime-gpu). fp32, ``int8`` for a QDQ file from ``quantize.quantize_model`` (CPU), or
+    ``fp16`` for a file from ``export_onnx(precision='fp16')`` (CUDA); the precision must match the
+    file, because ONNX Runtime runs the graph's own types (there is no precision switch to set).
+    On the CPU an fp16 file is refused: it runs, but through inserted casts and slower than fp32.
     """
 
     def __init__(self, onnx_path: str | os.PathLike, device: str = "cpu", precision: str = "fp32",
@@ -44,19 +47,23 @@ class OnnxRuntimeEngine(Engine):
                  log: Callable[[str], None] = print) -> None:
         import onnxruntime as ort
 
-        if precision not in ("fp32", "int8"):
-            raise EngineError(f"precision {precision!r} is not supported by the onnxruntime backend "
-                              f"(allowed: fp32, int8); use backend pytorch or tensorrt on CUDA for fp16, "
-                              f"openvino for bf16")
+        d = str(device).strip().lower()
+        on_cuda = d == "cuda" or d.startswith("cuda:")
+        if precision not in ("fp32", "int8", "fp16") or (precision == "fp16" and not on_cuda):
+            raise EngineError(f"precision {precision!r} is not supported by the onnxruntime backend on "
+                              f"{d} (allowed: fp32, int8 on cpu; fp32, fp16 on cuda); use openvino for bf16")
         path = Path(onnx_path)
         if not path.is_file():
             raise EngineError(f"ONNX file not found: {path}")
+        from .export import onnx_precision
         from .openvino import is_quantized
 
         if is_quantized(path) != (precision == "int8"):
             raise EngineError(f"{path} is an int8 (QDQ) model; set precision: int8 (or auto)" if precision != "int8"
                               else f"{path} is not an int8 (QDQ) model; make one with `liteseg quantize`")
-        d = str(device).strip().lower()
+        if precision != "int8" and onnx_precision(path) != precision:
+            raise EngineError(f"{path} is an {onnx_precision(path)} ONNX file, precision {precision} requested "
+                              f"(export with precision={precision!r}, or set precision: auto)")
         if d == "cpu":
             providers: list = ["CPUExecutionProvider"]
         elif d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):

@@ -3,6 +3,16 @@
 Ring 2: imports numpy and torch; ``tensorrt`` only inside functions (import-guarded, so this module
 imports on machines without it); never rclpy, message packages, or the node/bag/codec modules.
 
+This is the only module that touches the TensorRT API, and :data:`TRT_API` lists every TensorRT name
+it uses (test/test_tensorrt.py checks the list against the 10.x -> 11.x removed-API table and, where
+``tensorrt`` imports, against the installed bindings). Supported: TensorRT 10.x and 11.x
+(:data:`SUPPORTED_MAJORS`). Both build the same way, strongly typed: TensorRT 11 removed weak typing
+(``BuilderFlag.FP16`` and the precision-constraint flags are gone), so the precision is the ONNX
+file's own types: an fp16 engine is built from an fp16 export (``export_onnx(precision='fp16')``),
+an fp32 engine from the fp32 export with TF32 cleared, so fp32 stays IEEE fp32. On 10.x the network
+is created with ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; on 11.x strongly typed is the only
+kind and the flag is not passed (it is deprecated and ignored there).
+
 The plan is built from a file made by ``export.export_onnx(..., uint8=False)`` (int32 label, float
 confidence: no uint8 casts inside TensorRT); the conversion to uint8 happens on the GPU, so only
 uint8 planes are copied to the host. Plans are cached under a name derived from
@@ -23,8 +33,94 @@ import numpy as np
 
 from .base import Engine, EngineError, EngineInfo, EngineOutput
 
-#: Bump when the exported graph or the build settings change in a way the key does not capture.
-CACHE_FORMAT = 1
+#: Bump when the exported graph or the build settings change in a way the key does not capture
+#: (2: strongly typed builds from precision-typed ONNX files).
+CACHE_FORMAT = 2
+#: TensorRT major versions this module is written and checked against (setup.py: tensorrt>=10,<12).
+SUPPORTED_MAJORS = (10, 11)
+
+#: Every TensorRT Python name this package uses, as ``Owner.member`` (``Owner`` a class or enum of the
+#: ``tensorrt`` module, or ``tensorrt`` itself), with the majors it is used on. This module uses no
+#: other TensorRT name: test/test_tensorrt.py parses it to check that (``trt.X.Y`` chains, and members of
+#: the objects held as ``builder``, ``network``, ``parser``, ``config``, ``profile``, ``engine``,
+#: ``self._engine``, ``self._context``, ``self._runtime``: keep those names), checks that no name is in
+#: the migration guide's removed-API table, and, where ``tensorrt`` imports, that each exists.
+TRT_API: tuple[tuple[str, tuple[int, ...]], ...] = (
+    ("tensorrt.__version__", (10, 11)),
+    ("tensorrt.Logger", (10, 11)),
+    ("Logger.WARNING", (10, 11)),
+    ("tensorrt.Builder", (10, 11)),
+    ("Builder.create_network", (10, 11)),
+    ("Builder.create_builder_config", (10, 11)),
+    ("Builder.create_optimization_profile", (10, 11)),
+    ("Builder.build_serialized_network", (10, 11)),
+    ("tensorrt.NetworkDefinitionCreationFlag", (10,)),
+    ("NetworkDefinitionCreationFlag.STRONGLY_TYPED", (10,)),  # 11.x: always strongly typed, flag ignored
+    ("tensorrt.OnnxParser", (10, 11)),
+    ("OnnxParser.parse", (10, 11)),
+    ("OnnxParser.num_errors", (10, 11)),
+    ("OnnxParser.get_error", (10, 11)),
+    ("INetworkDefinition.num_inputs", (10, 11)),
+    ("INetworkDefinition.get_input", (10, 11)),
+    ("ITensor.name", (10, 11)),
+    ("tensorrt.MemoryPoolType", (10, 11)),
+    ("MemoryPoolType.WORKSPACE", (10, 11)),
+    ("IBuilderConfig.set_memory_pool_limit", (10, 11)),
+    ("tensorrt.BuilderFlag", (10, 11)),
+    ("BuilderFlag.TF32", (10, 11)),
+    ("IBuilderConfig.clear_flag", (10, 11)),
+    ("IBuilderConfig.add_optimization_profile", (10, 11)),
+    ("IBuilderConfig.progress_monitor", (10, 11)),
+    ("IOptimizationProfile.set_shape", (10, 11)),
+    ("tensorrt.IProgressMonitor", (10, 11)),
+    ("IProgressMonitor.phase_start", (10, 11)),
+    ("IProgressMonitor.step_complete", (10, 11)),
+    ("IProgressMonitor.phase_finish", (10, 11)),
+    ("tensorrt.Runtime", (10, 11)),
+    ("Runtime.deserialize_cuda_engine", (10, 11)),
+    ("ICudaEngine.create_execution_context", (10, 11)),
+    ("ICudaEngine.num_io_tensors", (10, 11)),
+    ("ICudaEngine.get_tensor_name", (10, 11)),
+    ("ICudaEngine.get_tensor_mode", (10, 11)),
+    ("ICudaEngine.get_tensor_dtype", (10, 11)),
+    ("tensorrt.TensorIOMode", (10, 11)),
+    ("TensorIOMode.INPUT", (10, 11)),
+    ("DataType.FLOAT", (10, 11)),
+    ("DataType.HALF", (10, 11)),
+    ("DataType.INT32", (10, 11)),
+    ("DataType.INT64", (10, 11)),
+    ("DataType.INT8", (10, 11)),
+    ("DataType.UINT8", (10, 11)),
+    ("DataType.BOOL", (10, 11)),
+    ("IExecutionContext.set_input_shape", (10, 11)),
+    ("IExecutionContext.set_tensor_address", (10, 11)),
+    ("IExecutionContext.get_tensor_shape", (10, 11)),
+    ("IExecutionContext.execute_async_v3", (10, 11)),
+)
+
+
+def trt_major(version: str) -> int:
+    """The major of a TensorRT version string ('10.3.0' -> 10); EngineError if it has none."""
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        raise EngineError(f"cannot read the TensorRT version {version!r}") from None
+
+
+def check_trt_version(version: str) -> int:
+    """The major of ``version`` if this module supports it, else an EngineError saying what is."""
+    major = trt_major(version)
+    if major not in SUPPORTED_MAJORS:
+        raise EngineError(f"TensorRT {version} is not supported (supported: "
+                          f"{', '.join(f'{m}.x' for m in SUPPORTED_MAJORS)}; pip install 'tensorrt>=10,<12')")
+    return major
+
+
+def network_flags(trt, major: int) -> int:
+    """``create_network`` flags for a strongly typed network on ``major`` (10: the flag; 11: none needed)."""
+    if major == 10:
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return 0
 
 
 def default_cache_dir() -> Path:
@@ -36,11 +132,15 @@ def default_cache_dir() -> Path:
 def tensorrt_status() -> str:
     """'ok' when TensorRT and a CUDA GPU are usable, else why not (for available_backends)."""
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt as trt
     except ImportError as exc:
         return f"tensorrt not installed ({exc.msg})"
     except Exception as exc:  # noqa: BLE001 - a broken install raises anything
         return f"tensorrt import failed: {exc}"
+    try:
+        check_trt_version(trt.__version__)
+    except EngineError as exc:
+        return str(exc)
     import torch
 
     if not torch.cuda.is_available():
@@ -96,10 +196,8 @@ def write_plan(path: Path, key: dict[str, str], plan: bytes) -> None:
 
 
 def _progress_monitor(trt, log: Callable[[str], None]):
-    """A trt.IProgressMonitor that logs phase starts at most every 2 s, or None on TensorRT < 10."""
-    base = getattr(trt, "IProgressMonitor", None)
-    if base is None:
-        return None
+    """A trt.IProgressMonitor (same interface in 10.x and 11.x) that logs phase starts at most every 2 s."""
+    base = trt.IProgressMonitor
 
     class _Monitor(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
@@ -121,40 +219,54 @@ def _progress_monitor(trt, log: Callable[[str], None]):
     return _Monitor()
 
 
+def check_file_precision(onnx_path: str | os.PathLike, precision: str) -> None:
+    """EngineError unless the ONNX file carries ``precision`` in its types (TensorRT cannot change them)."""
+    from .export import onnx_precision
+
+    if precision not in ("fp32", "fp16"):
+        raise EngineError(f"precision {precision!r} is not one of: fp32, fp16 (TensorRT)")
+    file_precision = onnx_precision(onnx_path)
+    if file_precision != precision:
+        raise EngineError(f"{onnx_path} is an {file_precision} ONNX file; TensorRT builds strongly typed "
+                          f"networks, so a {precision} engine needs a {precision} export "
+                          f"(export_onnx(..., precision={precision!r}) or `liteseg export --precision "
+                          f"{precision}`)")
+
+
 def build_plan(onnx_path: Path, input_size: tuple[int, int], precision: str, max_batch: int,
                log: Callable[[str], None], workspace_bytes: int = 1 << 30) -> bytes:
-    """Parse ``onnx_path`` and build a serialised plan (fp32 or fp16) with one optimisation profile."""
+    """Parse ``onnx_path`` into a strongly typed network and build a serialised plan with one profile.
+
+    ``precision`` is only checked against the file (the file's types are what TensorRT runs): no
+    precision flag is set on any version. TF32 is cleared so float32 layers are IEEE fp32 (labels
+    >= 99.9 % equal to the CPU's); in an fp16 file that is the post-processing after the logits.
+    """
     import tensorrt as trt
 
+    major = check_trt_version(trt.__version__)
+    check_file_precision(onnx_path, precision)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    major = int(trt.__version__.split(".")[0])
-    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
+    network = builder.create_network(network_flags(trt, major))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    if network.num_inputs != 1:
+        raise EngineError(f"{onnx_path}: expected one input, the network has {network.num_inputs}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
-    if precision == "fp16":
-        if not builder.platform_has_fast_fp16:
-            log("tensorrt: this GPU has no fast fp16; building fp16 anyway")
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif hasattr(trt.BuilderFlag, "TF32"):
-        # TensorRT allows TF32 for fp32 layers by default on Ampere+; fp32 here means IEEE fp32 (labels
-        # >= 99.9 % equal to the CPU's), fp16 is the fast precision.
-        config.clear_flag(trt.BuilderFlag.TF32)
+    config.clear_flag(trt.BuilderFlag.TF32)  # on by default (Ampere+) in 10.x and 11.x
     h, w = (int(v) for v in input_size)
     profile = builder.create_optimization_profile()
     name = network.get_input(0).name
     profile.set_shape(name, (1, 3, h, w), (1, 3, h, w), (int(max_batch), 3, h, w))
     config.add_optimization_profile(profile)
-    monitor = _progress_monitor(trt, log)
-    if monitor is not None:
-        config.progress_monitor = monitor
-    log(f"tensorrt: building {precision} engine for {h}x{w} (batch <= {max_batch}) from {onnx_path.name}; "
-        f"this takes minutes once, then the cached engine loads in seconds")
+    monitor = _progress_monitor(trt, log)  # a local keeps the Python object alive while TensorRT calls it
+    config.progress_monitor = monitor
+    log(f"tensorrt {trt.__version__}: building strongly typed {precision} engine for {h}x{w} "
+        f"(batch <= {max_batch}) from {onnx_path.name}; this takes minutes once, then the cached "
+        f"engine loads in seconds")
     t0 = time.monotonic()
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -178,6 +290,8 @@ def ensure_plan(onnx_path: str | os.PathLike, input_size: tuple[int, int], preci
     from .export import file_sha256
 
     onnx_path = Path(onnx_path)
+    check_trt_version(trt.__version__)
+    check_file_precision(onnx_path, precision)  # before a cached plan is trusted, too
     key = engine_cache_key(file_sha256(onnx_path), input_size, precision, trt.__version__,
                            _gpu_name(device_index), max_batch)
     path = engine_cache_path(cache_dir or default_cache_dir(), key)
