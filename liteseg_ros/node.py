@@ -290,6 +290,7 @@ class LiteSegNode(LifecycleNode):
             f"model {self.source.name} ({self.source.backbone}) on {info.backend}/{info.device}/{info.precision}"
             f" at {self.values['network_width']}x{self.values['network_height']}"
             f" ready in {time.monotonic() - t0:.1f} s; backend choice: {info.reason}")
+        self.get_logger().info(f"weights licence: {self.source.license or 'unknown (not a registered name)'}")
         cap = int(self.values["queue_size"]) if self.values["process_all_frames"] else 1
         self.cameras = [Camera(name, FrameSlot(cap, self._cv)) for name in (self.values["cameras"] or [""])]
         self._create_publishers()
@@ -579,7 +580,7 @@ class LiteSegNode(LifecycleNode):
                                    backend=info.backend, device=info.device, precision=info.precision,
                                    network_width=cfg.network_size[1], network_height=cfg.network_size[0],
                                    class_names=list(classes.names), colors=classes.flat_colors(),
-                                   ignore_label=classes.ignore_label)
+                                   ignore_label=classes.ignore_label, license=self.source.license)
             msg.header.stamp = self.get_clock().now().to_msg()
             msg.mask_groups = [MaskGroup(name=g, class_names=[classes.names[i] for i in ids], class_ids=list(ids))
                                for g, ids in cfg.mask_groups.items()]
@@ -622,6 +623,7 @@ class LiteSegNode(LifecycleNode):
                 "backend": info.backend if info else "", "device": info.device if info else "",
                 "precision": info.precision if info else "", "backend_reason": info.reason if info else "",
                 "model": self.source.name if self.source else "", "received": c.received,
+                "license": self.source.license if self.source else "",
                 "processed": c.processed, "dropped": cam.dropped, "rejected": c.rejected,
                 "skipped_no_subscribers": c.skipped_no_subscribers,
                 "input_rate_hz": f"{in_rate:.2f}", "output_rate_hz": f"{out_rate:.2f}",

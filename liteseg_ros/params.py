@@ -67,7 +67,11 @@ def type_name_of(value: Any) -> str:
 PARAMS: tuple[Param, ...] = (
     # --- model and engine (need a reload: read-only) ---
     Param("weights", "", "checkpoint file: official LiteSeg .pth, torchvision-style or our own (.pt); "
+          "a registered name such as liteseg-mobilenet-cityscapes (`liteseg weights list`); "
           "'demo' for the bundled synthetic-scene demo weights", read_only=True),
+    Param("allow_download", False, "fetch registered weights named by 'weights' on first use when they are not "
+          "in the weights cache yet (off: fail naming the `liteseg weights fetch` command; env "
+          "LITESEG_ALLOW_DOWNLOAD=1 also allows it)", read_only=True),
     Param("allow_random_weights", False, "run with random weights when 'weights' is empty (tests, demos)",
           read_only=True),
     Param("backbone", "mobilenetv2", "encoder for random weights; checked against the checkpoint otherwise",
