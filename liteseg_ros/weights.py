@@ -383,7 +383,7 @@ def encoder_entry(spec: str, backbone: str) -> WeightsEntry | None:
         if not found:
             have = ", ".join(sorted({e.backbone for e in known.values() if e.kind == "encoder"})) or "none"
             raise WeightsError(f"encoder_weights: imagenet: no registered ImageNet encoder for {backbone} "
-                               f"(registered for: {have}); give a local encoder file instead")
+                               f"(registered for: {have}); give a local encoder file, or null to train from scratch")
         return found[0]
     entry = known.get(spec)
     if entry is None:

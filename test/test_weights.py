@@ -215,6 +215,22 @@ def test_an_interrupted_download_never_sits_under_the_final_name_and_resumes(env
     assert path == cache / FILE and path.read_bytes() == data and _cache_files(cache) == [FILE]
 
 
+def test_two_fetches_at_once_download_once_and_a_mirror_can_be_given(env, official, monkeypatch, capsys):
+    server, cache, entry = env
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(weights.fetch(NAME, log=lambda m: None)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [cache / FILE] * 2 and len(server.requests) == 1  # the second found it verified
+    (cache / FILE).unlink()
+    monkeypatch.setenv(weights.ENV_URL, "http://127.0.0.1:1/nowhere")
+    assert main(["weights", "fetch", NAME, "--base-url", server.url + "/", "--no-progress"]) == 0
+    assert server.requests[-1][0] == f"/mirror/{FILE}" and (cache / FILE).read_bytes() == official[0]
+
+
 def test_a_registered_size_is_checked_before_the_download(env, official, monkeypatch, tmp_path):
     server, cache, entry = env
     reg = tmp_path / "sized.yaml"
@@ -290,6 +306,20 @@ def test_bag_downloads_by_default_unless_the_params_say_no(env, tmp_path, capsys
     assert main(["bag", str(bag), str(tmp_path / "o2"), "-t", "/camera/image_raw", "-p", f"weights:={NAME}",
                  "-p", "network_width:=96", "-p", "network_height:=64", "--no-progress"]) == 0
     assert _cache_files(cache) == [FILE]
+
+
+@pytest.mark.ros
+def test_demo_fetches_a_name_then_its_node_runs_it(env, tmp_path):
+    import sys
+
+    server, cache, entry = env
+    exe = Path(sys.executable).parent / "liteseg"
+    proc = subprocess.run([str(exe), "demo", "--weights", NAME, "--frames", "3", "--rate", "4", "--size", "90x160",
+                           "--network-size", "64x96", "--out", str(tmp_path / "demo")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{NAME} verified" in proc.stdout and _cache_files(cache) == [FILE]
+    assert "weights licence: CC-BY-NC-4.0" in (tmp_path / "demo" / "node.log").read_text()
 
 
 # ------------------------------------------------------------------------------------------ the node
