@@ -638,7 +638,7 @@ def _install_stop_handler(stop: threading.Event):
 
 def _run_bag(args) -> int:
     from liteseg_ros.engines import EngineError
-    from liteseg_ros.runtime import ModelLoadError
+    from liteseg_ros.runtime import ModelLoadError, resolve_weights
 
     try:
         overrides = dict(args.param)
@@ -652,6 +652,9 @@ def _run_bag(args) -> int:
     stop = threading.Event()
     restore = _install_stop_handler(stop)
     try:
+        # A registered name not cached yet is fetched here, with a progress bar (segment_bag builds quietly).
+        resolve_weights(values["weights"], values["allow_download"], progress=not args.no_progress,
+                        log=lambda m: print(m, file=sys.stderr))
         summary = segment_bag(args.input, args.output, args.topic, values, node_name=args.node_name,
                               cameras=args.cameras, storage=args.storage, batch=args.batch, overwrite=args.overwrite,
                               on_interrupt=args.on_interrupt, progress=not args.no_progress,

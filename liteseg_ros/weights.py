@@ -424,11 +424,20 @@ def _torchvision_weights(entry: WeightsEntry):
 
 
 def _torchvision_path(entry: WeightsEntry) -> Path:
-    """torch's hub cache file of the weights ($TORCH_HOME/hub/checkpoints/<file of the URL>)."""
-    import torch.hub
+    """torch's hub cache file of the weights ($TORCH_HOME/hub/checkpoints/<file of the URL>).
 
-    url = _torchvision_weights(entry).url
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    With ``file`` registered and torch not imported yet, the folder is found the way torch.hub finds it
+    ($TORCH_HOME, else $XDG_CACHE_HOME/torch, else ~/.cache/torch), so ``liteseg weights list`` does not
+    pay seconds of importing torch; the fetch checks that torchvision's URL still ends in that name.
+    """
+    if "torch" in sys.modules or not entry.file:
+        import torch.hub
+
+        hub = Path(torch.hub.get_dir())
+    else:
+        home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
+        hub = Path(os.path.expanduser(home)) / "hub"
+    return hub / "checkpoints" / (entry.file or _torchvision_weights(entry).url.rsplit("/", 1)[-1])
 
 
 def _torchvision_fetch(entry: WeightsEntry, progress: bool) -> Path:
@@ -439,6 +448,9 @@ def _torchvision_fetch(entry: WeightsEntry, progress: bool) -> Path:
     if path.is_file():
         return path
     weights = _torchvision_weights(entry)
+    if entry.file and weights.url.rsplit("/", 1)[-1] != entry.file:
+        raise WeightsError(f"{entry.name}: torchvision now downloads {weights.url}, not the registered file "
+                           f"{entry.file}; update liteseg_ros/data/weights.yaml")
     try:
         weights.get_state_dict(progress=progress, check_hash=True, weights_only=True)
     except (urllib.error.URLError, OSError) as exc:
