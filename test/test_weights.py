@@ -7,6 +7,7 @@ id, through $LITESEG_WEIGHTS_REGISTRY; $LITESEG_WEIGHTS_URL points the downloads
 from __future__ import annotations
 
 import http.server
+import json
 import socket
 import subprocess
 import threading
@@ -290,6 +291,12 @@ def test_eval_and_quantize_take_a_name_and_fetch_it_on_first_use(env, tmp_path, 
     assert main(["eval", "--weights", NAME, "--synthetic", "1", "--synthetic-seed", "10000",
                  "--synthetic-size", "48x96", "--size", "48x96", "--device", "cpu"]) == 0
     assert "mIoU" in capsys.readouterr().out and _cache_files(cache) == [FILE]
+    assert main(["info", "--weights", NAME, "--json"]) == 0
+    assert '"backbone": "mobilenetv2"' in capsys.readouterr().out
+    assert main(["weights", "list", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows[NAME]["cached"] and rows[NAME]["size_bytes"] == (cache / FILE).stat().st_size
+    assert not rows["liteseg-darknet-cityscapes"]["cached"] and rows["liteseg-darknet-cityscapes"]["approx_mb"] == 82
     out = tmp_path / "q.onnx"
     assert main(["quantize", "--weights", NAME, "--synthetic", "2", "--holdout", "1", "--size", "64x96",
                  "--method", "minmax", "--out", str(out)]) == 0
