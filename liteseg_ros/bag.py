@@ -322,7 +322,7 @@ class _Run:
             device=info.device, precision=info.precision, network_width=cfg.network_size[1],
             network_height=cfg.network_size[0], class_names=list(classes.names),
             colors=np.asarray(classes.flat_colors(), np.uint8), ignore_label=classes.ignore_label,
-            mask_groups=groups)
+            mask_groups=groups, license=getattr(self.source, "license", ""))
 
     def write(self, writer, cam: CameraOutputs, key: str, t: int, msg) -> None:
         conn = cam.conns.get(key)
@@ -634,16 +634,23 @@ def _install_stop_handler(stop: threading.Event):
 
 def _run_bag(args) -> int:
     from liteseg_ros.engines import EngineError
-    from liteseg_ros.runtime import ModelLoadError
+    from liteseg_ros.runtime import ModelLoadError, resolve_weights
 
     try:
-        values = settings_from(args.params_file, dict(args.param), args.node_name)
+        overrides = dict(args.param)
+        if "allow_download" not in overrides and not (
+                args.params_file and "allow_download" in params.read_params_file(args.params_file, args.node_name)):
+            overrides["allow_download"] = True  # a command run by a person: fetch registered weights on first use
+        values = settings_from(args.params_file, overrides, args.node_name)
     except params.ParameterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
     restore = _install_stop_handler(stop)
     try:
+        # A registered name not cached yet is fetched here, with a progress bar (segment_bag builds quietly).
+        resolve_weights(values["weights"], values["allow_download"], progress=not args.no_progress,
+                        log=lambda m: print(m, file=sys.stderr))
         summary = segment_bag(args.input, args.output, args.topic, values, node_name=args.node_name,
                               cameras=args.cameras, storage=args.storage, batch=args.batch, overwrite=args.overwrite,
                               on_interrupt=args.on_interrupt, progress=not args.no_progress,

@@ -33,6 +33,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("time backends model-only and end to end (paper-style)", "liteseg_ros.engines.cli:add_bench_parser"),
     "quantize": ("int8 model for ONNX Runtime / OpenVINO with a label-agreement report",
                  "liteseg_ros.engines.cli:add_quantize_parser"),
+    "weights": ("list, fetch (verified, into the cache) and locate the registered weights, such as the authors' "
+                "Cityscapes models", "liteseg_ros.cli:add_weights_parser"),
 }
 
 
@@ -41,7 +43,7 @@ def add_info_parser(sub) -> None:
     p = sub.add_parser("info", help=SUBCOMMANDS["info"][0], description=SUBCOMMANDS["info"][0])
     p.add_argument("--backbone", default="mobilenetv2", choices=("mobilenetv2", "shufflenet", "darknet19"))
     p.add_argument("--size", type=parse_size, default=(512, 1024), help="input HxW (default 512x1024, the paper's)")
-    p.add_argument("--weights", help="describe this checkpoint's network instead (backbone from the file)")
+    p.add_argument("--weights", help="describe this checkpoint's (or registered name's) network instead")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_run_info)
 
@@ -52,10 +54,13 @@ def _run_info(args) -> int:
     backbone = args.backbone
     if args.weights:
         from liteseg_ros.model import CheckpointError, load_checkpoint
+        from liteseg_ros.runtime import ModelLoadError, resolve_weights
 
         try:
-            backbone = load_checkpoint(args.weights).meta.backbone
-        except CheckpointError as exc:
+            path = resolve_weights(args.weights, allow_download=True, progress=True,
+                                   log=lambda m: print(m, file=sys.stderr))
+            backbone = load_checkpoint(path).meta.backbone
+        except (CheckpointError, ModelLoadError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     d = describe(backbone, *args.size)
@@ -65,6 +70,84 @@ def _run_info(args) -> int:
     width = max(len(k) for k in d)
     for k, v in d.items():
         print(f"{k:<{width}}  {v}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ weights
+def add_weights_parser(sub) -> None:
+    desc = ("Registered weights (liteseg_ros/data/weights.yaml, plus $LITESEG_WEIGHTS_REGISTRY files) by name. "
+            "fetch downloads into the cache ($LITESEG_WEIGHTS_DIR, default ~/.cache/liteseg_ros/weights), "
+            "checks the file's git blob id, and only then moves it under its final name; an interrupted "
+            "fetch resumes. `weights: NAME` then works in the node, bag, eval, demo, quantize, export, bench.")
+    p = sub.add_parser("weights", help=SUBCOMMANDS["weights"][0], description=desc)
+    wsub = p.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+    ls = wsub.add_parser("list", help="name, backbone, size, licence and whether it is cached")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.set_defaults(func=_run_weights_list)
+    fe = wsub.add_parser("fetch", help="download, verify and cache weights by name; prints the licence")
+    fe.add_argument("names", nargs="+", metavar="NAME", help="registered name(s), see `liteseg weights list`")
+    fe.add_argument("--base-url", help=f"mirror: URL the file names are appended to (default ${_WEIGHTS_URL_ENV} "
+                    "or each entry's own URL)")
+    fe.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fe.set_defaults(func=_run_weights_fetch)
+    pa = wsub.add_parser("path", help="print the verified cached file of NAME (exit 1 if not fetched yet)")
+    pa.add_argument("name", metavar="NAME")
+    pa.set_defaults(func=_run_weights_path)
+
+
+_WEIGHTS_URL_ENV = "LITESEG_WEIGHTS_URL"
+
+
+def _run_weights_list(args) -> int:
+    from liteseg_ros import weights
+
+    try:
+        rows = [weights.describe(e) for e in weights.registry().values()]
+    except weights.WeightsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [("NAME", "KIND", "BACKBONE", "SIZE", "LICENCE", "CACHED")]
+    for r in rows:
+        cached = "yes" if r["cached"] else (f"partial {r['partial_bytes'] / 1e6:.1f} MB" if r["partial_bytes"] else "no")
+        table.append((r["name"], r["kind"], r["backbone"], weights.format_size(r), r["license"], cached))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    print(f"cache: {weights.cache_dir()}; `liteseg weights fetch NAME` downloads one")
+    return 0
+
+
+def _run_weights_fetch(args) -> int:
+    from liteseg_ros import weights
+
+    for name in args.names:
+        try:
+            entry = weights.get(name)
+            print(f"{name}: licence {entry.license_line}")
+            path = weights.fetch(name, base_url=args.base_url, progress=not args.no_progress,
+                                 log=lambda m: print(m, file=sys.stderr))
+        except weights.WeightsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(path)
+    return 0
+
+
+def _run_weights_path(args) -> int:
+    from liteseg_ros import weights
+
+    try:
+        path = weights.resolve(args.name, allow_download=False)
+    except weights.NotCached:
+        print(f"{args.name} is not fetched yet; run: {weights.fetch_command(args.name)}", file=sys.stderr)
+        return 1
+    except weights.WeightsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
     return 0
 
 

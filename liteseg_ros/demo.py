@@ -38,7 +38,8 @@ def add_demo_parser(sub) -> None:
     from liteseg_ros.cli import SUBCOMMANDS
 
     p = sub.add_parser("demo", help=SUBCOMMANDS["demo"][0], description=SUBCOMMANDS["demo"][0])
-    p.add_argument("--weights", default="demo", help="checkpoint (default: the bundled synthetic-scene model)")
+    p.add_argument("--weights", default="demo", help="checkpoint or registered name, e.g. "
+                   "liteseg-mobilenet-cityscapes, fetched first if needed (default: the bundled synthetic-scene model)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--images", type=Path, help="a folder of images (sorted by name) instead of the generated drive")
     src.add_argument("--video", type=Path, help="a video file instead of the generated drive")
@@ -170,6 +171,17 @@ def run_demo(args: argparse.Namespace) -> int:
     if "ROS_DOMAIN_ID" not in os.environ:  # keep the demo off a robot's default domain 0
         os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
 
+    from liteseg_ros import weights as known
+    from liteseg_ros.runtime import ModelLoadError, resolve_weights
+
+    try:
+        if known.lookup(args.weights) is not None and not Path(args.weights).is_file():
+            # A registered name: fetch it here, with a progress bar, so the node finds it in the cache (the
+            # node itself never downloads unless allow_download) and reports its licence.
+            resolve_weights(args.weights, allow_download=True, progress=True, log=print)
+    except (ModelLoadError, known.WeightsError) as exc:
+        print(f"[demo] error: {exc}", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     net = args.network_size
     if net is None:

@@ -349,6 +349,7 @@ class LiteSegNode(LifecycleNode):
             f"model {self.source.name} ({self.source.backbone}) on {info.backend}/{info.device}/{info.precision}"
             f" at {self.values['network_width']}x{self.values['network_height']}"
             f" ready in {time.monotonic() - t0:.1f} s; backend choice: {info.reason}")
+        self.get_logger().info(f"weights licence: {self.source.license or 'unknown (not a registered name)'}")
         lossless = bool(self.values["process_all_frames"])
         cap = int(self.values["queue_size"]) if lossless else 1
         self.cameras = [Camera(name, FrameSlot(cap, self._cv, lossless))
@@ -678,7 +679,7 @@ class LiteSegNode(LifecycleNode):
                                    backend=info.backend, device=info.device, precision=info.precision,
                                    network_width=cfg.network_size[1], network_height=cfg.network_size[0],
                                    class_names=list(classes.names), colors=classes.flat_colors(),
-                                   ignore_label=classes.ignore_label)
+                                   ignore_label=classes.ignore_label, license=self.source.license)
             msg.header.stamp = self.get_clock().now().to_msg()
             msg.mask_groups = [MaskGroup(name=g, class_names=[classes.names[i] for i in ids], class_ids=list(ids))
                                for g, ids in cfg.mask_groups.items()]
@@ -727,6 +728,7 @@ class LiteSegNode(LifecycleNode):
                 "backend": info.backend if info else "", "device": info.device if info else "",
                 "precision": info.precision if info else "", "backend_reason": info.reason if info else "",
                 "model": self.source.name if self.source else "", "received": c.received,
+                "license": self.source.license if self.source else "",
                 "processed": c.processed, "dropped": cam.dropped if cam else 0, "rejected": c.rejected,
                 "skipped_no_subscribers": c.skipped_no_subscribers, "lost_in_dds": c.lost_in_dds,
                 "queue_waits": cam.slot.waits if cam else 0,

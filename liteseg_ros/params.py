@@ -73,7 +73,11 @@ def type_name_of(value: Any) -> str:
 PARAMS: tuple[Param, ...] = (
     # --- model and engine (need a reload: read-only) ---
     Param("weights", "", "checkpoint file: official LiteSeg .pth, torchvision-style or our own (.pt); "
+          "a registered name such as liteseg-mobilenet-cityscapes (`liteseg weights list`); "
           "'demo' for the bundled synthetic-scene demo weights", read_only=True),
+    Param("allow_download", False, "fetch registered weights named by 'weights' on first use when they are not "
+          "in the weights cache yet (off: fail naming the `liteseg weights fetch` command; env "
+          "LITESEG_ALLOW_DOWNLOAD=1 also allows it)", read_only=True),
     Param("allow_random_weights", False, "run with random weights when 'weights' is empty (tests, demos)",
           read_only=True),
     Param("backbone", "mobilenetv2", "encoder for random weights; checked against the checkpoint otherwise",
@@ -143,11 +147,20 @@ def is_ros_builtin(name: str) -> bool:
     return name in BUILTIN_PARAMS or name.startswith(QOS_OVERRIDES_PREFIX)
 
 
-#: Weights whose class table is known without loading them: empty (random weights), the bundled
-#: demo model, and the authors' official ``.pth`` checkpoints, which all use the Cityscapes classes.
-#: A checkpoint of ours (``.pt``) carries its own class names, which only loading it reveals.
 def classes_known_before_load(weights: str) -> bool:
-    return weights in ("", "demo") or weights.endswith(".pth")
+    """Whether the class table of ``weights`` is known without loading them (so a mask group's class
+    names can be checked at start): empty (random weights), the bundled demo model, the authors'
+    official ``.pth`` checkpoints and registered Cityscapes weights all use the Cityscapes classes.
+    A checkpoint of ours (``.pt``) carries its own class names, which only loading it reveals."""
+    if weights in ("", "demo") or weights.endswith(".pth"):
+        return True
+    from liteseg_ros import weights as registry
+
+    try:
+        entry = registry.lookup(weights) if registry.looks_like_name(weights) else None
+    except registry.WeightsError:  # an unreadable extra registry: the loader reports it
+        return False
+    return entry is not None and entry.classes == "cityscapes"
 
 
 def check_value(name: str, value: Any, classes: ClassTable | None = None, check_classes: bool = True) -> Any:

@@ -17,6 +17,8 @@ from liteseg_ros.pipeline import Pipeline, PipelineConfig
 
 #: ``weights: demo`` resolves to this file shipped inside the package (synthetic-scene demo model).
 DEMO_WEIGHTS_NAME = "liteseg_demo_mobilenetv2.pt"
+#: The demo weights are this package's own work (trained on generated scenes only), under its licence.
+DEMO_WEIGHTS_LICENSE = "Apache-2.0 (liteseg_ros demo weights, trained on generated scenes only)"
 
 
 class ModelLoadError(RuntimeError):
@@ -31,38 +33,66 @@ class ModelSource:
     backbone: str
     weights: str  # resolved path, or "" for random weights
     random: bool
+    #: licence of the weights in one line ("" = unknown: a file that is not a registered name)
+    license: str = ""
 
 
 def demo_weights_path() -> Path:
     return Path(str(resources.files("liteseg_ros") / "data" / DEMO_WEIGHTS_NAME))
 
 
-def resolve_weights(weights: str) -> Path | None:
-    """'' -> None; 'demo' -> the bundled demo checkpoint; else an existing file (with ~ and $VARS)."""
+def resolve_weights(weights: str, allow_download: bool = False, log: Callable[[str], None] = print,
+                    progress: bool = False) -> Path | None:
+    """The checkpoint file a ``weights`` setting means; the one place that reads that setting.
+
+    '' -> None (random weights, if allowed); 'demo' -> the bundled demo checkpoint; an existing file
+    (with ~ and $VARS) -> itself; a registered name such as ``liteseg-mobilenet-cityscapes`` -> its
+    verified file in the weights cache, downloaded first only when ``allow_download`` (or
+    ``$LITESEG_ALLOW_DOWNLOAD``) allows it. Raises ModelLoadError saying what to do otherwise.
+    """
+    return _resolve(weights, allow_download, log, progress)[0]
+
+
+def _resolve(weights: str, allow_download: bool, log: Callable[[str], None], progress: bool):
+    """(path or None, registry entry or None) for a ``weights`` setting (see :func:`resolve_weights`)."""
     if not weights:
-        return None
+        return None, None
     if weights == "demo":
         p = demo_weights_path()
         if not p.is_file():
             raise ModelLoadError(f"the bundled demo weights are missing ({p}); reinstall liteseg_ros")
-        return p
+        return p, None
     p = Path(os.path.expandvars(os.path.expanduser(weights)))
-    if not p.is_file():
-        raise ModelLoadError(f"weights file {p} does not exist (parameter 'weights')")
-    return p
+    if p.is_file():
+        return p, None
+    from liteseg_ros import weights as known
+
+    try:
+        entry = known.lookup(weights)
+        if entry is None and known.looks_like_name(weights):
+            known.get(weights)  # raises UnknownWeights listing the known names
+        if entry is not None:
+            if entry.kind != "liteseg":
+                raise ModelLoadError(f"weights {weights!r} are a {entry.kind} (ImageNet initialisation for "
+                                     f"training: encoder_weights), not a segmentation model")
+            return known.resolve(weights, allow_download, log=log, progress=progress), entry
+    except known.WeightsError as exc:
+        raise ModelLoadError(str(exc)) from None
+    raise ModelLoadError(f"weights not found: {p} does not exist (and is neither 'demo' nor a registered name)")
 
 
 def load_model(weights: str, allow_random_weights: bool = False, backbone: str = "mobilenetv2",
-               num_classes: int = 19):
+               num_classes: int = 19, allow_download: bool = False, log: Callable[[str], None] = print):
     """Returns (model in eval mode, ClassTable, mean, std, ModelSource)."""
     from liteseg_ros.model import CheckpointError, LiteSeg, load_checkpoint
 
-    path = resolve_weights(weights)
+    path, entry = _resolve(weights, allow_download, log, False)
     if path is None:
         if not allow_random_weights:
             raise ModelLoadError(
                 "no weights given: set parameter 'weights' to a checkpoint file (official LiteSeg .pth or a "
-                "liteseg_ros .pt), or 'demo' for the bundled synthetic-scene demo model; set "
+                "liteseg_ros .pt), a registered name such as liteseg-mobilenet-cityscapes (`liteseg weights "
+                "list`), or 'demo' for the bundled synthetic-scene demo model; set "
                 "'allow_random_weights: true' only for tests")
         import torch
 
@@ -81,8 +111,17 @@ def load_model(weights: str, allow_random_weights: bool = False, backbone: str =
     if backbone and meta.backbone != backbone and backbone != "mobilenetv2":
         # 'mobilenetv2' is the default; only an explicit other choice that disagrees is an error.
         raise ModelLoadError(f"parameter backbone={backbone!r} but {path} holds a {meta.backbone} model")
-    return model.eval(), meta.classes, tuple(meta.mean), tuple(meta.std), ModelSource(
-        getattr(meta, "model_name", "") or path.stem, meta.backbone, str(path), False)
+    name = getattr(meta, "model_name", "") or path.stem
+    licence = DEMO_WEIGHTS_LICENSE if weights == "demo" else ""
+    mean, std = tuple(meta.mean), tuple(meta.std)
+    if entry is not None:
+        if meta.backbone != entry.backbone:
+            raise ModelLoadError(f"weights {entry.name!r} are registered as {entry.backbone} but {path} holds "
+                                 f"a {meta.backbone} model")
+        name, licence = entry.name, entry.license_line
+        if meta.source in ("official", "state_dict"):  # no metadata in the file: the registry's normalisation
+            mean, std = entry.mean or mean, entry.std or std
+    return model.eval(), meta.classes, mean, std, ModelSource(name, meta.backbone, str(path), False, licence)
 
 
 def resolve_device(device: str, precision: str) -> tuple[str, str]:
@@ -104,13 +143,16 @@ def build_pipeline(values: Mapping, classes_override: ClassTable | None = None,
     ``values`` needs: weights, allow_random_weights, backbone, backend, device, precision,
     num_threads, engine_cache_dir, network_width, network_height, resize_mode, output_resolution,
     overlay_alpha, confidence_threshold, and ``mask_groups`` as {group: [class names]};
-    ``min_label_agreement`` is optional (default 0.99).
+    ``min_label_agreement`` (default 0.99) and ``allow_download`` (default false: a registered name
+    must already be in the weights cache) are optional.
     ``max_batch``: the largest batch ``Pipeline.run`` will get (TensorRT profiles; the bag tool batches).
     """
     from liteseg_ros.engines import create_engine
 
     model, classes, mean, std, source = load_model(values["weights"], values["allow_random_weights"],
-                                                   values["backbone"])
+                                                   values["backbone"],
+                                                   allow_download=bool(values.get("allow_download", False)),
+                                                   log=log)
     classes = classes_override or classes
     size = (int(values["network_height"]), int(values["network_width"]))
     if source.backbone == "darknet19" and (size[0] % 4 or size[1] % 4):

@@ -27,7 +27,8 @@ def parse_size(text: str) -> tuple[int, int]:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (one of)")
     src = g.add_mutually_exclusive_group(required=True)
-    src.add_argument("--weights", type=Path, help="LiteSeg checkpoint (.pth/.pt) read with load_checkpoint")
+    src.add_argument("--weights", help="LiteSeg checkpoint (.pth/.pt) read with load_checkpoint, a registered name "
+                     "(`liteseg weights list`; fetched on first use) or 'demo'")
     src.add_argument("--random-weights", action="store_true",
                      help="seeded random weights (no checkpoint needed); pick the network with --backbone")
     g.add_argument("--backbone", default="mobilenetv2", choices=("mobilenetv2", "shufflenet", "darknet19"),
@@ -41,9 +42,16 @@ def _model(args: argparse.Namespace):
         from .bench import random_weight_model
 
         return random_weight_model(args.backbone, args.num_classes, args.seed)
+    from liteseg_ros.runtime import ModelLoadError, resolve_weights
+
     from . import load_model
 
-    return load_model(args.weights)
+    try:
+        path = resolve_weights(args.weights, allow_download=True, progress=True,
+                               log=lambda m: print(m, file=sys.stderr))
+    except ModelLoadError as exc:
+        raise EngineError(str(exc)) from None
+    return load_model(path)
 
 
 def add_export_parser(subparsers) -> argparse.ArgumentParser:

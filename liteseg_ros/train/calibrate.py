@@ -234,7 +234,8 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
                                      "  liteseg calibrate --weights demo --synthetic 96 -o demo_calibrated.pt\n"
                                      "then score it on images it was not fitted on: liteseg eval --weights ...",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", "-w", required=True, help="checkpoint to calibrate ('demo' = the bundled weights)")
+    p.add_argument("--weights", "-w", required=True, help="checkpoint to calibrate ('demo' = the bundled weights; or a "
+                   "registered name, fetched on first use)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", "-d", help="dataset root (Cityscapes layout or images/ + labels/)")
     src.add_argument("--synthetic", type=int, metavar="N", help="fit on N generated scenes")
@@ -259,15 +260,17 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from liteseg_ros.model import CheckpointError, load_checkpoint, save_checkpoint
+    from liteseg_ros.runtime import ModelLoadError, resolve_weights
     from liteseg_ros.train.cli import _split, _synthetic_dataset
     from liteseg_ros.train.config import HELD_OUT_FIRST_SEED
     from liteseg_ros.train.datasets import DatasetError, open_dataset
 
-    weights = args.weights
-    if weights == "demo":
-        from liteseg_ros.runtime import demo_weights_path
-
-        weights = str(demo_weights_path())
+    try:  # 'demo', a registered name (fetched on first use) or a file
+        weights = str(resolve_weights(args.weights, allow_download=True, progress=True,
+                                      log=lambda m: print(m, file=sys.stderr)))
+    except ModelLoadError as exc:
+        print(f"liteseg calibrate: {exc}", file=sys.stderr)
+        return 2
     try:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"weights not found: {weights}")

@@ -75,7 +75,8 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                     "or on held-out generated scenes.",
         epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", "-w", help="checkpoint written by liteseg train (or a converted official one); "
-                   "'demo' = the bundled demo weights")
+                   "'demo' = the bundled demo weights; or a registered name such as liteseg-mobilenet-cityscapes "
+                   "(`liteseg weights list`), fetched on first use")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", "-d", help="dataset root (Cityscapes layout or images/ + labels/)")
     src.add_argument("--synthetic", type=int, metavar="N",
@@ -121,10 +122,11 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     from liteseg_ros.train.datasets import DatasetError
     from liteseg_ros.train.trainer import train
+    from liteseg_ros.weights import WeightsError
 
     try:
         result = train(cfg)
-    except (DatasetError, ConfigError, FileNotFoundError) as exc:
+    except (DatasetError, ConfigError, FileNotFoundError, WeightsError) as exc:
         print(f"liteseg train: {exc}", file=sys.stderr)
         return 2
     import os
@@ -148,10 +150,15 @@ def run_eval(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     weights = args.weights or ("demo" if args.synthetic is not None else None)  # --synthetic: demo by default
-    if weights == "demo" and args.oracle_stride is None:
-        from liteseg_ros.runtime import demo_weights_path
+    if weights and args.oracle_stride is None and not args.predictions:
+        from liteseg_ros.runtime import ModelLoadError, resolve_weights
 
-        weights = str(demo_weights_path())
+        try:  # 'demo', a registered name (fetched on first use) or a file
+            weights = str(resolve_weights(weights, allow_download=True, progress=True,
+                                          log=lambda m: print(m, file=sys.stderr)))
+        except ModelLoadError as exc:
+            print(f"liteseg eval: {exc}", file=sys.stderr)
+            return 2
     try:
         if args.oracle_stride is not None:
             report = _eval_oracle(args, split)

@@ -65,7 +65,9 @@ class TrainConfig:
     val_size: tuple[int, int] | None = None  #: validation input size (H, W); null = full resolution
     # --- model ------------------------------------------------------------------------------
     backbone: str = "mobilenetv2"          #: mobilenetv2 | shufflenet | darknet19
-    encoder_weights: str | None = None     #: local torchvision MobileNetV2 ImageNet .pth file
+    encoder_weights: str | None = None     #: ImageNet encoder init: 'imagenet' (torchvision's
+    #: MobileNet_V2_Weights.IMAGENET1K_V1, downloaded hash-checked into torch's cache on first use), a registered
+    #: encoder name (`liteseg weights list`), or a local encoder .pth file
     init_weights: str | None = None        #: our checkpoint to start from (e.g. coarse -> fine)
     model_name: str = "liteseg"            #: name stored in the checkpoint metadata
     # --- optimisation -----------------------------------------------------------------------
@@ -116,6 +118,13 @@ class TrainConfig:
         choice("lr_schedule", LR_SCHEDULES)
         choice("optimizer", OPTIMIZERS)
         choice("crop_mode", CROP_MODES)
+        if self.encoder_weights:
+            from liteseg_ros import weights
+
+            try:
+                weights.encoder_entry(self.encoder_weights, self.backbone)
+            except weights.WeightsError as exc:
+                raise ConfigError(str(exc)) from None
         if self.dataset != "synthetic" and not self.data_dir:
             raise ConfigError(f"data_dir: required for dataset={self.dataset!r}")
         for key in ("crop_size", "synthetic_size") + (("val_size",) if self.val_size else ()):

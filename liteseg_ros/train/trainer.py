@@ -329,7 +329,13 @@ def _train(cfg: TrainConfig, info: DistInfo) -> TrainResult:
     # ---- model (same init on every rank: seeded above, and DDP broadcasts rank 0's weights)
     model = LiteSeg(backbone=cfg.backbone, num_classes=len(classes))
     if cfg.encoder_weights:
-        load_encoder_weights(model, cfg.encoder_weights)
+        from liteseg_ros import weights
+
+        # 'imagenet' -> torchvision's hash-checked download in torch's hub cache; the file is then read
+        # like any local encoder file (weights_only, strict key check).
+        enc = weights.encoder_file(cfg.encoder_weights, cfg.backbone, progress=info.is_main and cfg.progress,
+                                   log=print if info.is_main else (lambda m: None))
+        load_encoder_weights(model, enc)
     if cfg.init_weights:
         src = load_checkpoint(cfg.init_weights, map_location="cpu")
         src_sd = src.state_dict()
