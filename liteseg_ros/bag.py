@@ -270,7 +270,7 @@ def settings_from(params_file: str | Path | None, overrides: Mapping[str, Any] |
     if params_file:
         given.update(params.read_params_file(params_file, node_name))
     given.update(overrides or {})
-    given = {k: v for k, v in given.items() if k not in params.BUILTIN_PARAMS and not k.startswith("qos_overrides.")}
+    given = {k: v for k, v in given.items() if not params.is_ros_builtin(k)}
     return params.validate(given)
 
 

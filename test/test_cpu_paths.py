@@ -101,11 +101,23 @@ def test_bf16_without_cpu_support_falls_back_to_fp32_with_a_message(model, fp32_
 
 
 @pytest.mark.skipif(not has_bf16(), reason="this CPU does not report BF16 (fallback tested above)")
-def test_bf16_on_a_bf16_cpu_runs_bf16(model, fp32_onnx, batch):
-    ref_label = reference_outputs(model, batch)[0]
-    eng = OpenVinoEngine(fp32_onnx, "bf16", 1, log=lambda m: None)
+def test_bf16_on_a_bf16_cpu_runs_bf16(tmp_path):
+    """Judged on trained weights and a held-out scene: a random-weight model's near-tied logits flip
+    under bf16 rounding (measured 66 % on an AMX CPU), which says nothing about the path."""
+    from liteseg_ros.classes import IMAGENET_MEAN, IMAGENET_STD
+    from liteseg_ros.model import load_checkpoint
+    from liteseg_ros.synthetic import SceneConfig, generate_scene
+
+    trained = load_checkpoint(demo_weights_path()).eval()
+    onnx = tmp_path / "demo.onnx"
+    export_onnx(trained, onnx, (H, W), dynamic=False, with_logits=False, uint8=True)
+    rgb = [generate_scene(10000 + i, SceneConfig(height=H, width=W)).image[:, :, ::-1] for i in range(2)]
+    x = np.stack([(im / 255.0 - IMAGENET_MEAN) / IMAGENET_STD for im in rgb]).transpose(0, 3, 1, 2)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    ref_label = reference_outputs(trained, x)[0]
+    eng = OpenVinoEngine(onnx, "bf16", 1, log=lambda m: None)
     assert eng.info.precision == "bf16" and eng.info.extra["effective_precision"] == "bf16"
-    assert float(np.mean(eng.infer(batch).label == ref_label)) >= 0.95  # random weights: loose
+    assert float(np.mean(eng.infer(x).label == ref_label)) >= 0.99  # measured 0.998
 
 
 def test_precision_must_match_the_file(model, fp32_onnx, cache):

@@ -40,6 +40,21 @@ def three_cameras(start_node, ros, tiny_checkpoint):
         ros.wait_for(lambda p=p: p.get_subscription_count() > 0 or not node.alive(), 90, f"{c} subscription")
         assert node.alive(), node.output()
     time.sleep(0.5)
+    # One warm-up frame per camera, and wait for its label: the first forward of a fresh engine can
+    # take seconds on a busy machine, and frames sent meanwhile would replace each other (by design).
+    # Re-sent only every 5 s (best effort may lose one), so no warm-up frame is ever dropped by the node.
+    for c, (h, w) in CAMS.items():
+        for _ in range(18):
+            pubs[c].publish(msg_for(h, w, 1, f"{c}_optical"))
+            try:
+                ros.wait_for(lambda c=c: 1 in stamps(got[c]["label"]), 5, f"{c} warm-up frame")
+                break
+            except AssertionError:
+                continue
+        assert 1 in stamps(got[c]["label"]), f"{c}: no label for the warm-up frame in 90 s\n{node.output()}"
+    for c in CAMS:
+        for msgs in got[c].values():
+            msgs.clear()
     return node, got, pubs
 
 
