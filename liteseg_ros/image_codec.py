@@ -163,7 +163,10 @@ def _byte_view(data: Any) -> np.ndarray:
     except (TypeError, ValueError, BufferError):
         if isinstance(data, (str, bytes)) or not isinstance(data, (list, tuple)):
             raise TypeError(f"data is a {type(data).__name__}, not a byte buffer or a list of bytes") from None
-        return np.asarray(data, dtype=np.uint8).reshape(-1)  # a list of ints 0..255 (else OverflowError)
+        values = np.asarray(data)  # a list of ints 0..255 (what rclpy also accepts for uint8[])
+        if values.size and (values.dtype.kind not in "iu" or values.min() < 0 or values.max() > 255):
+            raise ValueError("data is a list that does not hold only integers 0..255")
+        return values.astype(np.uint8).reshape(-1)
 
 
 def _nbytes(data: Any) -> int:
@@ -454,7 +457,7 @@ def decode_compressed(msg: Any, want: str = "bgr8", max_pixels: int = DEFAULT_MA
         raise fail(f"declared {pixels} pixels exceed max_pixels={max_pixels}")
     decoded = pixels * header.channels * header.bytes_per_sample
     if decoded > MAX_BYTES:
-        raise fail(f"decoding would take {decoded} bytes, above {MAX_BYTES}")
+        raise fail(f"decoding would take {decoded} bytes, which exceeds {MAX_BYTES}")
     if nbytes < header.min_bytes:
         raise fail(f"corrupt jpeg data: {nbytes} bytes cannot code the declared size (at least one bit per "
                    f"8x8 block: >= {header.min_bytes} bytes); a truncated stream or a decompression bomb")
