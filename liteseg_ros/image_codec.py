@@ -165,7 +165,7 @@ def _byte_view(data: Any) -> np.ndarray:
             raise TypeError(f"data is a {type(data).__name__}, not a byte buffer or a list of bytes") from None
         values = np.asarray(data)  # a list of ints 0..255 (what rclpy also accepts for uint8[])
         if values.size and (values.dtype.kind not in "iu" or values.min() < 0 or values.max() > 255):
-            raise ValueError("data is a list that does not hold only integers 0..255")
+            raise ValueError("data is a list that does not hold only integers 0..255") from None
         return values.astype(np.uint8).reshape(-1)
 
 
