@@ -356,13 +356,17 @@ def clean_stale_partials(out: Path, log: Callable[[str], None]) -> list[Path]:
 @contextlib.contextmanager
 def _open_input(src: Path):
     """The input bag's rosbags Reader; a read failure, at open or mid-way (a truncated mcap), names the bag."""
+    import sqlite3
+
     from rosbags.rosbag2 import Reader, ReaderError
 
     try:
         with Reader(src) as reader:
             yield reader
-    except ReaderError as exc:
-        raise BagError(f"cannot read input bag {src}: {exc}") from None
+    except (ReaderError, sqlite3.DatabaseError) as exc:
+        files = sorted(str(p) for p in src.iterdir() if p.suffix in (".mcap", ".db3")) or [str(src)]
+        raise BagError(f"cannot read input bag {src} ({', '.join(files)}): {exc} (truncated or damaged; "
+                       "a recording that was cut off may be repaired with `ros2 bag reindex`)") from None
 
 
 def _storage_of(bag: Path) -> str:
@@ -751,16 +755,24 @@ def add_bag_parser(sub) -> None:
 
 
 def _install_stop_handler(stop: threading.Event):
-    """First SIGINT/SIGTERM: graceful stop (finish the batch, close the bag); second: KeyboardInterrupt."""
+    """First SIGINT/SIGTERM: graceful stop (finish the batch, close the bag); second: KeyboardInterrupt.
+
+    Later ones are ignored, so a third Ctrl-C cannot interrupt the clean-up the second one started;
+    the command keeps this handler until it has printed its result (the caller restores the old one).
+    """
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    count = 0
 
     def handler(signum, frame):
-        if stop.is_set():
+        nonlocal count
+        count += 1
+        if count == 2:
             raise KeyboardInterrupt
-        stop.set()
-        print("\nstopping after the current batch (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
+        if count == 1:
+            stop.set()
+            print("\nstopping after the current batch (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
 
     for s in old:
         signal.signal(s, handler)
@@ -773,9 +785,6 @@ def _install_stop_handler(stop: threading.Event):
 
 
 def _run_bag(args) -> int:
-    from liteseg_ros.engines import EngineError
-    from liteseg_ros.runtime import ModelLoadError
-
     try:
         values = settings_from(args.params_file, dict(args.param), args.node_name)
     except params.ParameterError as exc:
@@ -783,6 +792,19 @@ def _run_bag(args) -> int:
         return 2
     stop = threading.Event()
     restore = _install_stop_handler(stop)
+    try:  # the handler stays until the result is printed: a late second Ctrl-C is no traceback
+        return _bag_command(args, values, stop)
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C twice): stopped at once", file=sys.stderr)
+        return 130
+    finally:
+        restore()
+
+
+def _bag_command(args, values: Mapping[str, Any], stop: threading.Event) -> int:
+    from liteseg_ros.engines import EngineError
+    from liteseg_ros.runtime import ModelLoadError
+
     try:
         summary = segment_bag(args.input, args.output, args.topic, values, node_name=args.node_name,
                               cameras=args.cameras, storage=args.storage, batch=args.batch, overwrite=args.overwrite,
@@ -799,8 +821,6 @@ def _run_bag(args) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise
-    finally:
-        restore()
     for topic, root in summary.cameras.items():
         print(f"{topic} -> {root}/*")
     line = (f"{summary.frames}/{summary.total} frames in {summary.seconds:.1f} s ({summary.fps:.1f} frames/s; "

@@ -11,8 +11,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from liteseg_ros.engines.cli import parse_size
-
 #: subcommand -> (one-line help, "module:function" that adds its parser to the subparsers)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("parameters, MACs and feature sizes of a LiteSeg variant (compare with the paper)",
@@ -41,6 +39,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 # ------------------------------------------------------------------------------------------ info
 def add_info_parser(sub) -> None:
+    from liteseg_ros.engines.cli import parse_size
+
     p = sub.add_parser("info", help=SUBCOMMANDS["info"][0], description=SUBCOMMANDS["info"][0])
     p.add_argument("--backbone", default="mobilenetv2", choices=("mobilenetv2", "shufflenet", "darknet19"))
     p.add_argument("--size", type=parse_size, default=(512, 1024), help="input HxW (default 512x1024, the paper's)")
@@ -111,6 +111,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C at any point, the seconds spent importing torch/OpenCV for the subcommand included,
+    # ends with one line and exit 130, never a traceback.
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        if argv is None:  # the console script: a further Ctrl-C while Python shuts down changes nothing
+            import signal
+
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Import only the module of the subcommand being run: `liteseg --help` must not load torch.
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -122,11 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     from liteseg_ros.engines.cpu_tuning import tune_malloc_at_startup
 
     tune_malloc_at_startup()  # LITESEG_MALLOC_TUNING=0 turns it off
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":
