@@ -5,11 +5,33 @@ registered here; heavy imports happen inside the handlers so ``liteseg --help`` 
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from collections.abc import Callable
-from pathlib import Path
+
+
+def _quiet_interrupt_hook(previous=sys.excepthook):
+    """An excepthook that prints one line for a KeyboardInterrupt and defers everything else.
+
+    The console script imports this module before ``main`` runs, and the subcommand's imports take
+    seconds: a Ctrl-C in that window would print an import traceback. Installed first thing here so
+    only Python's own start-up remains outside it.
+    """
+
+    def hook(exc_type, exc, tb):
+        if issubclass(exc_type, KeyboardInterrupt):
+            print("interrupted", file=sys.stderr)
+            return
+        previous(exc_type, exc, tb)
+
+    return hook
+
+
+if sys.argv and sys.argv[0].endswith("liteseg"):  # the console script, not an import by tests or tools
+    sys.excepthook = _quiet_interrupt_hook()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 #: subcommand -> (one-line help, "module:function" that adds its parser to the subparsers)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
