@@ -294,6 +294,7 @@ class _Header:
     channels: int  # of the buffer the decoder allocates (an upper bound where it depends on later chunks)
     bytes_per_sample: int
     min_bytes: int = 0  # the least a stream of this size can be (0 = no bound known); see _jpeg_header
+    ncomp: int = 0  # JPEG colour components (0 for PNG)
 
 
 # Start-of-frame markers (libjpeg's jdmarker.c): Huffman-coded ones cost at least one bit per 8x8 block.
@@ -334,15 +335,17 @@ def _jpeg_header(data: bytes) -> tuple[int, _Header] | str:
             if length < 8 or i + 8 > n:
                 return "start-of-frame segment is cut short"
             height, width, ncomp = data[i + 3] << 8 | data[i + 4], data[i + 5] << 8 | data[i + 6], data[i + 7]
-            precision = data[i + 2]
-            # libjpeg decodes 1 (gray) and 3 (YCbCr) components to OpenCV's gray/BGR, 4 (CMYK) to BGR.
-            header = _Header(height, width, 1 if ncomp == 1 else 3, 2 if precision > 8 else 1)
+            if data[i + 2] != 8:  # 12-bit and lossless JPEGs: not what cameras send; OpenCV's path hides warnings
+                return f"unsupported jpeg: {data[i + 2]}-bit samples (only 8-bit JPEGs are supported)"
+            if ncomp not in (1, 3, 4):
+                return f"unsupported jpeg: {ncomp} colour components (gray 1, YCbCr/RGB 3 or CMYK 4 are)"
+            # gray stays one channel until _to_want; YCbCr and CMYK become BGR
+            header = _Header(height, width, 1 if ncomp == 1 else 3, 1, ncomp=ncomp)
             if marker in _SOF_HUFFMAN:
                 # Every 8x8 block of the full-resolution component has a DC coefficient coded with a
                 # Huffman code of at least one bit, so the stream holds >= blocks / 8 bytes.
                 blocks = -(-height // 8) * -(-width // 8)
-                header = _Header(header.height, header.width, header.channels, header.bytes_per_sample,
-                                 blocks // 8)
+                header = _Header(header.height, header.width, header.channels, 1, blocks // 8, ncomp)
             return marker, header
         i += max(length, 2)  # libjpeg's skip_variable: a length below 2 skips nothing beyond itself
 
@@ -464,8 +467,8 @@ def decode_compressed(msg: Any, want: str = "bgr8", max_pixels: int = DEFAULT_MA
     damage = _png_damage(raw) if codec == "png" else None
     if damage is not None:
         raise fail(damage)
-    if codec == "jpeg" and simplejpeg is not None and header.channels in (1, 3) and header.bytes_per_sample == 1:
-        return _decode_jpeg_strict(raw, header, want, fail)
+    if codec == "jpeg" and simplejpeg is not None and header.ncomp in (1, 3):
+        return _decode_jpeg_strict(raw, header, want, fail)  # CMYK (rare) goes through OpenCV below
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
