@@ -325,8 +325,8 @@ def _stale_partial(folder: Path) -> bool:
         pid, start, host = int(fields["pid"]), fields["start"], fields["host"]
     except (OSError, ValueError, KeyError):
         return False  # not ours (or unreadable): never delete it
-    if host != socket.gethostname():
-        return False  # a run on another machine sharing this folder: we cannot tell if it is alive
+    if host != socket.gethostname() or start == "None":
+        return False  # another machine sharing this folder, or no /proc: we cannot tell if it is alive
     return _process_start(pid) != start  # gone, or the pid now belongs to another process
 
 
