@@ -206,7 +206,7 @@ class BagSummary:
 
     output: Path | None  # None when an interrupted run was removed
     complete: bool
-    stop_reason: str  # '' (complete), 'max_frames', 'stop' (stop_event / first Ctrl-C), 'interrupt'
+    stop_reason: str  # '' (complete), 'max_frames', 'stop' (stop_event / first Ctrl-C), 'interrupt', 'rejected' (all)
     frames: int  # frames segmented (all cameras)
     total: int  # image messages on the chosen topics
     rejected: int
@@ -557,7 +557,10 @@ def segment_bag(input_bag: str | Path, output_bag: str | Path, topics: Sequence[
     with the running frame count after each batch (progress hooks, tests). pipeline: a ready
     ``(Pipeline, ModelSource)`` to reuse instead of building one from ``values``.
     The bag is written in a temporary folder next to ``output_bag`` and renamed when closed, so a
-    crash never leaves a half-written bag under the final name.
+    crash never leaves a half-written bag under the final name; the folder a killed run left is
+    removed by the next run (:func:`clean_stale_partials`). ``overwrite`` replaces only a bag this
+    tool wrote (:func:`check_output`, before any work). A run in which every frame was rejected
+    returns ``stop_reason='rejected'`` and its bag is marked incomplete.
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
 
