@@ -793,6 +793,16 @@ def _run_bag(args) -> int:
     except params.ParameterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from liteseg_ros.cli import deferred_interrupts
+
+    with deferred_interrupts() as pending:  # the heavy imports, before Ctrl-C means "stop after this batch"
+        import rosbags.rosbag2  # noqa: F401
+        import torch  # noqa: F401
+
+        import liteseg_ros.runtime  # noqa: F401
+    if pending:
+        print("interrupted", file=sys.stderr)
+        return 130
     stop = threading.Event()
     restore = _install_stop_handler(stop)
     try:  # the handler stays until the result is printed: a late second Ctrl-C is no traceback
