@@ -120,6 +120,11 @@ def _reference_compressed(data: bytes) -> np.ndarray | None:
 
 
 def _rss_peak_mb() -> float:
+    """This process's peak RSS (VmHWM). Not getrusage's ru_maxrss: Linux carries that over from the
+    parent across fork and exec, so a child of a big pytest process would start "above the ceiling"."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
