@@ -13,7 +13,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["liteseg_ros", "liteseg_ros.*"]),
     package_data={"liteseg_ros": ["data/*", "data/**/*"]},
-    install_requires=["numpy", "pyyaml", "opencv-python-headless<5", "torch", "torchvision"],
+    install_requires=["numpy", "pyyaml", "opencv-python-headless<5", "simplejpeg", "torch", "torchvision"],
     extras_require={
         "onnx": ["onnx", "onnxruntime"],
         "bags": ["rosbags"],

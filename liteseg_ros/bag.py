@@ -33,6 +33,7 @@ live inputs or packages the bag typestore lacks): ~/label/camera_info, ~/label_i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shutil
 import signal
@@ -201,7 +202,7 @@ class BagSummary:
 
     output: Path | None  # None when an interrupted run was removed
     complete: bool
-    stop_reason: str  # '' (complete), 'max_frames', 'stop' (stop_event / first Ctrl-C), 'interrupt'
+    stop_reason: str  # '' (complete), 'max_frames', 'stop' (stop_event / first Ctrl-C), 'interrupt', 'rejected' (all)
     frames: int  # frames segmented (all cameras)
     total: int  # image messages on the chosen topics
     rejected: int
@@ -231,6 +232,137 @@ def _resolve_input(path: Path) -> Path:
         raise BagError(f"{path} is not a ROS 2 bag directory (no metadata.yaml); give the folder that "
                        "`ros2 bag record` wrote")
     return path
+
+
+#: custom_data key every bag written by ``liteseg bag`` carries (with ``liteseg_ros.complete``); what
+#: ``--overwrite`` looks for before it deletes anything.
+WRITER_KEY = "liteseg_ros.writer"
+WRITER_VALUE = "liteseg bag"
+#: The file inside a temporary ``.NAME.*.partial`` folder that says which run owns it.
+OWNER_FILE = "liteseg_bag.owner"
+
+
+def _inside(path: Path, other: Path) -> bool:
+    """Whether ``path`` is ``other`` or lies inside it (both resolved, symlinks followed)."""
+    path, other = path.resolve(), other.resolve()
+    return path == other or other in path.parents
+
+
+def written_by_us(folder: Path) -> str | None:
+    """None when ``folder`` is a bag this tool wrote (and holds nothing else), else why it is not.
+
+    Ours means: a directory (not a symlink) whose metadata.yaml carries our custom_data marker
+    (``liteseg_ros.writer``, or ``liteseg_ros.complete`` in bags written before that key existed) and
+    whose files are exactly metadata.yaml plus the storage files the metadata lists. Anything else,
+    even a bag recorded by ``ros2 bag``, is somebody else's data and is never deleted.
+    """
+    import yaml
+
+    if folder.is_symlink():
+        return "it is a symbolic link"
+    if not folder.is_dir():
+        return "it is a file, not a bag folder"
+    meta_file = folder / "metadata.yaml"
+    if not meta_file.is_file():
+        return "it has no metadata.yaml (not a ROS 2 bag)"
+    try:
+        info = yaml.safe_load(meta_file.read_text())["rosbag2_bagfile_information"]
+        custom = info.get("custom_data") or {}
+        listed = {str(f) for f in info.get("relative_file_paths") or []}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return "its metadata.yaml cannot be read as rosbag2 metadata"
+    if not isinstance(custom, dict) or (custom.get(WRITER_KEY) != WRITER_VALUE
+                                        and "liteseg_ros.complete" not in custom):
+        return "its metadata has no liteseg_ros marker (a bag this tool did not write)"
+    foreign = sorted(p.name for p in folder.iterdir() if p.name != "metadata.yaml" and p.name not in listed)
+    if foreign:
+        return f"it holds files the bag does not list: {', '.join(foreign[:5])}"
+    return None
+
+
+def check_output(out: Path, src: Path, overwrite: bool) -> None:
+    """Refuse, before any work is done, an output that would destroy the input or data we did not write."""
+    if _inside(src, out):
+        raise BagError(f"output {out} is the input bag or contains it ({src}); choose another output")
+    if _inside(out, src):
+        raise BagError(f"output {out} lies inside the input bag {src}; choose another output")
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not overwrite:
+        raise BagError(f"output {out} exists; choose another name or pass --overwrite")
+    why = written_by_us(out)
+    if why is not None:
+        raise BagError(f"--overwrite only replaces a bag that `liteseg bag` wrote; {out} is not one: {why}. "
+                       "Remove it yourself or choose another output")
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of process ``pid`` (field 22 of /proc/PID/stat), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _owner_text() -> str:
+    import os
+    import socket
+
+    return f"pid={os.getpid()} start={_process_start(os.getpid())} host={socket.gethostname()}\n"
+
+
+def _stale_partial(folder: Path) -> bool:
+    """Whether ``folder`` is a temporary folder of ours whose owning run is dead (e.g. SIGKILLed)."""
+    import socket
+
+    try:
+        fields = dict(f.split("=", 1) for f in (folder / OWNER_FILE).read_text().split())
+        pid, start, host = int(fields["pid"]), fields["start"], fields["host"]
+    except (OSError, ValueError, KeyError):
+        return False  # not ours (or unreadable): never delete it
+    if host != socket.gethostname() or start == "None":
+        return False  # another machine sharing this folder, or no /proc: we cannot tell if it is alive
+    return _process_start(pid) != start  # gone, or the pid now belongs to another process
+
+
+def clean_stale_partials(out: Path, log: Callable[[str], None]) -> list[Path]:
+    """Remove the temporary folders a killed run for ``out`` left next to it; name the ones kept.
+
+    Returns the folders removed. Only folders with our owner file whose process is dead are removed;
+    others (a run still going, or folders without the owner file) are reported and left alone.
+    """
+    removed = []
+    parent = out.parent if out.parent.is_dir() else None
+    if parent is None:
+        return removed
+    for d in sorted(parent.glob(f".{out.name}.*.partial")):
+        if not d.is_dir() or d.is_symlink():
+            continue
+        if _stale_partial(d):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+            log(f"removed {d}: the temporary output of an earlier run that was killed")
+        else:
+            log(f"note: {d} is the temporary folder of another run (still running, or not recognisably "
+                "ours); left as is")
+    return removed
+
+
+@contextlib.contextmanager
+def _open_input(src: Path):
+    """The input bag's rosbags Reader; a read failure, at open or mid-way (a truncated mcap), names the bag."""
+    import sqlite3
+
+    from rosbags.rosbag2 import Reader, ReaderError
+
+    try:
+        with Reader(src) as reader:
+            yield reader
+    except (ReaderError, sqlite3.DatabaseError) as exc:
+        files = sorted(str(p) for p in src.iterdir() if p.suffix in (".mcap", ".db3")) or [str(src)]
+        raise BagError(f"cannot read input bag {src} ({', '.join(files)}): {exc} (truncated or damaged; "
+                       "a recording that was cut off may be repaired with `ros2 bag reindex`)") from None
 
 
 def _storage_of(bag: Path) -> str:
@@ -338,7 +470,7 @@ class _Run:
             cam.received += 1
             try:
                 msg = self.ts.deserialize_cdr(raw, msgtype)
-                img = image_codec.decode_any(msg, want="bgr8")
+                img = image_codec.decode_any(msg, want="bgr8", max_pixels=int(self.values["max_input_pixels"]))
             except Exception as exc:  # bad data in one frame must not stop the run
                 cam.rejected += 1
                 if self._logged_rejects < 5:
@@ -421,20 +553,25 @@ def segment_bag(input_bag: str | Path, output_bag: str | Path, topics: Sequence[
     with the running frame count after each batch (progress hooks, tests). pipeline: a ready
     ``(Pipeline, ModelSource)`` to reuse instead of building one from ``values``.
     The bag is written in a temporary folder next to ``output_bag`` and renamed when closed, so a
-    crash never leaves a half-written bag under the final name.
+    crash never leaves a half-written bag under the final name; the folder a killed run left is
+    removed by the next run (:func:`clean_stale_partials`). ``overwrite`` replaces only a bag this
+    tool wrote (:func:`check_output`, before any work). A run in which every frame was rejected
+    returns ``stop_reason='rejected'`` and its bag is marked incomplete.
     """
-    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+    from rosbags.rosbag2 import StoragePlugin, Writer
 
     if not _NAME_RE.match(node_name):
         raise BagError(f"--node-name {node_name!r} is not a valid ROS node name (letters, digits, _)")
     if on_interrupt not in ("keep", "delete"):
         raise BagError(f"on_interrupt must be 'keep' or 'delete', got {on_interrupt!r}")
+    if max_frames is not None and max_frames < 1:
+        raise BagError(f"--max-frames must be >= 1, got {max_frames}")
+    if batch is not None and batch < 1:
+        raise BagError(f"--batch must be >= 1, got {batch}")
     src = _resolve_input(Path(input_bag))
     out = Path(output_bag)
-    if out.exists() and not overwrite:
-        raise BagError(f"output {out} exists; choose another name or pass --overwrite")
-    if out.resolve() == src.resolve():
-        raise BagError("the output bag must not be the input bag")
+    check_output(out, src, overwrite)
+    clean_stale_partials(out, log)
     storage = storage or _storage_of(src)
     if storage not in STORAGES:
         raise BagError(f"storage {storage!r} is not one of {', '.join(STORAGES)}")
@@ -443,7 +580,7 @@ def segment_bag(input_bag: str | Path, output_bag: str | Path, topics: Sequence[
         log("warning: liteseg_ros msg/*.msg not found: info, stats and drivable_boundary are not written")
 
     t_setup = time.perf_counter()
-    with Reader(src) as reader:
+    with _open_input(src) as reader:
         chosen = select_topics(reader.connections, topics)
         configured = list(values.get("cameras") or [])
         names = camera_names(list(chosen), cameras or (configured if len(configured) == len(chosen) else None))
@@ -451,8 +588,6 @@ def segment_bag(input_bag: str | Path, output_bag: str | Path, topics: Sequence[
         if max_frames is not None:
             total = min(total, max_frames)
         n_cams = len(chosen)
-        if batch is not None and batch < 1:
-            raise BagError(f"--batch must be >= 1, got {batch}")
         by_camera = batch is None  # the node's rule; else every `batch` frames
         if by_camera:
             batch = n_cams if values.get("batch_cameras", True) else 1
@@ -469,6 +604,7 @@ def segment_bag(input_bag: str | Path, output_bag: str | Path, topics: Sequence[
 
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp_root = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        (tmp_root / OWNER_FILE).write_text(_owner_text())  # lets a later run tell a killed run's leftovers
         tmp_bag = tmp_root / out.name
         writer = Writer(tmp_bag, version=9,
                         storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
@@ -530,8 +666,13 @@ def segment_bag(input_bag: str | Path, output_bag: str | Path, topics: Sequence[
                 stop_reason = "interrupt"
                 pending.clear()
             interrupted = bool(stop_reason)
-            writer.set_custom_data("liteseg_ros.complete", "false" if interrupted else "true")
-            processed = sum(c.processed for c in {id(c): c for c in cams.values()}.values())
+            unique = {id(c): c for c in cams.values()}.values()
+            processed = sum(c.processed for c in unique)
+            if not interrupted and processed == 0 and sum(c.received for c in unique) > 0:
+                stop_reason = "rejected"  # every frame was bad input: a bag without outputs is no result
+            complete = not stop_reason
+            writer.set_custom_data(WRITER_KEY, WRITER_VALUE)
+            writer.set_custom_data("liteseg_ros.complete", "true" if complete else "false")
             writer.set_custom_data("liteseg_ros.frames", str(processed))  # segmented (rejected ones excluded)
             writer.set_custom_data("liteseg_ros.model", source.name)
             writer.set_custom_data("liteseg_ros.input", src.name)
@@ -544,19 +685,21 @@ def segment_bag(input_bag: str | Path, output_bag: str | Path, topics: Sequence[
         finally:
             if bar is not None:
                 bar.close()
-        try:
-            if interrupted and stop_reason != "max_frames" and (on_interrupt == "delete" or done == 0):
-                final = None
-            else:
-                if out.exists():
-                    shutil.rmtree(out)
-                tmp_bag.rename(out)
-                final = out
-        finally:
-            shutil.rmtree(tmp_root, ignore_errors=True)
+        if interrupted and stop_reason != "max_frames" and (on_interrupt == "delete" or done == 0):
+            final = None
+        else:
+            if out.exists() or out.is_symlink():
+                why = written_by_us(out)  # checked again: it may have changed during the run
+                if why is not None:
+                    raise BagError(f"{out} changed during the run and is no longer a bag `liteseg bag` "
+                                   f"wrote ({why}); it was left alone and the new bag is in {tmp_bag}")
+                out.rename(tmp_root / ".replaced")  # deleted below with the temporary folder
+            tmp_bag.rename(out)
+            final = out
+        shutil.rmtree(tmp_root, ignore_errors=True)
     seconds = time.perf_counter() - t_start
     seen = list({id(c): c for c in cams.values()}.values())
-    return BagSummary(output=final, complete=not interrupted, stop_reason=stop_reason, frames=sum(c.processed for c in seen), total=total,
+    return BagSummary(output=final, complete=complete, stop_reason=stop_reason, frames=sum(c.processed for c in seen), total=total,
                       rejected=sum(c.rejected for c in seen), seconds=seconds, setup_seconds=t_start - t_setup,
                       storage=storage,
                       cameras={c.topic: c.prefix for c in seen},
@@ -611,16 +754,24 @@ def add_bag_parser(sub) -> None:
 
 
 def _install_stop_handler(stop: threading.Event):
-    """First SIGINT/SIGTERM: graceful stop (finish the batch, close the bag); second: KeyboardInterrupt."""
+    """First SIGINT/SIGTERM: graceful stop (finish the batch, close the bag); second: KeyboardInterrupt.
+
+    Later ones are ignored, so a third Ctrl-C cannot interrupt the clean-up the second one started;
+    the command keeps this handler until it has printed its result (the caller restores the old one).
+    """
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    count = 0
 
     def handler(signum, frame):
-        if stop.is_set():
+        nonlocal count
+        count += 1
+        if count == 2:
             raise KeyboardInterrupt
-        stop.set()
-        print("\nstopping after the current batch (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
+        if count == 1:
+            stop.set()
+            print("\nstopping after the current batch (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
 
     for s in old:
         signal.signal(s, handler)
@@ -633,9 +784,6 @@ def _install_stop_handler(stop: threading.Event):
 
 
 def _run_bag(args) -> int:
-    from liteseg_ros.engines import EngineError
-    from liteseg_ros.runtime import ModelLoadError, resolve_weights
-
     try:
         overrides = dict(args.param)
         if "allow_download" not in overrides and not (
@@ -645,8 +793,31 @@ def _run_bag(args) -> int:
     except params.ParameterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from liteseg_ros.cli import deferred_interrupts
+
+    with deferred_interrupts() as pending:  # the heavy imports, before Ctrl-C means "stop after this batch"
+        import rosbags.rosbag2  # noqa: F401
+        import torch  # noqa: F401
+
+        import liteseg_ros.runtime  # noqa: F401
+    if pending:
+        print("interrupted", file=sys.stderr)
+        return 130
     stop = threading.Event()
     restore = _install_stop_handler(stop)
+    try:  # the handler stays until the result is printed: a late second Ctrl-C is no traceback
+        return _bag_command(args, values, stop)
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C twice): stopped at once", file=sys.stderr)
+        return 130
+    finally:
+        restore()
+
+
+def _bag_command(args, values: Mapping[str, Any], stop: threading.Event) -> int:
+    from liteseg_ros.engines import EngineError
+    from liteseg_ros.runtime import ModelLoadError, resolve_weights
+
     try:
         # A registered name not cached yet is fetched here, with a progress bar (segment_bag builds quietly).
         resolve_weights(values["weights"], values["allow_download"], progress=not args.no_progress,
@@ -666,8 +837,6 @@ def _run_bag(args) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise
-    finally:
-        restore()
     for topic, root in summary.cameras.items():
         print(f"{topic} -> {root}/*")
     line = (f"{summary.frames}/{summary.total} frames in {summary.seconds:.1f} s ({summary.fps:.1f} frames/s; "
@@ -677,6 +846,11 @@ def _run_bag(args) -> int:
     if summary.complete:
         print(f"wrote {summary.output}: {line}")
         return 0
+    if summary.stop_reason == "rejected":
+        print(f"error: every frame was rejected (see the warnings above); {summary.output} holds no "
+              f"segmentation and is marked incomplete (custom_data liteseg_ros.complete: 'false'): {line}",
+              file=sys.stderr)
+        return 1
     why = "stopped at --max-frames" if summary.stop_reason == "max_frames" else "interrupted"
     if summary.output is None:
         print(f"{why}: partial output removed ({line})", file=sys.stderr)

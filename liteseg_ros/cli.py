@@ -5,12 +5,53 @@ registered here; heavy imports happen inside the handlers so ``liteseg --help`` 
 """
 from __future__ import annotations
 
-import argparse
-import json
+import contextlib
+import signal
 import sys
-from collections.abc import Callable
+import threading
 
-from liteseg_ros.engines.cli import parse_size
+
+def _quiet_interrupt_hook(previous=sys.excepthook):
+    """An excepthook that prints one line for a KeyboardInterrupt and defers everything else."""
+
+    def hook(exc_type, exc, tb):
+        if issubclass(exc_type, KeyboardInterrupt):
+            print("interrupted", file=sys.stderr)
+            return
+        previous(exc_type, exc, tb)
+
+    return hook
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Hold SIGINT while importing: yields a list that is non-empty if Ctrl-C came meanwhile.
+
+    A KeyboardInterrupt raised inside the import of a C extension (numpy, torch, OpenCV) does not
+    always come out as KeyboardInterrupt: numpy turns it into an ImportError with a long
+    "could not import module" traceback. So the seconds a command spends importing are not
+    interrupted; the caller checks the list afterwards and stops cleanly.
+    """
+    pending: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pending
+        return
+    old = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield pending
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+_CONSOLE = bool(sys.argv) and sys.argv[0].endswith("liteseg")  # the console script, not an import by tests
+if _CONSOLE:
+    # Until main() takes over, a Ctrl-C only prints one line (module imports here are pure Python).
+    sys.excepthook = _quiet_interrupt_hook()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 #: subcommand -> (one-line help, "module:function" that adds its parser to the subparsers)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -40,6 +81,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 # ------------------------------------------------------------------------------------------ info
 def add_info_parser(sub) -> None:
+    from liteseg_ros.engines.cli import parse_size
+
     p = sub.add_parser("info", help=SUBCOMMANDS["info"][0], description=SUBCOMMANDS["info"][0])
     p.add_argument("--backbone", default="mobilenetv2", choices=("mobilenetv2", "shufflenet", "darknet19"))
     p.add_argument("--size", type=parse_size, default=(512, 1024), help="input HxW (default 512x1024, the paper's)")
@@ -173,22 +216,37 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C at any point, the seconds spent importing torch/OpenCV for the subcommand included,
+    # ends with one line and exit 130, never a traceback.
+    try:
+        with deferred_interrupts() as pending:
+            ready = _prepare(argv)
+        if pending:
+            raise KeyboardInterrupt
+        if isinstance(ready, int):
+            return ready
+        return int(ready.func(ready) or 0)
+    except KeyboardInterrupt:
+        if argv is None:  # the console script: a further Ctrl-C while Python shuts down changes nothing
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _prepare(argv: list[str] | None):
+    """The parsed arguments of the command to run, or an exit status (help, usage error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # Import only the module of the subcommand being run: `liteseg --help` must not load torch.
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=command if command in SUBCOMMANDS else "")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # --help and usage errors exit here (SystemExit), as argparse does
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     from liteseg_ros.engines.cpu_tuning import tune_malloc_at_startup
 
     tune_malloc_at_startup()  # LITESEG_MALLOC_TUNING=0 turns it off
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return args
 
 
 if __name__ == "__main__":

@@ -13,6 +13,18 @@ follows cv_bridge's semantics (16-bit scaled to 8-bit by taking the high byte, c
 codes, ``IMREAD_UNCHANGED`` for compressed data) and turns every bad input into
 :class:`ImageDecodeError` naming the encoding and sizes.
 
+Hostile input: every size is known before anything is allocated. Raw images are bounded by their
+fields; compressed ones by the size their header declares, read the way the decoding library reads
+it (a JPEG's start-of-frame as libjpeg finds it, skipping stray bytes before markers; a PNG's IHDR,
+which libpng requires first). ``max_pixels`` (the node's ``max_input_pixels``) bounds height x width
+per frame, :data:`MAX_BYTES` the decoded buffer. JPEGs are decoded with libjpeg-turbo through
+``simplejpeg`` in strict mode, so what libjpeg reports as corrupt (a truncated scan it would pad with
+grey, "extraneous bytes before marker", a bad Huffman code) is rejected rather than segmented; a
+JPEG whose header declares more 8x8 blocks than its bytes could code (each block costs at least one
+bit) is rejected before decoding. PNGs must be whole: every chunk's CRC is checked and IEND must be
+present. Without ``simplejpeg`` installed, JPEGs are decoded by OpenCV, which hides libjpeg's
+warnings: sizes are still bounded, but corrupt scans are not detected.
+
 Hot path: an unpadded ``bgr8`` (or ``rgb8`` when ``want="rgb8"``) frame decodes with no copy at
 all; the returned array then shares memory with ``msg.data`` (read-only when ``data`` is
 ``bytes``). Every other case makes exactly one pass (``cv2.cvtColor`` or one contiguous copy),
@@ -20,12 +32,19 @@ except 16-bit inputs, which first gather their high bytes.
 """
 from __future__ import annotations
 
+import operator
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
+
+try:  # libjpeg-turbo with its warnings exposed (strict mode); OpenCV's decoder swallows them
+    import simplejpeg
+except ImportError:  # pragma: no cover - simplejpeg is a dependency; see the module docstring
+    simplejpeg = None
 
 __all__ = [
     "ImageDecodeError",
@@ -33,6 +52,7 @@ __all__ = [
     "OUTPUT_ENCODINGS",
     "MAX_SIDE",
     "MAX_BYTES",
+    "DEFAULT_MAX_PIXELS",
     "decode_image",
     "decode_compressed",
     "decode_any",
@@ -43,8 +63,11 @@ __all__ = [
 
 #: Largest accepted height or width, in pixels.
 MAX_SIDE = 16384
-#: Largest accepted ``data`` (and ``step * height``), in bytes.
+#: Largest accepted ``data`` (and ``step * height``, and a compressed image's decoded buffer), in bytes.
 MAX_BYTES = 1 << 28
+#: Default bound on height x width per frame (``max_pixels``; the node's ``max_input_pixels``): 8k x 8k,
+#: above any camera a segmentation node is fed and small enough that a frame's buffers stay < 1 GB.
+DEFAULT_MAX_PIXELS = 8192 * 8192
 
 _WANTS = ("bgr8", "rgb8")
 
@@ -119,29 +142,59 @@ def _check_want(want: str) -> None:
         raise ValueError(f"want={want!r} is not supported; use one of {_WANTS}")
 
 
+def _check_max_pixels(max_pixels: Any) -> int:
+    try:
+        value = operator.index(max_pixels)
+    except TypeError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"max_pixels={max_pixels!r} must be a positive integer")
+    return value
+
+
 def _byte_view(data: Any) -> np.ndarray:
     """``data`` as a flat uint8 array, without copying when it exposes a contiguous buffer."""
-    if isinstance(data, np.ndarray) and data.dtype == np.uint8:
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8:
+            raise TypeError(f"data is a {data.dtype} array, not uint8")
         return data.reshape(-1)  # a view when contiguous, a copy otherwise
     try:
         return np.frombuffer(data, dtype=np.uint8)  # bytes, bytearray, array.array('B'), memoryview
     except (TypeError, ValueError, BufferError):
-        return np.asarray(data, dtype=np.uint8).reshape(-1)  # e.g. a list of ints
+        if isinstance(data, (str, bytes)) or not isinstance(data, (list, tuple)):
+            raise TypeError(f"data is a {type(data).__name__}, not a byte buffer or a list of bytes") from None
+        values = np.asarray(data)  # a list of ints 0..255 (what rclpy also accepts for uint8[])
+        if values.size and (values.dtype.kind not in "iu" or values.min() < 0 or values.max() > 255):
+            raise ValueError("data is a list that does not hold only integers 0..255") from None
+        return values.astype(np.uint8).reshape(-1)
 
 
 def _nbytes(data: Any) -> int:
+    """Length of ``data`` in bytes, or -1 for something that is no byte sequence (reported later)."""
     if isinstance(data, np.ndarray):
         return int(data.nbytes)
     try:
         return memoryview(data).nbytes
     except TypeError:
-        return len(data)
+        try:
+            return len(data)
+        except TypeError:
+            return -1
+
+
+def _int_field(msg: Any, name: str) -> int:
+    """An integer message field; a float (even 2.0), a string or None is an error, not truncated."""
+    value = getattr(msg, name)
+    try:
+        return operator.index(value)  # int, bool, numpy integers; never float or str
+    except TypeError:
+        raise TypeError(f"{name}={value!r} is a {type(value).__name__}, not an integer") from None
 
 
 # ---------------------------------------------------------------------------------------- Image
 
 
-def decode_image(msg: Any, want: str = "bgr8") -> np.ndarray:
+def decode_image(msg: Any, want: str = "bgr8", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode a sensor_msgs Image into a C-contiguous ``(H, W, 3)`` uint8 array in ``want`` order.
 
     ``want`` is ``"bgr8"`` (OpenCV order) or ``"rgb8"``. 16-bit data is scaled to 8 bits by taking
@@ -151,14 +204,18 @@ def decode_image(msg: Any, want: str = "bgr8") -> np.ndarray:
     result is a view of ``msg.data`` (read-only if ``data`` is ``bytes``); copy it before writing.
 
     Raises :class:`ImageDecodeError` for an unknown encoding, a ``step`` smaller than a row, a
-    ``data`` length other than ``step * height``, an empty or absurdly large image, or odd widths
-    where the encoding needs pairs of pixels.
+    ``data`` length other than ``step * height``, an empty or absurdly large image (more than
+    ``max_pixels`` pixels), fields of the wrong type, or odd widths where the encoding needs pairs
+    of pixels.
     """
     _check_want(want)
+    max_pixels = _check_max_pixels(max_pixels)
     try:
-        encoding = str(msg.encoding)
-        height, width, step = int(msg.height), int(msg.width), int(msg.step)
-        big_endian = bool(msg.is_bigendian)
+        encoding = msg.encoding
+        if not isinstance(encoding, str):
+            raise TypeError(f"encoding={encoding!r} is a {type(encoding).__name__}, not a string")
+        height, width, step = _int_field(msg, "height"), _int_field(msg, "width"), _int_field(msg, "step")
+        big_endian = bool(_int_field(msg, "is_bigendian"))
         data = msg.data
     except (AttributeError, TypeError, ValueError) as exc:
         raise ImageDecodeError(f"object of type {type(msg).__name__} is not a usable Image: {exc}") from exc
@@ -182,6 +239,10 @@ def decode_image(msg: Any, want: str = "bgr8") -> np.ndarray:
         raise fail(f"step is smaller than one row of {width} x {spec.bytes_per_pixel} = {row_bytes} bytes")
     if step * height > MAX_BYTES or nbytes > MAX_BYTES:
         raise fail(f"image exceeds {MAX_BYTES} bytes")
+    if height * width > max_pixels:
+        raise fail(f"{height} x {width} = {height * width} pixels exceeds max_pixels={max_pixels}")
+    if nbytes < 0:
+        raise fail(f"data is a {type(data).__name__}, not a byte buffer")
     if nbytes != step * height:
         raise fail(f"data length does not match step * height = {step * height}")
     if spec.channels == 2 and width % 2:
@@ -189,7 +250,13 @@ def decode_image(msg: Any, want: str = "bgr8") -> np.ndarray:
     if encoding.startswith("bayer_") and (width < 2 or height < 2):
         raise fail("Bayer demosaicing needs at least 2 x 2 pixels")
 
-    rows = _byte_view(data).reshape(height, step)[:, :row_bytes]  # views: no copy so far
+    try:
+        flat = _byte_view(data)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise fail(f"data is not a byte buffer: {exc}") from None
+    if flat.size != nbytes:  # e.g. a list holding something other than ints
+        raise fail("data is not a byte buffer")
+    rows = flat.reshape(height, step)[:, :row_bytes]  # views: no copy so far
     if spec.sixteen_bit:
         # The high byte of each sample is exactly value >> 8: pick it instead of doing arithmetic.
         rows = np.ascontiguousarray(rows[:, (0 if big_endian else 1) :: 2])
@@ -218,44 +285,134 @@ def _sniff(head: bytes) -> str | None:
     return None
 
 
-def _declared_size(buf: np.ndarray, codec: str) -> tuple[int, int] | None:
-    """(height, width) from a PNG IHDR or JPEG SOF header, or None when it cannot be found."""
-    if codec == "png":
-        if buf.size < 24 or bytes(buf[12:16]) != b"IHDR":
-            return None
-        return int.from_bytes(bytes(buf[20:24]), "big"), int.from_bytes(bytes(buf[16:20]), "big")
-    i, n = 2, buf.size
-    while i + 9 < n:  # walk JPEG segments up to the first start-of-frame marker
-        if buf[i] != 0xFF:
-            return None
-        marker = int(buf[i + 1])
-        if marker == 0xFF:  # fill byte
+@dataclass(frozen=True)
+class _Header:
+    """What a compressed stream's header says about the decoded image, before it is decoded."""
+
+    height: int
+    width: int
+    channels: int  # of the buffer the decoder allocates (an upper bound where it depends on later chunks)
+    bytes_per_sample: int
+    min_bytes: int = 0  # the least a stream of this size can be (0 = no bound known); see _jpeg_header
+    ncomp: int = 0  # JPEG colour components (0 for PNG)
+
+
+# Start-of-frame markers (libjpeg's jdmarker.c): Huffman-coded ones cost at least one bit per 8x8 block.
+_SOF_HUFFMAN = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7))
+_SOF_ARITHMETIC = frozenset((0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+
+
+def _jpeg_header(data: bytes) -> tuple[int, _Header] | str:
+    """(SOF marker, header) of a JPEG stream, found as libjpeg finds it; a reason string if it has none.
+
+    libjpeg's marker reader (``next_marker``) skips any bytes that are not 0xFF before a marker (a
+    warning, not an error) and any 0xFF fill bytes, skips a segment by its length field, and takes
+    the first start-of-frame marker. A size check that stops at the first stray byte (as ours once
+    did) lets a header with one junk byte before SOF through while libjpeg still decodes it: this
+    walks the stream the same way, with ``bytes.find`` so a long run of junk costs no Python loop.
+    """
+    n, i = len(data), 2  # data starts with SOI (FF D8), checked by the caller
+    while True:
+        i = data.find(b"\xff", i)
+        if i < 0:
+            return "no start-of-frame marker (SOF) before the end of the data"
+        while i < n and data[i] == 0xFF:  # fill bytes
             i += 1
+        if i >= n:
+            return "no start-of-frame marker (SOF) before the end of the data"
+        marker = data[i]
+        i += 1
+        if marker == 0x00:  # a stuffed 0xFF in entropy data: not a marker
             continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD9:  # markers without a length
-            i += 2
+        if marker in (0xD8, 0xD9, 0xDA):  # SOI again, EOI, SOS: libjpeg needs a SOF before these
+            return f"marker 0x{marker:02X} before any start-of-frame marker (SOF)"
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length field
             continue
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return (int(buf[i + 5]) << 8 | int(buf[i + 6]), int(buf[i + 7]) << 8 | int(buf[i + 8]))
-        i += 2 + (int(buf[i + 2]) << 8 | int(buf[i + 3]))
+        if i + 2 > n:
+            return "data ends inside a marker segment"
+        length = data[i] << 8 | data[i + 1]
+        if marker in _SOF_HUFFMAN or marker in _SOF_ARITHMETIC:
+            if length < 8 or i + 8 > n:
+                return "start-of-frame segment is cut short"
+            height, width, ncomp = data[i + 3] << 8 | data[i + 4], data[i + 5] << 8 | data[i + 6], data[i + 7]
+            if data[i + 2] != 8:  # 12-bit and lossless JPEGs: not what cameras send; OpenCV's path hides warnings
+                return f"unsupported jpeg: {data[i + 2]}-bit samples (only 8-bit JPEGs are supported)"
+            if ncomp not in (1, 3, 4):
+                return f"unsupported jpeg: {ncomp} colour components (gray 1, YCbCr/RGB 3 or CMYK 4 are)"
+            # gray stays one channel until _to_want; YCbCr and CMYK become BGR
+            header = _Header(height, width, 1 if ncomp == 1 else 3, 1, ncomp=ncomp)
+            if marker in _SOF_HUFFMAN:
+                # Every 8x8 block of the full-resolution component has a DC coefficient coded with a
+                # Huffman code of at least one bit, so the stream holds >= blocks / 8 bytes.
+                blocks = -(-height // 8) * -(-width // 8)
+                header = _Header(header.height, header.width, header.channels, 1, blocks // 8, ncomp)
+            return marker, header
+        i += max(length, 2)  # libjpeg's skip_variable: a length below 2 skips nothing beyond itself
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 4, 4: 4, 6: 4}  # colour type -> OpenCV channels (palette/GA: BGRA at most)
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+_PNG_MAX_CHUNKS = 1 << 17
+
+
+def _png_header(data: bytes) -> _Header | str:
+    """The IHDR of a PNG stream (libpng requires it first, so its size is what OpenCV allocates)."""
+    if len(data) < 33 or data[12:16] != b"IHDR" or data[8:12] != b"\x00\x00\x00\x0d":
+        return "corrupt png data: no 13-byte IHDR chunk first"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    depth, colour = data[24], data[25]
+    if depth not in _PNG_DEPTHS.get(colour, ()):
+        return f"corrupt png data: IHDR bit depth {depth} with colour type {colour} is not valid PNG"
+    return _Header(height, width, _PNG_CHANNELS[colour], 2 if depth == 16 else 1)
+
+
+def _png_damage(data: bytes) -> str | None:
+    """None when every chunk is whole (CRC checked) up to IEND, else what is wrong.
+
+    OpenCV decodes a truncated PNG in part and libpng only warns about some bad CRCs; checking every
+    chunk here (zlib.crc32, far faster than decoding) rejects truncated and bit-flipped files instead.
+    """
+    n = len(data)
+    i, chunks, seen_idat = 8, 0, False
+    while True:
+        if i + 12 > n:
+            return "corrupt png data: truncated (no IEND chunk)"
+        length = int.from_bytes(data[i:i + 4], "big")
+        kind = data[i + 4:i + 8]
+        end = i + 12 + length
+        if length > n or end > n:
+            return f"corrupt png data: truncated inside a {kind!r} chunk"
+        if zlib.crc32(data[i + 4:end - 4]) != int.from_bytes(data[end - 4:end], "big"):
+            return f"corrupt png data: CRC mismatch in a {kind!r} chunk"
+        seen_idat |= kind == b"IDAT"
+        if kind == b"IEND":
+            break
+        chunks += 1
+        if chunks > _PNG_MAX_CHUNKS:
+            return f"png has more than {_PNG_MAX_CHUNKS} chunks"
+        i = end
+    if not seen_idat:
+        return "corrupt png data: no IDAT chunk"
     return None
 
 
-def decode_compressed(msg: Any, want: str = "bgr8") -> np.ndarray:
+def decode_compressed(msg: Any, want: str = "bgr8", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode a sensor_msgs CompressedImage (JPEG or PNG) into a ``(H, W, 3)`` uint8 array.
 
     ``msg.format`` may be a bare codec (``"jpeg"``, ``"png"``) or image_transport's long form
     (``"rgb8; jpeg compressed bgr8"``); an empty format is accepted and the codec is read from the
-    data. Decoding uses ``cv2.IMREAD_UNCHANGED`` so 16-bit PNGs keep their depth before being
+    data. PNGs are decoded with ``cv2.IMREAD_UNCHANGED`` so 16-bit PNGs keep their depth before being
     scaled ``>> 8``; gray is replicated, alpha dropped, channels put in ``want`` order.
 
     Raises :class:`ImageDecodeError` (naming the format and ``len(data)``) for an unsupported
     format (including ``compressedDepth``), data that is not JPEG/PNG, a declared size above the
-    limits, or bytes OpenCV cannot decode.
+    limits (``max_pixels`` pixels, :data:`MAX_SIDE` per side, :data:`MAX_BYTES` decoded), or bytes
+    the decoder reports as corrupt (see the module docstring).
     """
     _check_want(want)
+    max_pixels = _check_max_pixels(max_pixels)
     try:
-        fmt = str(msg.format)
+        fmt = msg.format
         data = msg.data
     except AttributeError as exc:
         raise ImageDecodeError(
@@ -269,38 +426,80 @@ def decode_compressed(msg: Any, want: str = "bgr8") -> np.ndarray:
             f"cannot decode CompressedImage (format={fmt!r}, len(data)={nbytes}{size_note}): {reason}"
         )
 
+    if not isinstance(fmt, str):
+        raise fail(f"format is a {type(fmt).__name__}, not a string")
     lowered = fmt.lower()
     if "compresseddepth" in lowered:
         raise fail("compressedDepth images are not supported")
     named = _CODEC_WORD.search(lowered)
     if named is None and lowered.strip():
         raise fail("unsupported format; expected one naming jpeg or png")
+    if nbytes < 0:
+        raise fail(f"data is a {type(data).__name__}, not a byte buffer")
     if nbytes == 0:
         raise fail("data is empty")
     if nbytes > MAX_BYTES:
         raise fail(f"data exceeds {MAX_BYTES} bytes")
-    buf = _byte_view(data)
-    codec = _sniff(bytes(buf[:8]))
+    try:
+        buf = _byte_view(data)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise fail(f"data is not a byte buffer: {exc}") from None
+    raw = buf.tobytes() if not isinstance(data, bytes) else data  # one copy: header walks and decoders need bytes
+    codec = _sniff(raw[:8])
     if codec is None:
-        raise fail(f"data is not a JPEG or PNG stream (starts with {bytes(buf[:8])!r})")
-    declared = _declared_size(buf, codec)
-    if declared is not None:
-        size_note = f", height={declared[0]}, width={declared[1]}"
-        if min(declared) <= 0 or max(declared) > MAX_SIDE:
-            raise fail(f"declared image size is empty or exceeds {MAX_SIDE} pixels per side")
+        raise fail(f"data is not a JPEG or PNG stream (starts with {raw[:8]!r})")
+    found = _jpeg_header(raw) if codec == "jpeg" else _png_header(raw)
+    if isinstance(found, str):
+        raise fail(found if codec == "png" or "jpeg" in found else f"corrupt jpeg data: {found}")
+    header = found[1] if codec == "jpeg" else found
+    size_note = f", height={header.height}, width={header.width}"
+    if min(header.height, header.width) <= 0 or max(header.height, header.width) > MAX_SIDE:
+        raise fail(f"declared image size is empty or exceeds {MAX_SIDE} pixels per side")
+    pixels = header.height * header.width
+    if pixels > max_pixels:
+        raise fail(f"declared {pixels} pixels exceed max_pixels={max_pixels}")
+    decoded = pixels * header.channels * header.bytes_per_sample
+    if decoded > MAX_BYTES:
+        raise fail(f"decoding would take {decoded} bytes, which exceeds {MAX_BYTES}")
+    if nbytes < header.min_bytes:
+        raise fail(f"corrupt jpeg data: {nbytes} bytes cannot code the declared size (at least one bit per "
+                   f"8x8 block: >= {header.min_bytes} bytes); a truncated stream or a decompression bomb")
+    damage = _png_damage(raw) if codec == "png" else None
+    if damage is not None:
+        raise fail(damage)
+    if codec == "jpeg" and simplejpeg is not None and header.ncomp in (1, 3):
+        return _decode_jpeg_strict(raw, header, want, fail)  # CMYK (rare) goes through OpenCV below
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
         raise fail(f"OpenCV could not decode the {codec} data: {exc}") from exc
     if img is None or img.size == 0:
         raise fail(f"corrupt {codec} data (OpenCV could not decode it)")
+    if img.shape[:2] != (header.height, header.width):
+        raise fail(f"decoded to {img.shape[1]} x {img.shape[0]}, not the declared size")
     return _to_want(img, want, fail)
+
+
+def _decode_jpeg_strict(raw: bytes, header: _Header, want: str, fail: Any) -> np.ndarray:
+    """libjpeg-turbo via simplejpeg, strict: libjpeg's "Corrupt JPEG data" warnings are errors."""
+    try:
+        # The header as libjpeg itself reads it: must agree with ours, which the limits were checked on.
+        height, width, _, _ = simplejpeg.decode_jpeg_header(raw, strict=True)
+    except ValueError as exc:
+        raise fail(f"corrupt jpeg data: {exc}") from None
+    if (height, width) != (header.height, header.width):
+        raise fail(f"corrupt jpeg data: libjpeg reads size {width} x {height} from the header")
+    try:
+        return simplejpeg.decode_jpeg(raw, colorspace="RGB" if want == "rgb8" else "BGR", strict=True)
+    except ValueError as exc:
+        raise fail(f"corrupt jpeg data: {exc}") from None
 
 
 def _to_want(img: np.ndarray, want: str, fail: Any) -> np.ndarray:
     """An OpenCV-decoded image (gray/BGR/BGRA, 8 or 16 bit) as uint8 in ``want`` order."""
     if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
+        img >>= 8  # in place: the decoder's buffer is ours, and a second full-size copy is what we avoid
+        img = img.astype(np.uint8)
     elif img.dtype != np.uint8:
         raise fail(f"decoded to unsupported depth {img.dtype}")
     channels = 1 if img.ndim == 2 else img.shape[2]
@@ -323,12 +522,12 @@ def _to_want(img: np.ndarray, want: str, fail: Any) -> np.ndarray:
     return np.ascontiguousarray(img) if code is None else cv2.cvtColor(img, code)
 
 
-def decode_any(msg: Any, want: str = "bgr8") -> np.ndarray:
+def decode_any(msg: Any, want: str = "bgr8", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an Image or a CompressedImage, chosen by which fields the message has."""
     if hasattr(msg, "encoding"):
-        return decode_image(msg, want)
+        return decode_image(msg, want, max_pixels)
     if hasattr(msg, "format"):
-        return decode_compressed(msg, want)
+        return decode_compressed(msg, want, max_pixels)
     raise ImageDecodeError(
         f"object of type {type(msg).__name__} has neither `encoding` (Image) nor `format` (CompressedImage)"
     )

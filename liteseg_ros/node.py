@@ -594,7 +594,7 @@ class LiteSegNode(LifecycleNode):
             cam.counters.dropped_stale += 1
             return None
         try:
-            image = image_codec.decode_any(msg, want="bgr8")
+            image = image_codec.decode_any(msg, want="bgr8", max_pixels=int(self.values["max_input_pixels"]))
         except image_codec.ImageDecodeError as exc:
             self._reject(cam, str(exc))
             return None

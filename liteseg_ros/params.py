@@ -109,6 +109,9 @@ PARAMS: tuple[Param, ...] = (
           read_only=True),
     Param("max_input_age", 0.0, "drop frames older than this many seconds at pickup (node clock); 0 = off",
           min=0.0, max=3600.0),
+    Param("max_input_pixels", 8192 * 8192, "largest input frame (height x width pixels) decoded; bigger ones, "
+          "and compressed ones whose header declares more, are rejected before decoding (decompression bombs)",
+          min=1, max=16384 * 16384, step=1),
     Param("cameras", [], "camera names for one process serving several cameras: subscribes <cam>/image and "
           "publishes ~/<cam>/...; empty = one camera on `image`", read_only=True),
     Param("batch_window_ms", 5.0, "with several cameras: how long the worker waits for the other cameras' frames "

@@ -65,6 +65,11 @@ def _resolve(weights: str, allow_download: bool, log: Callable[[str], None], pro
     p = Path(os.path.expandvars(os.path.expanduser(weights)))
     if p.is_file():
         return p, None
+    if p.is_dir():
+        raise ModelLoadError(f"weights {p} is a directory; give the checkpoint (or .onnx) file inside it "
+                             "(parameter 'weights')")
+    if p.exists():
+        raise ModelLoadError(f"weights {p} is not a regular file (parameter 'weights')")
     from liteseg_ros import weights as known
 
     try:
@@ -81,9 +86,47 @@ def _resolve(weights: str, allow_download: bool, log: Callable[[str], None], pro
     raise ModelLoadError(f"weights not found: {p} does not exist (and is neither 'demo' nor a registered name)")
 
 
+#: Backends that run an ONNX file given as ``weights`` (``auto`` picks one of them on a CPU).
+ONNX_BACKENDS = ("auto", "onnxruntime", "openvino")
+
+
+def is_onnx_weights(path: Path | str | None) -> bool:
+    """Whether ``weights`` names an ONNX model (``liteseg export`` / ``liteseg quantize --out``)."""
+    return path is not None and str(path).lower().endswith(".onnx")
+
+
+def _onnx_source(path: Path, backbone: str):
+    """(path, ClassTable, mean, std, ModelSource) for an ONNX file, from the metadata our export writes."""
+    import json
+
+    from liteseg_ros.classes import IMAGENET_MEAN, IMAGENET_STD
+    from liteseg_ros.engines.export import onnx_metadata
+
+    try:
+        meta = onnx_metadata(path)
+    except Exception as exc:  # noqa: BLE001 - onnx raises its own decode errors for a damaged file
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    try:
+        num_classes = int(meta["liteseg.num_classes"])
+        file_backbone = meta.get("liteseg.backbone", "")
+        mean = tuple(json.loads(meta["liteseg.mean"])) if "liteseg.mean" in meta else IMAGENET_MEAN
+        std = tuple(json.loads(meta["liteseg.std"])) if "liteseg.std" in meta else IMAGENET_STD
+    except (KeyError, ValueError, TypeError):
+        raise ModelLoadError(f"{path}: an ONNX file without liteseg metadata (liteseg.num_classes ...); "
+                             "use a file written by `liteseg export` or `liteseg quantize --out`") from None
+    if backbone and backbone != "mobilenetv2" and file_backbone and file_backbone != backbone:
+        raise ModelLoadError(f"parameter backbone={backbone!r} but {path} holds a {file_backbone} model")
+    classes = ClassTable.cityscapes() if num_classes == 19 else ClassTable.generic(num_classes)
+    return str(path), classes, mean, std, ModelSource(path.stem, file_backbone or backbone, str(path), False)
+
+
 def load_model(weights: str, allow_random_weights: bool = False, backbone: str = "mobilenetv2",
                num_classes: int = 19, allow_download: bool = False, log: Callable[[str], None] = print):
-    """Returns (model in eval mode, ClassTable, mean, std, ModelSource)."""
+    """Returns (model in eval mode, ClassTable, mean, std, ModelSource).
+
+    For an ``.onnx`` file the "model" is the file's path (a string), which ``create_engine`` runs with
+    an ONNX backend; classes, mean and std come from the metadata ``liteseg export`` writes into it.
+    """
     from liteseg_ros.model import CheckpointError, LiteSeg, load_checkpoint
 
     path, entry = _resolve(weights, allow_download, log, False)
@@ -103,6 +146,8 @@ def load_model(weights: str, allow_random_weights: bool = False, backbone: str =
 
         return model, classes, IMAGENET_MEAN, IMAGENET_STD, ModelSource(
             f"liteseg-{backbone}-random", backbone, "", True)
+    if is_onnx_weights(path):
+        return _onnx_source(path, backbone)
     try:
         model = load_checkpoint(path, map_location="cpu")
     except CheckpointError as exc:
@@ -155,6 +200,8 @@ def build_pipeline(values: Mapping, classes_override: ClassTable | None = None,
                                                    log=log)
     classes = classes_override or classes
     size = (int(values["network_height"]), int(values["network_width"]))
+    if is_onnx_weights(source.weights):
+        _check_onnx_settings(Path(source.weights), values["backend"], size)
     if source.backbone == "darknet19" and (size[0] % 4 or size[1] % 4):
         raise ModelLoadError(f"darknet19 needs network_width/height divisible by 4, got {size[1]}x{size[0]}")
     groups = classes.resolve_groups(values.get("mask_groups", {}))
@@ -171,3 +218,18 @@ def build_pipeline(values: Mapping, classes_override: ClassTable | None = None,
                            max_batch=max(1, int(max_batch)),
                            min_label_agreement=float(values.get("min_label_agreement", 0.99)))
     return Pipeline(engine, classes, cfg), source
+
+
+def _check_onnx_settings(path: Path, backend: str, size: tuple[int, int]) -> None:
+    """An ONNX file as weights runs on an ONNX backend, at the size it was exported for (unless dynamic)."""
+    from liteseg_ros.engines.export import onnx_metadata
+
+    if backend not in ONNX_BACKENDS:
+        raise ModelLoadError(f"weights {path} is an ONNX model: it runs with backend onnxruntime or openvino "
+                             f"(or auto), not {backend!r}; for backend {backend} give the checkpoint (.pt/.pth)")
+    meta = onnx_metadata(path)
+    exported = meta.get("liteseg.input_size", "")
+    if meta.get("liteseg.dynamic") != "True" and exported and exported != f"{size[0]}x{size[1]}":
+        h, w = exported.split("x")
+        raise ModelLoadError(f"weights {path} was exported for a {w}x{h} input: set network_width: {w} and "
+                             f"network_height: {h} (now {size[1]}x{size[0]})")

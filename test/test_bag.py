@@ -489,3 +489,195 @@ def test_play_into_the_live_node_with_sim_time(tmp_path, start_node, ros, tiny_c
     # 5 ms lag (plus at most a /clock period), not the years since 2023 that wall time would give.
     ages = [s.input_age_ms for s in stats[1:]]
     assert all(abs(a) < 1000 for a in ages), ages
+
+
+# ------------------------------------------------------------------------------------------ safety
+def _tree(path: Path) -> dict[str, bytes]:
+    """Every file under path (or the file itself) -> its bytes: to show that nothing was touched."""
+    if path.is_file():
+        return {path.name: path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _bag_cli(src: Path, out: Path, *extra: str) -> int:
+    # No weights: if a check ran after the model load, the error would be "no weights given" instead.
+    return cli.main(["bag", str(src), str(out), "-t", "/front/image_raw", "--no-progress", *extra])
+
+
+@pytest.mark.parametrize("case", ["input_itself", "folder_holding_input", "inside_input", "foreign_folder",
+                                  "foreign_bag", "regular_file", "our_bag_plus_user_file", "symlink_to_our_bag"])
+def test_overwrite_never_touches_what_we_did_not_write(tmp_path, small_bag, case, capsys):
+    import shutil
+
+    root = tmp_path / "work"
+    src = root / "in"
+    shutil.copytree(small_bag, src)
+    if case == "input_itself":
+        out = src
+    elif case == "folder_holding_input":
+        out = root
+    elif case == "inside_input":
+        out = src / "sub"
+    elif case == "foreign_folder":
+        out = root / "photos"
+        out.mkdir()
+        (out / "holiday.jpg").write_bytes(b"precious")
+    elif case == "foreign_bag":  # a bag `ros2 bag record` wrote: a bag, but not ours
+        out = root / "recorded"
+        write_bag(out, "sqlite3", {"/front/image_raw": "bgr8"}, n=2, chatter=False)
+    elif case == "regular_file":
+        out = root / "notes.txt"
+        out.write_text("keep me")
+    else:
+        ours = root / "ours"
+        assert cli.main(["bag", str(src), str(ours), "-t", "/front/image_raw", "--no-progress",
+                         "-p", "allow_random_weights:=true", *sum((["-p", f"{k}:={v}"] for k, v in NET.items()),
+                                                                   [])]) == 0
+        if case == "our_bag_plus_user_file":
+            out = ours
+            (out / "my_notes.txt").write_text("mine")
+        else:
+            out = root / "link"
+            out.symlink_to(ours)
+    before = {p: _tree(p) for p in (src, out) if p.exists()}
+    capsys.readouterr()
+    rc = _bag_cli(src, out, "--overwrite")
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "no weights given" not in err, "the output was checked only after the model was loaded"
+    assert ("input" in err) if case in ("input_itself", "folder_holding_input", "inside_input") else (
+        "only replaces a bag that `liteseg bag` wrote" in err), err
+    assert {p: _tree(p) for p in before} == before  # nothing deleted or changed
+    assert no_leftovers(root)
+
+
+def test_overwrite_replaces_a_bag_we_wrote(tmp_path, small_bag, params_file, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["bag", str(small_bag), str(out), "-t", "/front/image_raw", "--params-file", str(params_file),
+                     "--no-progress", "--max-frames", "2"]) == 0
+    meta = metadata(out)["custom_data"]
+    assert meta["liteseg_ros.writer"] == "liteseg bag" and meta["liteseg_ros.complete"] == "false"
+    rc = cli.main(["bag", str(small_bag), str(out), "-t", "/front/image_raw", "--params-file", str(params_file),
+                   "--no-progress", "--overwrite"])
+    assert rc == 0, capsys.readouterr().err
+    assert metadata(out)["custom_data"]["liteseg_ros.complete"] == "true"
+    assert len(read_bag(out)[0]["/liteseg/label"]) == 6 and no_leftovers(tmp_path)
+    # a bag written before the writer key existed (only liteseg_ros.complete) still counts as ours
+    meta_file = out / "metadata.yaml"
+    meta_file.write_text(meta_file.read_text().replace("liteseg_ros.writer: liteseg bag", "x_other: y"))
+    assert "liteseg_ros.writer" not in meta_file.read_text()
+    assert cli.main(["bag", str(small_bag), str(out), "-t", "/front/image_raw", "--params-file", str(params_file),
+                     "--no-progress", "--overwrite", "--max-frames", "1"]) == 0
+
+
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_max_frames_below_one_is_refused(tmp_path, small_bag, value, capsys):
+    rc = _bag_cli(small_bag, tmp_path / "out", "--max-frames", value)
+    assert rc == 2 and f"--max-frames must be >= 1, got {value}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_all_frames_rejected_exits_nonzero_and_is_not_complete(tmp_path, params_file, capsys):
+    src = tmp_path / "bad"
+    with Writer(src, version=9, storage_plugin=StoragePlugin.SQLITE3) as wr:
+        conn = wr.add_connection("/cam/image_raw/compressed", "sensor_msgs/msg/CompressedImage", typestore=TS)
+        for i in range(4):
+            msg = T["sensor_msgs/msg/CompressedImage"](header=header(T0 + i * PERIOD, "cam"), format="jpeg",
+                                                        data=np.frombuffer(b"\xff\xd8\xffnot a jpeg", np.uint8))
+            wr.write(conn, T0 + i * PERIOD, bytes(TS.serialize_cdr(msg, msg.__msgtype__)))
+    out = tmp_path / "out"
+    rc = cli.main(["bag", str(src), str(out), "-t", "/cam/image_raw/compressed", "--params-file", str(params_file),
+                   "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "every frame was rejected" in err, err
+    assert metadata(out)["custom_data"]["liteseg_ros.complete"] == "false"
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_truncated_input_names_the_file(tmp_path, params_file, storage, capsys):
+    src = tmp_path / "in"
+    write_bag(src, storage, {"/front/image_raw": "bgr8"}, n=10, chatter=False, distinct=2)
+    f = next(p for p in src.iterdir() if p.suffix in (".mcap", ".db3"))
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    rc = cli.main(["bag", str(src), str(tmp_path / "out"), "-t", "/front/image_raw", "--params-file",
+                   str(params_file), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(f) in err, err
+    assert not (tmp_path / "out").exists() and no_leftovers(tmp_path)
+
+
+def _wait_for_progress(proc, total: int) -> str:
+    err = ""
+    deadline = time.monotonic() + 120
+    while not [n for n in re.findall(rf"\| *(\d+)/{total}", err) if int(n) > 0]:
+        ch = proc.stderr.read(1)
+        assert ch, f"liteseg bag ended early: {err}"
+        err += ch
+        assert time.monotonic() < deadline
+    return err
+
+
+def test_sigkill_leftovers_are_cleaned_by_the_next_run(tmp_path, params_file):
+    import os
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_bag(src, "sqlite3", {"/front/image_raw": "bgr8"}, n=400, h=24, w=40, chatter=False, distinct=4)
+    cmd = [str(EXE / "liteseg"), "bag", str(src), str(out), "-t", "/front/image_raw", "--params-file",
+           str(params_file), "--batch", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    _wait_for_progress(proc, 400)
+    proc.kill()
+    proc.wait(30)
+    stale = [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    assert len(stale) == 1 and stale[0].name.startswith(".out.")
+    # beside it: a folder of another run still going (this process) and one that is not ours at all
+    alive = tmp_path / ".out.alive.partial"
+    alive.mkdir()
+    (alive / bagmod.OWNER_FILE).write_text(bagmod._owner_text())
+    foreign = tmp_path / ".out.foreign.partial"
+    foreign.mkdir()
+    (foreign / "data").write_text("not ours")
+    res = subprocess.run([*cmd, "--max-frames", "2", "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert not stale[0].exists() and f"removed {stale[0]}" in res.stderr
+    assert alive.exists() and foreign.exists() and str(alive) in res.stderr and str(foreign) in res.stderr
+    assert (foreign / "data").read_text() == "not ours"
+    assert metadata(out)["custom_data"]["liteseg_ros.frames"] == "2"
+    assert os.getpid()  # (the alive folder names this test process, which is running)
+
+
+def test_ctrl_c_twice_never_prints_a_traceback(tmp_path, params_file):
+    """Twice early (while the command imports torch and OpenCV), twice while it loads the model, and
+    twice while it segments: one line each time, exit 130, no KeyboardInterrupt traceback."""
+    src = tmp_path / "in"
+    write_bag(src, "sqlite3", {"/front/image_raw": "bgr8"}, n=400, h=24, w=40, chatter=False, distinct=4)
+    for k, when in enumerate((0.4, 1.5, "running")):
+        out = tmp_path / f"out{k}"
+        proc = subprocess.Popen([str(EXE / "liteseg"), "bag", str(src), str(out), "-t", "/front/image_raw",
+                                 "--params-file", str(params_file), "--batch", "1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        err = _wait_for_progress(proc, 400) if when == "running" else ""
+        if when != "running":
+            time.sleep(when)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=60)
+        err += rest
+        # 130, or killed by the SIGINT Python re-raises after an interrupt in its own start-up (a shell shows 130)
+        assert proc.returncode in (130, -signal.SIGINT), (when, err)
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, (when, err)
+        assert no_leftovers(tmp_path)
+
+
+def test_onnx_weights_in_the_bag_tool(tmp_path, small_bag, tiny_checkpoint, capsys):
+    from liteseg_ros.engines.export import export_onnx
+    from liteseg_ros.model import load_checkpoint
+
+    onnx_path = export_onnx(load_checkpoint(tiny_checkpoint), tmp_path / "tiny.onnx", (64, 96))
+    rc = cli.main(["bag", str(small_bag), str(tmp_path / "out"), "-t", "/front/image_raw", "--no-progress",
+                   "-p", f"weights:={onnx_path}", "-p", "backend:=onnxruntime", "-p", "network_width:=96",
+                   "-p", "network_height:=64"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "pickled" not in err and len(read_bag(tmp_path / "out")[0]["/liteseg/label"]) == 6

@@ -293,3 +293,136 @@ def test_backbone_assertion_meta_mismatch_and_version(tmp_path):
     raw["version"] = 99
     torch.save(raw, tmp_path / "v99.pth")
     assert "version 99 is not supported" in _error(tmp_path / "v99.pth")
+
+
+# --------------------------------------------------------------------------------- corruption
+
+
+def _overwrite_middle(src, dst, n=4096, seed=0):
+    data = bytearray(src.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + n] = torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed),
+                                      dtype=torch.uint8).numpy().tobytes()
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_random_bytes_inside_the_demo_weights_are_caught(tmp_path):
+    """4 KiB of noise in the middle of the shipped file: torch.load still loads it; we refuse it."""
+    from liteseg_ros.runtime import demo_weights_path
+
+    for seed in range(3):
+        bad = _overwrite_middle(demo_weights_path(), tmp_path / f"demo_{seed}.pt", seed=seed)
+        torch.load(bad, weights_only=True)  # what made this silent: the loader itself does not notice
+        assert re.search(r"corrupt", _error(bad)), seed
+
+
+def test_non_finite_weights_are_refused_in_any_layout(tmp_path):
+    torch.manual_seed(0)
+    model = LiteSeg("mobilenetv2", 19).eval()
+    sd = model.state_dict()
+    sd["last_conv.6.weight"][0, 0, 0, 0] = float("nan")
+    sd["mobile_features.features.0.0.weight"].view(-1)[3] = float("inf")
+    for legacy in (False, True):
+        path = tmp_path / f"nan_{legacy}.pth"
+        torch.save(sd, path, _use_new_zipfile_serialization=not legacy)
+        err = _error(path)
+        assert "NaN or infinite" in err and "last_conv.6.weight" in err, err
+
+
+def test_our_files_carry_a_content_hash_that_load_verifies(tmp_path):
+    torch.manual_seed(0)
+    model = LiteSeg("mobilenetv2", 19).eval()
+    path = save_checkpoint(model, tmp_path / "ours.pt")
+    obj = torch.load(path, weights_only=True)
+    assert len(obj["content_sha256"]) == 64
+    # a change to one weight that keeps it finite, saved with the old hash (a legacy pickle has no zip CRC)
+    obj["state_dict"]["last_conv.6.bias"][0] += 0.25
+    tampered = tmp_path / "tampered.pt"
+    torch.save(obj, tampered, _use_new_zipfile_serialization=False)
+    assert "SHA-256" in _error(tampered)
+    # files written before the hash existed (and official files) load without the check
+    del obj["content_sha256"]
+    old = tmp_path / "old_format.pt"
+    torch.save(obj, old)
+    assert load_checkpoint(old).state_dict()["last_conv.6.bias"][0] == obj["state_dict"]["last_conv.6.bias"][0]
+
+
+def test_text_file_and_onnx_file_as_checkpoint_say_what_they_are(tmp_path):
+    txt = tmp_path / "weights.txt"
+    txt.write_text("this is not a checkpoint\n")
+    err = _error(txt)
+    assert "not a PyTorch checkpoint" in err and "text file" in err and "pop from empty list" not in err
+    fake = tmp_path / "model.onnx"
+    fake.write_bytes(b"\x08\x07\x12\x07pytorch")
+    assert "ONNX model" in _error(fake)
+
+
+# --------------------------------------------------------------------------------- weights parameter
+
+
+def _settings(**kw):
+    from liteseg_ros import params
+
+    values = params.validate({"network_width": 96, "network_height": 64, "num_threads": 1, **kw})
+    return dict(values, mask_groups=params.mask_groups_of(values))
+
+
+def test_weights_directory_and_text_file_get_clear_messages(tmp_path):
+    from liteseg_ros.runtime import ModelLoadError, build_pipeline
+
+    with pytest.raises(ModelLoadError, match="is a directory") as exc_info:
+        build_pipeline(_settings(weights=str(tmp_path)), log=lambda m: None)
+    assert "does not exist" not in str(exc_info.value)
+    txt = tmp_path / "notes.txt"
+    txt.write_text("hello\n")
+    with pytest.raises(ModelLoadError, match="not a PyTorch checkpoint") as exc_info:
+        build_pipeline(_settings(weights=str(txt)), log=lambda m: None)
+    assert "pop from empty list" not in str(exc_info.value)
+
+
+@pytest.fixture(scope="module")
+def onnx_weights(tmp_path_factory):
+    """A tiny model saved as a checkpoint and exported to ONNX at 64x96 (as `liteseg export` does)."""
+    from liteseg_ros.engines.export import export_onnx
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("onnxw")
+    ckpt = save_checkpoint(LiteSeg("mobilenetv2", 19).eval(), d / "tiny.pt",
+                           CheckpointMeta(backbone="mobilenetv2", num_classes=19, classes=ClassTable.cityscapes(),
+                                          model_name="tiny"))
+    return ckpt, export_onnx(load_checkpoint(ckpt), d / "tiny.onnx", (64, 96))
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "auto"])
+def test_onnx_file_as_weights_runs_and_agrees_with_the_checkpoint(onnx_weights, backend):
+    import numpy as np
+
+    from liteseg_ros.engines import available_backends
+    from liteseg_ros.runtime import build_pipeline
+
+    if backend != "auto" and available_backends()[backend] != "ok":
+        pytest.skip(f"{backend}: {available_backends()[backend]}")
+    ckpt, onnx_path = onnx_weights
+    pipe, source = build_pipeline(_settings(weights=str(onnx_path), backend=backend, device="cpu",
+                                            precision="fp32" if backend != "auto" else "auto"),
+                                  log=lambda m: None)
+    ref, _ = build_pipeline(_settings(weights=str(ckpt), backend="pytorch", device="cpu", precision="fp32"),
+                            log=lambda m: None)
+    img = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    got, want = pipe.run([img])[0].label, ref.run([img])[0].label
+    assert source.weights == str(onnx_path) and not source.random
+    assert list(pipe.classes.names) == list(ClassTable.cityscapes().names)
+    assert np.mean(got == want) > 0.99
+
+
+def test_onnx_file_with_another_backend_or_size_is_a_clear_error(onnx_weights):
+    from liteseg_ros.runtime import ModelLoadError, build_pipeline
+
+    _, onnx_path = onnx_weights
+    with pytest.raises(ModelLoadError, match="ONNX model: it runs with backend onnxruntime or openvino") as exc_info:
+        build_pipeline(_settings(weights=str(onnx_path), backend="pytorch"), log=lambda m: None)
+    assert "pickled" not in str(exc_info.value)
+    with pytest.raises(ModelLoadError, match="exported for a 96x64 input"):
+        build_pipeline(_settings(weights=str(onnx_path), backend="onnxruntime", network_width=128),
+                       log=lambda m: None)

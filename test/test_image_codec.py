@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -515,3 +516,234 @@ def test_cv_bridge_oracle():
         data, step = pad_rows(rows, 4)
         msg = make_image("rclpy", H, W, encoding, step, data)
         np.testing.assert_array_equal(decode_image(msg), bridge.imgmsg_to_cv2(msg, "bgr8"), err_msg=encoding)
+
+
+# ------------------------------------------------------------------------- hostile and corrupt input
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "fuzz"))
+import bombs  # noqa: E402  (fuzz/bombs.py: the crafted decompression bombs, generated on demand)
+
+
+@pytest.mark.parametrize("name", sorted(bombs.BOMBS))
+def test_every_crafted_bomb_is_rejected(name):
+    data = bombs.make(name)
+    with pytest.raises(ImageDecodeError, match="exceed|cannot code|per side") as exc_info:
+        decode_compressed(make_compressed("rosbags", "", data))
+    assert "height=" in str(exc_info.value)  # the true declared size is named
+
+
+def test_stray_byte_before_sof_is_read_as_libjpeg_reads_it():
+    """libjpeg skips junk before a marker; the size check must see the SOF behind it too."""
+    _, jpg = encode_compressed(_smooth_bgr(10, 14), "jpeg")
+    i = jpg.index(b"\xff\xc0")
+    stray = jpg[:i] + b"\x00" + jpg[i:]
+    with pytest.raises(ImageDecodeError, match="height=10, width=14") as exc_info:
+        decode_compressed(make_compressed("rclpy", "jpeg", stray))
+    assert "extraneous bytes" in str(exc_info.value)  # and libjpeg calls it corrupt
+    big = _patch_jpeg_size(jpg, 9000, 9000)
+    i = big.index(b"\xff\xc0")
+    with pytest.raises(ImageDecodeError, match="exceed max_pixels"):
+        decode_compressed(make_compressed("rclpy", "jpeg", big[:i] + b"\x00junk" + big[i:]))
+
+
+def test_bomb_peak_memory_stays_small_and_large_frames_give_memory_back():
+    """A child process decodes every bomb (each rejected) and then legitimate large frames; its peak
+    RSS stays far below what one bomb decodes to, and its RSS returns after the large frames."""
+    code = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np, bombs
+from types import SimpleNamespace
+from liteseg_ros.engines.cpu_tuning import tune_malloc_at_startup
+from liteseg_ros.image_codec import ImageDecodeError, decode_compressed, encode_compressed
+tune_malloc_at_startup()  # the node's malloc settings
+def rss():
+    return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20
+payloads = bombs.all_bombs()
+base = rss()
+for _ in range(3):
+    for data in payloads.values():
+        try:
+            decode_compressed(SimpleNamespace(format='', data=data))
+            print('ACCEPTED'); sys.exit(1)
+        except ImageDecodeError:
+            pass
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent (pytest) across fork and exec
+peak_bombs = int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM:')).split()[1]) / 1024
+yy, xx = np.mgrid[0:4320, 0:7680]
+img = np.stack([xx % 256, yy % 256, (xx + yy) % 256], axis=2).astype(np.uint8)
+_, jpg = encode_compressed(img, 'jpeg')
+_, png = encode_compressed(img, 'png')
+del img, yy, xx
+before = rss()
+for _ in range(3):
+    for data in (jpg, png):
+        out = decode_compressed(SimpleNamespace(format='', data=data))
+        assert out.shape == (4320, 7680, 3)
+        del out
+after = rss()
+print(f'{base:.0f} {peak_bombs:.0f} {before:.0f} {after:.0f}')
+"""
+    res = subprocess.run([sys.executable, "-c", code, str(REPO / "fuzz")], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    base, peak_bombs, before, after = (float(v) for v in res.stdout.split())
+    # The largest bomb would decode to 805 MB (16384 x 16384 x 3); all of them together stay < +150 MB
+    # (the payloads themselves and the import of the codec's libraries are in `base`).
+    assert peak_bombs - base < 150, (base, peak_bombs)
+    # Six 100 MB frames decoded and dropped: the memory goes back (at most 40 MB retained).
+    assert after - before < 40, (before, after)
+
+
+def _truncated_with_eoi(jpg: bytes, keep: float) -> bytes:
+    return jpg[: int(len(jpg) * keep)] + b"\xff\xd9"
+
+
+def test_truncated_jpeg_ending_in_eoi_is_rejected():
+    from liteseg_ros.synthetic import SceneConfig, generate_scene
+
+    img = generate_scene(1, SceneConfig(height=360, width=640)).image
+    _, jpg = encode_compressed(img, "jpeg")
+    assert decode_compressed(make_compressed("rclpy", "jpeg", jpg)).shape == (360, 640, 3)
+    for keep in (0.3, 0.6, 0.95):
+        cut = _truncated_with_eoi(jpg, keep)
+        # OpenCV decodes these, filling the missing rows with grey; libjpeg warns, and we reject
+        assert cv2.imdecode(np.frombuffer(cut, np.uint8), cv2.IMREAD_COLOR) is not None
+        with pytest.raises(ImageDecodeError, match="corrupt jpeg data"):
+            decode_compressed(make_compressed("rclpy", "jpeg", cut))
+
+
+_WARN_ORACLE = r"""
+import os, sys
+import cv2, numpy as np
+data = open(sys.argv[1], 'rb').read()
+n = int(sys.argv[2]); size = len(data) // n
+for k in range(n):
+    os.write(2, f'@@{k}\n'.encode())
+    img = cv2.imdecode(np.frombuffer(data[k * size:(k + 1) * size], np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        os.write(2, b'FAILED\n')
+"""
+
+
+def test_bit_flipped_jpegs_rejected_exactly_when_libjpeg_warns(tmp_path):
+    """Oracle: OpenCV's own libjpeg prints "Corrupt JPEG data" warnings to stderr (and decodes anyway).
+    Every flipped file it warns about (or cannot decode) is rejected by us, and we reject nothing else."""
+    from liteseg_ros.synthetic import SceneConfig, generate_scene
+
+    img = generate_scene(2, SceneConfig(height=120, width=160)).image
+    _, jpg = encode_compressed(img, "jpeg")
+    rng = np.random.default_rng(11)
+    variants = []
+    for _ in range(200):
+        d = bytearray(jpg)
+        j = int(rng.integers(len(d) // 3, len(d) - 2))  # in the scan data
+        d[j] ^= 1 << int(rng.integers(8))
+        variants.append(bytes(d))
+    (tmp_path / "all.bin").write_bytes(b"".join(variants))
+    res = subprocess.run([sys.executable, "-c", _WARN_ORACLE, str(tmp_path / "all.bin"), str(len(variants))],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    sections = res.stderr.split("@@")[1:]
+    flagged = {int(s.split("\n", 1)[0]) for s in sections
+               if "Corrupt JPEG data" in s or "FAILED" in s or "Unsupported" in s or "Bogus" in s}
+    rejected = set()
+    for k, v in enumerate(variants):
+        try:
+            decode_compressed(make_compressed("rclpy", "jpeg", v))
+        except ImageDecodeError:
+            rejected.add(k)
+    assert flagged, "the oracle saw no corrupt file: the flips missed the scan"
+    assert flagged <= rejected, sorted(flagged - rejected)
+    assert rejected <= flagged, sorted(rejected - flagged)
+
+
+def test_truncated_and_bit_flipped_pngs_are_rejected():
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    _, png = encode_compressed(img, "png")
+    for cut in (png[:-12], png[: len(png) // 2], png[:-1]):  # no IEND, half an IDAT, a short IEND
+        with pytest.raises(ImageDecodeError, match="corrupt png"):
+            decode_compressed(make_compressed("rclpy", "png", cut))
+    idat = png.index(b"IDAT")
+    flipped = bytearray(png)
+    flipped[idat + 40] ^= 0x10
+    with pytest.raises(ImageDecodeError, match="CRC mismatch"):
+        decode_compressed(make_compressed("rclpy", "png", bytes(flipped)))
+
+
+def test_max_pixels_bounds_raw_and_compressed_frames():
+    img = _smooth_bgr(100, 100)
+    raw = make_image("rclpy", 100, 100, "bgr8", 300, img.tobytes())
+    _, png = encode_compressed(img, "png")
+    _, jpg = encode_compressed(img, "jpeg")
+    for msg in (raw, make_compressed("rclpy", "png", png), make_compressed("rclpy", "jpeg", jpg)):
+        assert decode_any(msg, max_pixels=10_000).shape == (100, 100, 3)
+        with pytest.raises(ImageDecodeError, match="max_pixels=9999"):
+            decode_any(msg, max_pixels=9999)
+    with pytest.raises(ValueError, match="max_pixels"):
+        decode_any(raw, max_pixels=0)
+
+
+def _ns(**fields):
+    from types import SimpleNamespace
+
+    base = {"encoding": "mono8", "height": 2, "width": 2, "step": 2, "is_bigendian": 0, "data": bytes(4)}
+    base.update(fields)
+    return SimpleNamespace(**base)
+
+
+ODD_IMAGES = [
+    ("height_float", {"height": 2.7}),
+    ("height_float_integral", {"height": 2.0}),
+    ("height_str", {"height": "2"}),
+    ("height_none", {"height": None}),
+    ("step_float", {"step": 2.5}),
+    ("width_huge", {"width": 10**30}),
+    ("height_negative_huge", {"height": -(10**30)}),
+    ("encoding_bytes", {"encoding": b"mono8"}),
+    ("encoding_none", {"encoding": None}),
+    ("bigendian_str", {"is_bigendian": "yes"}),
+    ("data_none", {"data": None}),
+    ("data_str", {"data": "abcd"}),
+    ("data_int", {"data": 4}),
+    ("data_list_overflow", {"data": [0, 1, 2, 300]}),
+    ("data_list_negative", {"data": [0, 1, 2, -1]}),
+    ("data_list_nested", {"data": [[0, 1], [2, 3]]}),
+    ("data_list_floats", {"data": [0.5, 1.5, 2.5, 3.5]}),
+    ("data_float_array", {"data": np.zeros(4, np.float32)}),
+    ("data_object", {"data": object()}),
+]
+
+
+@pytest.mark.parametrize("fields", [c[1] for c in ODD_IMAGES], ids=[c[0] for c in ODD_IMAGES])
+def test_odd_image_field_types_raise_image_decode_error(fields):
+    with pytest.raises(ImageDecodeError):
+        decode_image(_ns(**fields))
+
+
+ODD_COMPRESSED = [
+    ("format_none", {"format": None}),
+    ("format_int", {"format": 3}),
+    ("data_none", {"data": None}),
+    ("data_str", {"data": "\xff\xd8\xff"}),
+    ("data_list_overflow", {"data": [255, 216, 255, 999]}),
+    ("data_float_array", {"data": np.zeros(8, np.float64)}),
+    ("data_object", {"data": object()}),
+]
+
+
+@pytest.mark.parametrize("fields", [c[1] for c in ODD_COMPRESSED], ids=[c[0] for c in ODD_COMPRESSED])
+def test_odd_compressed_field_types_raise_image_decode_error(fields):
+    from types import SimpleNamespace
+
+    base = {"format": "jpeg", "data": b"\xff\xd8\xff\xe0"}
+    base.update(fields)
+    with pytest.raises(ImageDecodeError):
+        decode_compressed(SimpleNamespace(**base))
+
+
+def test_list_of_ints_data_still_decodes():
+    msg = _ns(data=[0, 64, 128, 255])
+    assert decode_image(msg)[:, :, 0].tolist() == [[0, 64], [128, 255]]
