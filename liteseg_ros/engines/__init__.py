@@ -24,7 +24,6 @@ CUDA with onnxruntime-gpu), ``openvino`` (CPU fp32, bf16 where the CPU has it, i
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -54,22 +53,36 @@ __all__ = ["BACKENDS", "CPU_DEFAULT_BACKEND", "DEFAULT_MIN_LABEL_AGREEMENT", "PR
            "cpu_path_ranking", "create_engine", "load_model"]
 
 
-def available_backends() -> dict[str, str]:
-    """Backend name -> 'ok' or why it cannot run here (for logs, diagnostics and ``liteseg bench``)."""
+def _backend_status(name: str) -> str:
+    if name == "pytorch":
+        return "ok"
+    if name == "onnxruntime":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            return f"onnxruntime not installed ({exc.msg})"
+        return "ok"
+    if name == "openvino":
+        from .openvino import openvino_status
+
+        return openvino_status()
     from .tensorrt import tensorrt_status
 
-    status = {"pytorch": "ok"}
-    try:
-        import onnxruntime  # noqa: F401
+    return tensorrt_status()
 
-        status["onnxruntime"] = "ok"
-    except ImportError as exc:
-        status["onnxruntime"] = f"onnxruntime not installed ({exc.msg})"
-    from .openvino import openvino_status
 
-    status["openvino"] = openvino_status()
-    status["tensorrt"] = tensorrt_status()
-    return status
+class _LazyStatus(dict):
+    """``available_backends`` answered on first use per backend: importing openvino (~0.9 s) or
+    tensorrt is only paid when the choice gets to that backend, which keeps a warm start short."""
+
+    def __missing__(self, name: str) -> str:
+        self[name] = _backend_status(name)
+        return self[name]
+
+
+def available_backends() -> dict[str, str]:
+    """Backend name -> 'ok' or why it cannot run here (for logs, diagnostics and ``liteseg bench``)."""
+    return {name: _backend_status(name) for name in ("pytorch", "onnxruntime", "openvino", "tensorrt")}
 
 
 def cpu_path_ranking(caps=None) -> tuple[tuple[str, str, float], ...]:
@@ -93,42 +106,46 @@ def load_model(model_or_weights: Any):
     return load_checkpoint(path, map_location="cpu").eval()
 
 
-def _state_hash(model) -> str:
-    digest = hashlib.sha256(type(model).__name__.encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def onnx_for(model, input_size: tuple[int, int], cache_dir: str | os.PathLike | None, uint8: bool = True,
-             log: Callable[[str], None] = print) -> Path:
+             log: Callable[[str], None] = print, key: str | None = None) -> Path:
     """Export ``model`` once per (weights, size, output types) into ``cache_dir/onnx`` and reuse it.
 
+    ``model``: a module, or a zero-argument callable returning one, called only when the file must
+    be exported; ``key``: the model key (``cache.model_key``; default: the module's state key).
+    A warm cache therefore costs no torch import when the key comes from the checkpoint file.
     Without a logits output: a graph output keeps the 19xHxW tensor alive and cost ~20% in ONNX
     Runtime (benchmarks/bench_engines.py); tools that need logits export with ``with_logits=True``
     and open the file with ``OnnxRuntimeEngine``, or use the pytorch backend.
     """
-    from .export import export_onnx
-    from .tensorrt import default_cache_dir
+    from .cache import is_valid_file, onnx_cache_path, state_key
 
-    h, w = (int(v) for v in input_size)
-    base = Path(cache_dir) if cache_dir else default_cache_dir()
-    path = base / "onnx" / f"liteseg_{_state_hash(model)}_{h}x{w}_{'u8' if uint8 else 'i32'}.onnx"
-    if not path.is_file():
-        log(f"engines: exporting ONNX {path.name}")
-        export_onnx(model, path, (h, w), dynamic=False, with_logits=False, uint8=uint8)
+    get = model if callable(model) and not hasattr(model, "state_dict") else (lambda: model)
+    path = onnx_cache_path(key or state_key(get()), input_size, cache_dir, uint8)
+    if is_valid_file(path):
+        return path
+    from .export import export_onnx
+
+    log(f"engines: no cached ONNX file for these weights at {int(input_size[0])}x{int(input_size[1])}; "
+        f"exporting {path.name} (cold start; later starts reuse it)")
+    export_onnx(get(), path, tuple(int(v) for v in input_size), dynamic=False, with_logits=False, uint8=uint8)
     return path
 
 
-def _check_args(backend: str, device: str, precision: str) -> str:
-    from .pytorch import parse_device
+def _parse_device(device: str) -> str:
+    """``cpu`` | ``cuda`` | ``cuda:N``, lower case; EngineError otherwise (the same rule as
+    ``pytorch.parse_device``, without importing torch)."""
+    d = str(device).strip().lower()
+    if not (d in ("cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit())):
+        raise EngineError(f"device {device!r} is not one of: cpu, cuda, cuda:N (N = GPU index)")
+    return d
 
+
+def _check_args(backend: str, device: str, precision: str) -> str:
     if backend not in BACKENDS:
         raise EngineError(f"backend {backend!r} is not one of: {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise EngineError(f"precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
-    return str(parse_device(device))
+    return _parse_device(device)
 
 
 def create_engine(model_or_weights: Any, backend: str = "auto", device: str = "cpu",
@@ -136,7 +153,8 @@ def create_engine(model_or_weights: Any, backend: str = "auto", device: str = "c
                   num_threads: int | None = None, cache_dir: str | os.PathLike | None = None,
                   compile: bool = False, log: Callable[[str], None] = print, max_batch: int = 1,
                   rebuild: bool = False, warmup: bool = True,
-                  min_label_agreement: float = DEFAULT_MIN_LABEL_AGREEMENT, caps: Any = None) -> Engine:
+                  min_label_agreement: float = DEFAULT_MIN_LABEL_AGREEMENT, caps: Any = None,
+                  loaded_model: Any = None) -> Engine:
     """Build the engine for ``backend`` on ``device`` at ``precision`` (see the module docstring).
 
     model_or_weights: an ``nn.Module`` returning logits, a checkpoint path, or an exported ``.onnx``
@@ -148,7 +166,12 @@ def create_engine(model_or_weights: Any, backend: str = "auto", device: str = "c
     files, int8 files and reports, OpenVINO's compiled models, TensorRT plans (default
     ``~/.cache/liteseg_ros/engines``). compile: ``torch.compile`` for the pytorch backend.
     max_batch: TensorRT profile maximum. rebuild: ignore a cached TensorRT plan. caps: CPU
-    capability override for tests (see ``openvino.cpu_capabilities``). Logs the choice and its reason.
+    capability override for tests (see ``openvino.cpu_capabilities``). loaded_model: the module
+    already loaded from the checkpoint path ``model_or_weights`` (spares a second load; cache files
+    are still keyed by the file). Logs the choice and its reason.
+
+    With a checkpoint path, cached files are found by the file's hash (``cache.checkpoint_key``), so
+    a warm CPU start (cached ONNX / int8 file and report) neither loads the checkpoint nor imports torch.
     """
     dev = _check_args(backend, device, precision)
     if not 0.0 <= float(min_label_agreement) <= 1.5:
@@ -157,12 +180,13 @@ def create_engine(model_or_weights: Any, backend: str = "auto", device: str = "c
     if num_threads is not None:
         from .cpu_tuning import set_num_threads
 
-        set_num_threads(num_threads)
+        set_num_threads(num_threads, import_torch=False)
     is_onnx = isinstance(model_or_weights, (str, os.PathLike)) and str(model_or_weights).endswith(".onnx")
-    avail = available_backends()
+    avail = _LazyStatus()
     auto = backend == "auto"
     ctx = _Ctx(model_or_weights, is_onnx, input_size, num_threads, cache_dir, compile, log, max_batch,
                rebuild, float(min_label_agreement), caps)
+    ctx._model = loaded_model
     if auto:
         backend, dev, precision, reason = _choose(dev, precision, avail, is_onnx)
     elif avail[backend] != "ok":
@@ -201,23 +225,47 @@ class _Ctx:
         self.num_threads, self.cache_dir, self.compile, self.log = num_threads, cache_dir, compile, log
         self.max_batch, self.rebuild, self.floor, self.caps = max_batch, rebuild, floor, caps
         self._model = None
+        self._key: str | None = None
 
     @property
     def model(self):
+        """The module (loaded from the checkpoint on first use: this is what imports torch)."""
         if self._model is None:
             if self.is_onnx:
                 raise EngineError(f"{self.source} is an ONNX file; this needs the model weights")
             self._model = load_model(self.source)
+            if self.num_threads:
+                from .cpu_tuning import set_num_threads
+
+                set_num_threads(self.num_threads)
         return self._model
+
+    @property
+    def key(self) -> str:
+        """The cache key of the weights: the checkpoint file's hash, or the module's state hash."""
+        if self._key is None:
+            from .cache import model_key
+
+            if isinstance(self.source, (str, os.PathLike)):
+                if not Path(self.source).is_file():
+                    raise EngineError(f"weights file not found: {self.source}")
+                self._key = model_key(self.source)
+            else:
+                self._key = model_key(self.model)
+        return self._key
+
+    def onnx(self, uint8: bool = True) -> Path:
+        """The cached fp32 export of the weights at the network size (exported when missing)."""
+        return onnx_for(lambda: self.model, self.input_size, self.cache_dir, uint8, self.log, key=self.key)
 
 
 def _choose(dev: str, precision: str, avail: dict[str, str], is_onnx: bool) -> tuple[str, str, str, str]:
     """(backend, device, precision, reason) for ``backend: auto``; backend ``cpu-auto:any`` means the
     CPU choice of :func:`_cpu_auto`."""
-    import torch
-
     notes = []
     if dev.startswith("cuda"):
+        import torch
+
         if precision == "auto":
             precision = "fp16"
         if torch.cuda.is_available():
@@ -248,10 +296,10 @@ def _choose(dev: str, precision: str, avail: dict[str, str], is_onnx: bool) -> t
 
 def _cpu_auto(ctx: _Ctx, which: str, precision: str, notes: str) -> Engine:
     """The fastest CPU (backend, precision) meeting ctx.floor, built; see the module docstring."""
-    from .openvino import cpu_capabilities, is_quantized
+    from .openvino import cpu_capabilities_for_ranking, is_quantized
 
-    avail = available_backends()
-    caps = cpu_capabilities(ctx.caps)
+    avail = _LazyStatus()
+    caps = cpu_capabilities_for_ranking(ctx.caps)
     precisions = ("fp32", "bf16", "int8") if precision == "auto" else (precision,)
     if precision == "bf16" and "BF16" not in caps:
         msg = (f"bf16 requested but this CPU does not report BF16 (OpenVINO OPTIMIZATION_CAPABILITIES: "
@@ -269,20 +317,20 @@ def _cpu_auto(ctx: _Ctx, which: str, precision: str, notes: str) -> Engine:
             continue
         if prec not in precisions:
             continue
-        if avail[backend] != "ok":
-            skipped.append(f"{tag}: {avail[backend]}")
-            continue
         if prec == "bf16" and "BF16" not in caps:
             skipped.append(f"{tag}: CPU does not report BF16 ({','.join(sorted(caps)) or 'unknown'})")
             continue
         if file_int8 is not None and file_int8 != (prec == "int8"):
             continue  # the given file fixes the precision
         if prec == "int8" and not ctx.is_onnx and precision == "auto":
-            from .quantize import int8_path
+            from .cache import int8_cache_path, is_valid_file
 
-            if not int8_path(ctx.model, ctx.input_size, ctx.cache_dir).is_file():
+            if not is_valid_file(int8_cache_path(ctx.key, ctx.input_size, ctx.cache_dir)):
                 skipped.append(f"{tag}: no quantized model in the cache (run `liteseg quantize`)")
                 continue
+        if avail[backend] != "ok":  # after the cheap checks: asking may import the runtime
+            skipped.append(f"{tag}: {avail[backend]}")
+            continue
         engine = _build(ctx, backend, "cpu", prec, "", auto=True)
         agreement, source = (1.0, "fp32 reference") if prec == "fp32" else _agreement(ctx, engine, backend, prec)
         enforce = precision == "auto"
@@ -325,7 +373,7 @@ def _agreement(ctx: _Ctx, engine: Engine, backend: str, precision: str) -> tuple
 
     path = Path(engine.info.extra.get("file", ""))
     if precision == "int8":
-        from .quantize import load_report
+        from .cache import load_report
 
         rep = load_report(path, backend)
         if rep is not None:
@@ -333,10 +381,10 @@ def _agreement(ctx: _Ctx, engine: Engine, backend: str, precision: str) -> tuple
                                                    f"images")
     if ctx.is_onnx:
         return None, "no quantization report for this runtime next to the file"
-    from .tensorrt import default_cache_dir
+    from .cache import cache_root
 
     key = f"{path.stem}.{backend}.{precision}.{engine.info.extra.get('cpu_caps', '')}".replace(",", "-")
-    cache = (Path(ctx.cache_dir) if ctx.cache_dir else default_cache_dir()) / "agreement" / f"{key}.json"
+    cache = cache_root(ctx.cache_dir) / "agreement" / f"{key}.json"
     if cache.is_file():
         try:
             return float(json.loads(cache.read_text())["label_agreement"]), "start-up check, cached"
@@ -366,8 +414,9 @@ def _cpu_file(ctx: _Ctx, backend: str, precision: str) -> Path:
     if precision == "int8":
         from .quantize import int8_for
 
-        return int8_for(ctx.model, ctx.input_size, ctx.cache_dir, backend, ctx.num_threads, log=ctx.log)
-    return onnx_for(ctx.model, ctx.input_size, ctx.cache_dir, True, ctx.log)
+        return int8_for(lambda: ctx.model, ctx.input_size, ctx.cache_dir, backend, ctx.num_threads, log=ctx.log,
+                        key=ctx.key)
+    return ctx.onnx(True)
 
 
 def _build(ctx: _Ctx, backend: str, dev: str, precision: str, reason: str, auto: bool) -> Engine:
@@ -384,8 +433,7 @@ def _build(ctx: _Ctx, backend: str, dev: str, precision: str, reason: str, auto:
 
         if precision == "int8" and dev != "cpu":
             raise EngineError(f"precision int8 runs on device cpu, got {dev!r}")
-        path = _cpu_file(ctx, backend, precision) if dev == "cpu" or ctx.is_onnx else onnx_for(
-            ctx.model, ctx.input_size, ctx.cache_dir, True, ctx.log)
+        path = _cpu_file(ctx, backend, precision) if dev == "cpu" or ctx.is_onnx else ctx.onnx(True)
         return OnnxRuntimeEngine(path, dev, precision, ctx.num_threads, reason, ctx.log)
     if backend == "openvino":
         from .openvino import OpenVinoEngine
@@ -398,7 +446,7 @@ def _build(ctx: _Ctx, backend: str, dev: str, precision: str, reason: str, auto:
 
     model = None if ctx.is_onnx else ctx.model
     try:
-        path = Path(ctx.source) if ctx.is_onnx else onnx_for(model, ctx.input_size, ctx.cache_dir, False, ctx.log)
+        path = Path(ctx.source) if ctx.is_onnx else ctx.onnx(False)
         return TensorRTEngine(path, ctx.input_size, dev, precision, ctx.max_batch, ctx.cache_dir, ctx.rebuild,
                               int(getattr(model, "num_classes", 0)), reason, ctx.log)
     except Exception as exc:  # noqa: BLE001 - auto must fall back, whatever TensorRT raised

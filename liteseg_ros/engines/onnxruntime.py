@@ -2,7 +2,8 @@
 
 Ring 2: imports numpy and onnxruntime; never rclpy, message packages, or the node/bag/codec modules.
 Runs a file from ``export.export_onnx`` whose graph already contains argmax and the softmax
-maximum, so ``infer`` only fetches the uint8 outputs it was asked for.
+maximum, so ``infer`` only fetches the uint8 outputs it was asked for. Opening a file imports
+neither torch nor onnx (metadata comes from the session): the warm start of a node is short.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from .base import Engine, EngineError, EngineInfo, EngineOutput
-from .export import INPUT_NAME, onnx_metadata
 
 
 def session_options(num_threads: int | None = None):
@@ -51,11 +51,6 @@ class OnnxRuntimeEngine(Engine):
         path = Path(onnx_path)
         if not path.is_file():
             raise EngineError(f"ONNX file not found: {path}")
-        from .openvino import is_quantized
-
-        if is_quantized(path) != (precision == "int8"):
-            raise EngineError(f"{path} is an int8 (QDQ) model; set precision: int8 (or auto)" if precision != "int8"
-                              else f"{path} is not an int8 (QDQ) model; make one with `liteseg quantize`")
         d = str(device).strip().lower()
         if d == "cpu":
             providers: list = ["CPUExecutionProvider"]
@@ -71,13 +66,19 @@ class OnnxRuntimeEngine(Engine):
             self.session = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT has its own exception hierarchy
             raise EngineError(f"ONNX Runtime cannot load {path}: {exc}") from None
-        self.meta = onnx_metadata(path)
+        self.meta = {k: v for k, v in self.session.get_modelmeta().custom_metadata_map.items()
+                     if k.startswith("liteseg.")}
+        from .openvino import is_quantized
+
+        if is_quantized(path) != (precision == "int8"):
+            raise EngineError(f"{path} is an int8 (QDQ) model; set precision: int8 (or auto)" if precision != "int8"
+                              else f"{path} is not an int8 (QDQ) model; make one with `liteseg quantize`")
         self.output_names = [o.name for o in self.session.get_outputs()]
         if "label" not in self.output_names:
             raise EngineError(f"{path} has outputs {self.output_names}; expected 'label' (and 'confidence') "
                               f"from liteseg export")
         inp = self.session.get_inputs()[0]
-        self.input_name = inp.name if inp.name else INPUT_NAME
+        self.input_name = inp.name
         self.input_shape = list(inp.shape)  # ints for fixed axes, names for dynamic ones
         self.num_classes = int(self.meta.get("liteseg.num_classes") or 0)
         self.path = path

@@ -33,13 +33,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from .base import EngineError
+from .cache import load_report, report_paths
+
+if TYPE_CHECKING:  # torch is imported where a function needs it: the cache look-ups below must not
+    from torch import nn
 
 QUANT_BACKENDS = ("onnxruntime", "openvino")
 #: First seed of generated held-out scenes (calibration uses seeds from 0).
@@ -138,6 +140,8 @@ def _postprocess_graph(num_classes: int, size: tuple[int, int], opset: int):
     import warnings
 
     import onnx
+    import torch
+    from torch import nn
 
     from .outputs import SegmentationOutputs
 
@@ -310,28 +314,6 @@ def format_report(rep: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report_paths(onnx_path: str | os.PathLike, backend: str) -> tuple[Path, Path]:
-    """(json, txt) report paths of a quantized file for one runtime."""
-    p = Path(onnx_path)
-    stem = p.name[:-5] if p.name.endswith(".onnx") else p.name
-    return p.with_name(f"{stem}.{backend}.report.json"), p.with_name(f"{stem}.{backend}.report.txt")
-
-
-def load_report(onnx_path: str | os.PathLike, backend: str) -> dict[str, Any] | None:
-    """The JSON report of ``onnx_path`` for ``backend``, or None when there is none (or it is stale:
-    written for another file version)."""
-    jpath, _ = report_paths(onnx_path, backend)
-    if not jpath.is_file():
-        return None
-    try:
-        rep = json.loads(jpath.read_text())
-    except (OSError, ValueError):
-        return None
-    if rep.get("model_mtime_ns") != Path(onnx_path).stat().st_mtime_ns:
-        return None
-    return rep
-
-
 def _runtime_engine(path: Path, backend: str, num_threads: int | None, cache_dir: Any = None):
     if backend == "onnxruntime":
         from .onnxruntime import OnnxRuntimeEngine
@@ -448,30 +430,35 @@ def quantize_model(model: nn.Module, out: str | os.PathLike, input_size: tuple[i
     return out, reports
 
 
-def int8_path(model: nn.Module, input_size: tuple[int, int], cache_dir: str | os.PathLike | None) -> Path:
-    """Where the engine cache keeps the int8 file of ``model`` at ``input_size``."""
-    from . import _state_hash
-    from .tensorrt import default_cache_dir
+def int8_path(model: Any, input_size: tuple[int, int], cache_dir: str | os.PathLike | None) -> Path:
+    """Where the engine cache keeps the default-recipe int8 file of ``model`` (a module, or a
+    checkpoint path: keyed by the file's hash, as the node does) at ``input_size``."""
+    from .cache import int8_cache_path, model_key
 
-    h, w = (int(v) for v in input_size)
-    base = Path(cache_dir) if cache_dir else default_cache_dir()
-    return base / "int8" / f"liteseg_{_state_hash(model)}_{h}x{w}_int8.onnx"
+    return int8_cache_path(model_key(model), input_size, cache_dir)
 
 
-def int8_for(model: nn.Module, input_size: tuple[int, int], cache_dir: str | os.PathLike | None,
+def int8_for(model: Any, input_size: tuple[int, int], cache_dir: str | os.PathLike | None,
              backend: str, num_threads: int | None = None, calib_images: int = 32, holdout_images: int = 8,
-             log: Callable[[str], None] = print) -> Path:
+             log: Callable[[str], None] = print, key: str | None = None) -> Path:
     """The cached int8 file of ``model`` (``liteseg quantize`` without --out writes it), made here with
-    generated calibration scenes when missing; a missing report for ``backend`` is written too."""
-    path = int8_path(model, input_size, cache_dir)
-    if not path.is_file():
+    generated calibration scenes when missing; a missing report for ``backend`` is written too.
+
+    ``model``: a module, or a zero-argument callable returning one (called only when the file or its
+    report must be made); ``key``: its cache key (``cache.model_key``; default: the module's).
+    """
+    from .cache import int8_cache_path, is_valid_file, model_key
+
+    get = model if callable(model) and not hasattr(model, "state_dict") else (lambda: model)
+    path = int8_cache_path(key or model_key(get()), input_size, cache_dir)
+    if not is_valid_file(path):
         log(f"engines: no int8 model in the cache for these weights at {input_size[0]}x{input_size[1]}; "
             f"quantizing with {calib_images} generated scenes (run `liteseg quantize --calib DIR` to use "
             f"your own images)")
-        quantize_model(model, path, input_size, synthetic_samples(calib_images, input_size, 0),
+        quantize_model(get(), path, input_size, synthetic_samples(calib_images, input_size, 0),
                        synthetic_samples(holdout_images, input_size, HOLDOUT_SEED), [backend], num_threads,
                        calib_source="generated scenes", holdout_source="generated scenes", log=log)
     elif load_report(path, backend) is None:
-        evaluate_int8(model, path, backend, synthetic_samples(holdout_images, input_size, HOLDOUT_SEED),
+        evaluate_int8(get(), path, backend, synthetic_samples(holdout_images, input_size, HOLDOUT_SEED),
                       num_threads, {"holdout": {"images": holdout_images, "source": "generated scenes"}})
     return path
