@@ -475,7 +475,12 @@ def build_tensorrt_engine(model_or_weights: Any, input_size: tuple[int, int], pr
     if precision not in ("fp32", "fp16"):
         raise EngineError(f"precision {precision!r} is not one of: fp32, fp16 (TensorRT)")
     is_onnx = str(model_or_weights).endswith(".onnx") and not hasattr(model_or_weights, "state_dict")
-    path = Path(model_or_weights) if is_onnx else onnx_for(load_model(model_or_weights), input_size,
-                                                             cache_dir, False, log)
+    if is_onnx:
+        path = Path(model_or_weights)
+    else:  # a checkpoint path is keyed by its file, as create_engine (the node) does
+        from .cache import model_key
+
+        key = model_key(model_or_weights) if isinstance(model_or_weights, (str, os.PathLike)) else None
+        path = onnx_for(lambda: load_model(model_or_weights), input_size, cache_dir, False, log, key=key)
     plan_path, _ = ensure_plan(path, input_size, precision, dev.index or 0, max_batch, cache_dir, rebuild, log)
     return plan_path

@@ -237,7 +237,8 @@ def run_quantize(args: argparse.Namespace) -> int:
             calib, calib_src = synthetic_samples(args.synthetic, size, 0), "generated scenes (seeds 0..)"
             held = synthetic_samples(args.holdout, size, HOLDOUT_SEED)
             held_src = f"generated scenes (seeds {HOLDOUT_SEED}..)"
-        out = args.out or int8_path(model, size, args.cache_dir)
+        # keyed like the node's look-up: by the checkpoint file when there is one
+        out = args.out or int8_path(args.weights or model, size, args.cache_dir)
         backends = list(QUANT_BACKENDS) if args.backend == "all" else [args.backend]
         path, reports = quantize_model(model, out, size, calib, held, backends, args.threads, args.method,
                                        calib_src, held_src)
