@@ -158,6 +158,47 @@ def test_quantized_file_runs_in_both_runtimes_and_the_pipeline(model, cache):
         assert eng2.info.extra["file"] == str(q)
 
 
+def test_default_recipe_leaves_the_classifier_and_the_first_two_convs_float(cache):
+    """The file holds exactly the recipe's float nodes without DequantizeLinear on their weights, and its
+    report says which they are."""
+    import onnx
+
+    q = int8_path(cache / "random.pt", (H, W), cache)
+    graph = onnx.load(str(q)).graph
+    float_nodes = load_report(q, "onnxruntime")["calibration"]["float_nodes"]
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert float_nodes[:2] == ["/Resize_1", convs[-1].name]  # the classifier chain
+    assert set(float_nodes[2:]) == {convs[0].name, convs[1].name}
+    dq_out = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    for conv in convs:
+        assert (conv.input[1] in dq_out) == (conv.name not in float_nodes), conv.name
+    assert "left in float: /Resize_1" in report_paths(q, "onnxruntime")[1].read_text()
+
+
+def test_quantize_sensitivity_prints_the_sweep_and_writes_nothing(cache, tmp_path, capsys):
+    import argparse
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    add_quantize_parser(sub)
+    args = sub.choices["quantize"].parse_args(
+        ["--weights", str(cache / "random.pt"), "--synthetic", "2", "--holdout", "1", "--size", f"{H}x{W}",
+         "--threads", "1", "--cache-dir", str(tmp_path), "--sensitivity", "--sensitivity-limit", "2"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "per-layer sensitivity: baseline int8 label agreement" in out
+    rows = [ln for ln in out.splitlines() if ln.strip()[:1].isdigit()]
+    assert len(rows) == 2 and all("/Conv" in r and "%" in r for r in rows)
+    assert not any(tmp_path.iterdir())
+    args = sub.choices["quantize"].parse_args(["--random-weights", "--synthetic", "2", "--size", f"{H}x{W}",
+                                               "--float-node", "nope", "--out", str(tmp_path / "q.onnx")])
+    assert args.func(args) == 1
+    assert "no node named nope" in capsys.readouterr().err
+    args = sub.choices["quantize"].parse_args(["--random-weights", "--synthetic", "2", "--size", f"{H}x{W}",
+                                               "--float-input-convs", "0", "--cache-dir", str(tmp_path)])
+    assert args.func(args) == 1
+    assert "--out" in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
 def test_quantize_rejects_bad_input(tmp_path, capsys):
     import argparse
 

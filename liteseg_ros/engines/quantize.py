@@ -528,27 +528,30 @@ def quantize_model(model: nn.Module, out: str | os.PathLike, input_size: tuple[i
         raise EngineError("the model has no num_classes attribute (not a LiteSeg network)")
     t0 = time.perf_counter()
     tmp = out.with_name(f".{out.name}.{os.getpid()}")
-    raw = export_onnx(model, tmp.with_suffix(".raw.onnx"), (h, w), postprocess=False)
-    pipe = _reference_pipeline(model, (h, w))
-    log(f"quantize: calibrating on {len(calibration)} images ({method})")
-    q, kept = quantize_logits_onnx(raw, tmp.with_suffix(".q.onnx"), _Reader(pipe, calibration, "input"),
-                                   method=method, float_input_convs=float_input_convs, float_nodes=float_nodes)
-    calib = {"images": len(calibration), "method": method, "source": calib_source, "float_nodes": kept}
-    merged = attach_postprocessing(onnx.load(str(q)), num_classes, (h, w))
-    fp_meta = {p.key: p.value for p in onnx.load(str(raw), load_external_data=False).metadata_props}
-    fp_meta.update({"liteseg.outputs": "label,confidence", "liteseg.uint8": "True",
-                    "liteseg.precision": "int8",
-                    "liteseg.calibration": json.dumps(calib)})
-    del merged.metadata_props[:]
-    for k, v in fp_meta.items():
-        e = merged.metadata_props.add()
-        e.key, e.value = k, v
-    onnx.checker.check_model(merged)
-    part = tmp.with_suffix(".part.onnx")
-    onnx.save(merged, str(part))
-    os.replace(part, out)
-    for f in (raw, q):
-        f.unlink(missing_ok=True)
+    temps = [tmp.with_suffix(x) for x in (".raw.onnx", ".q.onnx", ".q.pre.onnx", ".part.onnx")]
+    try:
+        raw = export_onnx(model, tmp.with_suffix(".raw.onnx"), (h, w), postprocess=False)
+        pipe = _reference_pipeline(model, (h, w))
+        log(f"quantize: calibrating on {len(calibration)} images ({method})")
+        q, kept = quantize_logits_onnx(raw, tmp.with_suffix(".q.onnx"), _Reader(pipe, calibration, "input"),
+                                       method=method, float_input_convs=float_input_convs, float_nodes=float_nodes)
+        calib = {"images": len(calibration), "method": method, "source": calib_source, "float_nodes": kept}
+        merged = attach_postprocessing(onnx.load(str(q)), num_classes, (h, w))
+        fp_meta = {p.key: p.value for p in onnx.load(str(raw), load_external_data=False).metadata_props}
+        fp_meta.update({"liteseg.outputs": "label,confidence", "liteseg.uint8": "True",
+                        "liteseg.precision": "int8",
+                        "liteseg.calibration": json.dumps(calib)})
+        del merged.metadata_props[:]
+        for k, v in fp_meta.items():
+            e = merged.metadata_props.add()
+            e.key, e.value = k, v
+        onnx.checker.check_model(merged)
+        part = tmp.with_suffix(".part.onnx")
+        onnx.save(merged, str(part))
+        os.replace(part, out)
+    finally:  # also after an error: leave nothing behind but the finished file
+        for f in temps:
+            f.unlink(missing_ok=True)
     for b in QUANT_BACKENDS:  # reports of an earlier file at this path are stale now
         for r in report_paths(out, b):
             r.unlink(missing_ok=True)
