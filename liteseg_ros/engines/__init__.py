@@ -17,6 +17,8 @@ CUDA with onnxruntime-gpu), ``openvino`` (CPU fp32, bf16 where the CPU has it, i
   in ``cache_dir/agreement``). int8 needs a quantized file (``liteseg quantize``, or an earlier
   ``precision: int8`` run, in ``cache_dir/int8``) and its agreement comes from that file's report;
   ``auto`` never quantizes at start-up. PyTorch when neither ONNX Runtime nor OpenVINO is installed.
+- cached files (``cache.py``) are found by the checkpoint file's hash when weights are given as a
+  path, so a warm CPU start needs neither torch nor the checkpoint; a module is keyed by its state.
   fp16 on CPU falls back to fp32 under ``auto``; an explicit backend with fp16 on CPU is an EngineError.
 - ``precision: int8`` with an explicit backend uses the cached int8 file of the weights, quantizing
   it first with generated calibration scenes when there is none (logged); ``weights`` may also be a
@@ -43,6 +45,9 @@ CPU_DEFAULT_WHY = ("ONNX Runtime with in-graph post-processing measured 2.5x fas
 #: CPU paths fastest first, (backend, precision, model ms at 1x3x360x640 with 2 threads). With BF16
 #: (AVX-512 BF16 / AMX): the issue #11 measurements. Without (AVX2, no VNNI): benchmarks/bench_cpu_paths.py
 #: --block 3 on the idle 2-core AMD EPYC development machine, demo weights; int8 gains only ~1.15x there.
+#: The int8 rows were measured with the int8 recipe before the first two convolutions were left float;
+#: that change costs ~3 % of the MACs (66 of 1938 M at 360x640) and did not reorder the paths in the
+#: shared-machine run of ``bench_cpu_paths.py --recipe 0`` (Intel Xeon, 2 cores, AVX512-VNNI/AMX).
 CPU_PATHS_BF16 = (("openvino", "int8", 7.7), ("openvino", "bf16", 9.2), ("onnxruntime", "int8", 10.7),
                   ("onnxruntime", "fp32", 15.8), ("openvino", "fp32", 21.2))
 CPU_PATHS_NO_BF16 = (("onnxruntime", "int8", 43.5), ("openvino", "int8", 46.0), ("onnxruntime", "fp32", 50.3),
