@@ -216,7 +216,9 @@ def create_engine(model_or_weights: Any, backend: str = "auto", device: str = "c
     log(f"engines: using {engine.info.backend} on {engine.info.device} ({engine.info.precision}): "
         f"{engine.info.reason}")
     if warmup:
-        engine.warmup(int(input_size[0]), int(input_size[1]))
+        # One forward on the CPU: ONNX Runtime and OpenVINO allocate and pack everything in the first run
+        # and a second costs start-up time (a whole forward) for nothing; GPUs also tune kernels on the 2nd.
+        engine.warmup(int(input_size[0]), int(input_size[1]), runs=1 if engine.info.device == "cpu" else 2)
     return engine
 
 
