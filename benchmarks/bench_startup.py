@@ -86,8 +86,9 @@ def start_once(args: argparse.Namespace, cache: Path, importtime: bool = False) 
             "configure_s": float(ready[1]) if ready else None,
             "exported": "exporting" in text, "quantized": "quantizing" in text,
             "checkpoint_from_cache": "metadata from the engine cache" in text,
-            "torch_imported": any(re.match(r"import time:\s+\d+ \|\s+\d+ \|\s?torch$", ln) for ln in imports)
-            if imports else None, "imports": imports, "log": text}
+            # at any depth: torch is usually imported by another module, not by the node itself
+            "torch_imported": any(ln.split("|")[-1].strip() == "torch" for ln in imports) if imports else None,
+            "imports": imports, "log": text}
 
 
 def slowest_imports(imports: list[str], n: int = 8) -> list[tuple[str, float]]:

@@ -46,8 +46,9 @@ CPU_DEFAULT_WHY = ("ONNX Runtime with in-graph post-processing measured 2.5x fas
 #: (AVX-512 BF16 / AMX): the issue #11 measurements. Without (AVX2, no VNNI): benchmarks/bench_cpu_paths.py
 #: --block 3 on the idle 2-core AMD EPYC development machine, demo weights; int8 gains only ~1.15x there.
 #: The int8 rows were measured with the int8 recipe before the first two convolutions were left float;
-#: that change costs ~3 % of the MACs (66 of 1938 M at 360x640) and did not reorder the paths in the
-#: shared-machine run of ``bench_cpu_paths.py --recipe 0`` (Intel Xeon, 2 cores, AVX512-VNNI/AMX).
+#: those are ~3 % of the MACs (66 of 1938 M at 360x640), and on a heavily shared 2-core Intel Xeon
+#: (AVX512-VNNI/AMX) one round-robin run at 1 thread gave model medians of 87.6 ms (new recipe),
+#: 96.4 ms (old) and 123.2 ms (ONNX Runtime fp32): the order of the paths is unchanged.
 CPU_PATHS_BF16 = (("openvino", "int8", 7.7), ("openvino", "bf16", 9.2), ("onnxruntime", "int8", 10.7),
                   ("onnxruntime", "fp32", 15.8), ("openvino", "fp32", 21.2))
 CPU_PATHS_NO_BF16 = (("onnxruntime", "int8", 43.5), ("openvino", "int8", 46.0), ("onnxruntime", "fp32", 50.3),
