@@ -299,7 +299,7 @@ def test_demo_weights_every_cpu_path_agrees_with_pytorch_fp32(demo, record_prope
              ("onnxruntime", "int8", q), ("openvino", "int8", q)]
     if has_bf16():
         paths.append(("openvino", "bf16", m))
-    floors = {"fp32": 0.999, "bf16": 0.99, "int8": 0.98}
+    floors = {"fp32": 0.999, "bf16": 0.99, "int8": 0.99}  # int8: the default recipe keeps >= 99 %
     lines = []
     for backend, precision, src in paths:
         eng = create_engine(src, backend, "cpu", precision, size, num_threads=1, cache_dir=d, log=lambda m: None,
