@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib", type=int, default=32, help="generated calibration scenes for int8")
     ap.add_argument("--holdout", type=int, default=8, help="generated held-out scenes for the agreement")
     ap.add_argument("--cache-dir", type=Path, help="engine cache (default: a fresh temporary folder)")
+    ap.add_argument("--recipe", type=int, action="append", default=[], metavar="N",
+                    help="also time ONNX Runtime int8 made with the first N convolutions float (0 = the recipe "
+                         "before the per-layer sweep), in the same round-robin; repeatable")
+    ap.add_argument("--only-onnxruntime", action="store_true", help="skip the OpenVINO paths (shorter run)")
     ap.add_argument("--json", type=Path, default=Path("/tmp/bench_cpu_paths.json"))
     args = ap.parse_args(argv)
 
@@ -78,9 +82,20 @@ def main(argv: list[str] | None = None) -> int:
                           synthetic_samples(2, (h, w), HOLDOUT_SEED), ["onnxruntime"], args.threads,
                           calib_source="generated scenes", holdout_source="generated scenes", log=lambda m: None)
     print(f"int8 file made in {time.perf_counter() - t0:.1f} s")
+    extra_q = []
+    for n in args.recipe:
+        qn, _ = quantize_model(model, cache / f"int8_first{n}.onnx", (h, w), synthetic_samples(args.calib, (h, w), 0),
+                               synthetic_samples(2, (h, w), HOLDOUT_SEED), ["onnxruntime"], args.threads,
+                               calib_source="generated scenes", holdout_source="generated scenes",
+                               log=lambda m: None, float_input_convs=n)
+        extra_q.append((f"onnxruntime int8 first {n} float", qn))
 
     paths = [("pytorch", "fp32", model), ("onnxruntime", "fp32", model), ("onnxruntime", "int8", q),
              ("openvino", "fp32", model), ("openvino", "bf16", model), ("openvino", "int8", q)]
+    if args.only_onnxruntime:
+        paths = [p for p in paths if p[0] != "openvino"]
+    paths += [("onnxruntime", "int8", qn) for _, qn in extra_q]
+    labels = {str(qn): name for name, qn in extra_q}
     engines, skipped = [], []
     for backend, precision, src in paths:
         if precision == "bf16" and "BF16" not in caps:
@@ -131,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         post = float(np.median([s["postprocess"] for s in st]))
         infer = float(np.median([s["infer"] for s in st]))
         agree = compare_on_samples(e, ref, held)
-        rows.append({"name": f"{e.info.backend} {e.info.precision}", "backend": e.info.backend,
+        name = labels.get(e.info.extra.get("file", ""), f"{e.info.backend} {e.info.precision}")
+        rows.append({"name": name, "backend": e.info.backend,
                      "precision": e.info.precision, "model": m, "e2e": e2e,
                      "e2e_speedup_vs_eager_forward": round(eager_ms / e2e["median_ms"], 2),
                      "model_speedup_vs_eager_forward": round(eager_ms / m["median_ms"], 2),
@@ -140,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                      "label_agreement": agree["label_agreement"],
                      "miou_drop_points": agree.get("miou_drop_points"), "threads": e.info.extra.get("threads")})
 
-    head = (f"{'path':<18} {'model ms':>8} {'e2e ms':>8} {'e2e fps':>8} {'e2e/eager':>9} {'pre ms':>6} "
+    head = (f"{'path':<32} {'model ms':>8} {'e2e ms':>8} {'e2e fps':>8} {'e2e/eager':>9} {'pre ms':>6} "
             f"{'post ms':>7} {'(pre+post)/infer':>16} {'agree':>8} {'dmIoU':>6}")
     print(f"size {h}x{w}, {args.threads} threads; eager PyTorch fp32 forward alone: {eager_ms:.2f} ms "
           f"({1e3 / eager_ms:.1f} fps)")
@@ -148,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(head))
     for r in rows[1:]:
         dm = "-" if r["miou_drop_points"] is None else f"{r['miou_drop_points']:+.2f}"
-        print(f"{r['name']:<18} {r['model']['median_ms']:>8.2f} {r['e2e']['median_ms']:>8.2f} {r['e2e']['fps']:>8.1f} "
+        print(f"{r['name']:<32} {r['model']['median_ms']:>8.2f} {r['e2e']['median_ms']:>8.2f} {r['e2e']['fps']:>8.1f} "
               f"{r['e2e_speedup_vs_eager_forward']:>8.2f}x {r['preprocess_ms']:>6.2f} {r['postprocess_ms']:>7.2f} "
               f"{100 * r['pre_plus_post_share_of_infer']:>15.1f}% {100 * r['label_agreement']:>7.2f}% {dm:>6}")
     for s in skipped:

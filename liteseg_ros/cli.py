@@ -51,7 +51,6 @@ if _CONSOLE:
 import argparse  # noqa: E402
 import json  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 #: subcommand -> (one-line help, "module:function" that adds its parser to the subparsers)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {

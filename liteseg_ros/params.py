@@ -92,8 +92,8 @@ PARAMS: tuple[Param, ...] = (
           read_only=True),
     Param("num_threads", 0, "CPU threads for inference; 0 = all available cores", min=0, max=256, step=1,
           read_only=True),
-    Param("engine_cache_dir", "", "where exported ONNX / TensorRT engines are cached; '' = "
-          "~/.cache/liteseg_ros", read_only=True),
+    Param("engine_cache_dir", "", "where exported ONNX / int8 / TensorRT engines are cached; '' = "
+          "$LITESEG_CACHE_DIR or ~/.cache/liteseg_ros/engines", read_only=True),
     Param("build_only", False, "build/export the engine, then exit (TensorRT/ONNX ahead of time)",
           read_only=True),
     Param("network_width", 640, "network input width in pixels", min=32, max=4096, step=1, read_only=True),

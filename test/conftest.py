@@ -346,3 +346,36 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line(
             f"[ros] tests with the real colcon / ros2 launch / ros2 verbs {verdict}: {counts['passed']} of {total} "
             f"passed ({counts['skipped']} skipped, {counts['failed'] + counts['error']} failed)")
+
+
+# A child process that builds the node's pipeline from settings (runtime.build_pipeline, as the node's
+# configure does), runs one generated scene and reports which heavy modules it imported.
+_START = """
+import hashlib, json, sys
+from liteseg_ros import params
+from liteseg_ros.runtime import build_pipeline
+from liteseg_ros.synthetic import SceneConfig, generate_scene
+from liteseg_ros.pipeline import Wants
+vals = dict(params.defaults(), weights=sys.argv[1], engine_cache_dir=sys.argv[2], network_height=96,
+            network_width=160, num_threads=1, min_label_agreement=float(sys.argv[3]))
+vals["mask_groups"] = params.mask_groups_of(vals)
+logs = []
+pipe, src = build_pipeline(vals, log=logs.append)
+seg = pipe.run([generate_scene(10001, SceneConfig(height=120, width=200)).image], "bgr", Wants.all())[0]
+print(json.dumps({"torch": "torch" in sys.modules, "onnx": "onnx" in sys.modules,
+                  "openvino": "openvino" in sys.modules, "engine": [pipe.engine.info.backend,
+                  pipe.engine.info.precision], "label": hashlib.sha256(seg.label.tobytes()).hexdigest(),
+                  "classes": list(pipe.classes.names), "name": src.name, "logs": logs}))
+"""
+
+
+def start_runtime(weights, cache, min_agreement: float = 0.99) -> dict:
+    """build_pipeline in a fresh interpreter (so sys.modules shows what the start really imported),
+    with the CPU ranking of a machine without bf16 (ONNX Runtime first) whatever this CPU is."""
+    import json
+
+    env = dict(os.environ, LITESEG_CPU_CAPS="FP32,INT8")
+    out = subprocess.run([sys.executable, "-c", _START, str(weights), str(cache), str(min_agreement)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -254,6 +254,32 @@ def test_auto_on_cpu_picks_cpu_default_with_reason(model, tmp_path, batch, refer
     assert sum("exporting" in m for m in logs) == 1
 
 
+def test_warm_start_imports_no_torch_and_a_changed_checkpoint_is_exported_again(tiny_checkpoint, tmp_path):
+    """A second start with the cache the first one filled takes the checkpoint's metadata and the
+    ONNX file from the cache: torch (and onnx, openvino) are never imported, the labels are the same."""
+    import shutil
+
+    from conftest import start_runtime
+
+    from liteseg_ros.model import save_checkpoint
+
+    weights = tmp_path / "w.pt"
+    shutil.copy(tiny_checkpoint, weights)
+    cold = start_runtime(weights, tmp_path / "cache")
+    assert cold["torch"] and cold["engine"] == ["onnxruntime", "fp32"]
+    assert any("exporting" in m and "cold start" in m for m in cold["logs"]), cold["logs"]
+    warm = start_runtime(weights, tmp_path / "cache")
+    assert not warm["torch"] and not warm["onnx"] and not warm["openvino"], warm
+    assert warm["engine"] == ["onnxruntime", "fp32"] and not any("exporting" in m for m in warm["logs"])
+    assert any("metadata from the engine cache" in m for m in warm["logs"])
+    assert (warm["label"], warm["classes"], warm["name"]) == (cold["label"], cold["classes"], "tiny-random")
+    # new content at the same path: a new key, so the stale export is not used
+    save_checkpoint(random_weight_model(seed=5), weights)
+    again = start_runtime(weights, tmp_path / "cache")
+    assert again["torch"] and any("exporting" in m for m in again["logs"]) and again["label"] != cold["label"]
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 2
+
+
 def test_auto_fp16_on_cpu_falls_back_to_fp32_with_reason(model, tmp_path):
     eng = create_engine(model, "auto", "cpu", "fp16", (H, W), cache_dir=tmp_path, log=lambda m: None,
                         warmup=False)

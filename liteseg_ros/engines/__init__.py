@@ -19,6 +19,8 @@ TensorRT is an fp16 ONNX export (``onnx_for(..., precision='fp16')``): both run 
   in ``cache_dir/agreement``). int8 needs a quantized file (``liteseg quantize``, or an earlier
   ``precision: int8`` run, in ``cache_dir/int8``) and its agreement comes from that file's report;
   ``auto`` never quantizes at start-up. PyTorch when neither ONNX Runtime nor OpenVINO is installed.
+- cached files (``cache.py``) are found by the checkpoint file's hash when weights are given as a
+  path, so a warm CPU start needs neither torch nor the checkpoint; a module is keyed by its state.
   fp16 on CPU falls back to fp32 under ``auto``; an explicit backend with fp16 on CPU is an EngineError.
 - ``precision: int8`` with an explicit backend uses the cached int8 file of the weights, quantizing
   it first with generated calibration scenes when there is none (logged); ``weights`` may also be a
@@ -26,7 +28,6 @@ TensorRT is an fp16 ONNX export (``onnx_for(..., precision='fp16')``): both run 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +47,10 @@ CPU_DEFAULT_WHY = ("ONNX Runtime with in-graph post-processing measured 2.5x fas
 #: CPU paths fastest first, (backend, precision, model ms at 1x3x360x640 with 2 threads). With BF16
 #: (AVX-512 BF16 / AMX): the issue #11 measurements. Without (AVX2, no VNNI): benchmarks/bench_cpu_paths.py
 #: --block 3 on the idle 2-core AMD EPYC development machine, demo weights; int8 gains only ~1.15x there.
+#: The int8 rows were measured with the int8 recipe before the first two convolutions were left float;
+#: those are ~3 % of the MACs (66 of 1938 M at 360x640), and on a heavily shared 2-core Intel Xeon
+#: (AVX512-VNNI/AMX) one round-robin run at 1 thread gave model medians of 87.6 ms (new recipe),
+#: 96.4 ms (old) and 123.2 ms (ONNX Runtime fp32): the order of the paths is unchanged.
 CPU_PATHS_BF16 = (("openvino", "int8", 7.7), ("openvino", "bf16", 9.2), ("onnxruntime", "int8", 10.7),
                   ("onnxruntime", "fp32", 15.8), ("openvino", "fp32", 21.2))
 CPU_PATHS_NO_BF16 = (("onnxruntime", "int8", 43.5), ("openvino", "int8", 46.0), ("onnxruntime", "fp32", 50.3),
@@ -56,22 +61,36 @@ __all__ = ["BACKENDS", "CPU_DEFAULT_BACKEND", "DEFAULT_MIN_LABEL_AGREEMENT", "PR
            "cpu_path_ranking", "create_engine", "load_model"]
 
 
-def available_backends() -> dict[str, str]:
-    """Backend name -> 'ok' or why it cannot run here (for logs, diagnostics and ``liteseg bench``)."""
+def _backend_status(name: str) -> str:
+    if name == "pytorch":
+        return "ok"
+    if name == "onnxruntime":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            return f"onnxruntime not installed ({exc.msg})"
+        return "ok"
+    if name == "openvino":
+        from .openvino import openvino_status
+
+        return openvino_status()
     from .tensorrt import tensorrt_status
 
-    status = {"pytorch": "ok"}
-    try:
-        import onnxruntime  # noqa: F401
+    return tensorrt_status()
 
-        status["onnxruntime"] = "ok"
-    except ImportError as exc:
-        status["onnxruntime"] = f"onnxruntime not installed ({exc.msg})"
-    from .openvino import openvino_status
 
-    status["openvino"] = openvino_status()
-    status["tensorrt"] = tensorrt_status()
-    return status
+class _LazyStatus(dict):
+    """``available_backends`` answered on first use per backend: importing openvino (~0.9 s) or
+    tensorrt is only paid when the choice gets to that backend, which keeps a warm start short."""
+
+    def __missing__(self, name: str) -> str:
+        self[name] = _backend_status(name)
+        return self[name]
+
+
+def available_backends() -> dict[str, str]:
+    """Backend name -> 'ok' or why it cannot run here (for logs, diagnostics and ``liteseg bench``)."""
+    return {name: _backend_status(name) for name in ("pytorch", "onnxruntime", "openvino", "tensorrt")}
 
 
 def cpu_path_ranking(caps=None) -> tuple[tuple[str, str, float], ...]:
@@ -95,45 +114,49 @@ def load_model(model_or_weights: Any):
     return load_checkpoint(path, map_location="cpu").eval()
 
 
-def _state_hash(model) -> str:
-    digest = hashlib.sha256(type(model).__name__.encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def onnx_for(model, input_size: tuple[int, int], cache_dir: str | os.PathLike | None, uint8: bool = True,
-             log: Callable[[str], None] = print, precision: str = "fp32") -> Path:
+             log: Callable[[str], None] = print, key: str | None = None, precision: str = "fp32") -> Path:
     """Export ``model`` once per (weights, size, output types, precision) into ``cache_dir/onnx`` and reuse it.
 
     ``precision='fp16'`` is the fp16 graph that TensorRT and ONNX Runtime CUDA run (export.Fp16Network).
 
+    ``model``: a module, or a zero-argument callable returning one, called only when the file must
+    be exported; ``key``: the model key (``cache.model_key``; default: the module's state key).
+    A warm cache therefore costs no torch import when the key comes from the checkpoint file.
     Without a logits output: a graph output keeps the 19xHxW tensor alive and cost ~20% in ONNX
     Runtime (benchmarks/bench_engines.py); tools that need logits export with ``with_logits=True``
     and open the file with ``OnnxRuntimeEngine``, or use the pytorch backend.
     """
-    from .export import export_onnx
-    from .tensorrt import default_cache_dir
+    from .cache import is_valid_file, onnx_cache_path, state_key
 
-    h, w = (int(v) for v in input_size)
-    base = Path(cache_dir) if cache_dir else default_cache_dir()
-    tag = "" if precision == "fp32" else f"_{precision}"
-    path = base / "onnx" / f"liteseg_{_state_hash(model)}_{h}x{w}_{'u8' if uint8 else 'i32'}{tag}.onnx"
-    if not path.is_file():
-        log(f"engines: exporting ONNX {path.name}")
-        export_onnx(model, path, (h, w), dynamic=False, with_logits=False, uint8=uint8, precision=precision)
+    get = model if callable(model) and not hasattr(model, "state_dict") else (lambda: model)
+    path = onnx_cache_path(key or state_key(get()), input_size, cache_dir, uint8, precision)
+    if is_valid_file(path):
+        return path
+    from .export import export_onnx
+
+    log(f"engines: no cached ONNX file for these weights at {int(input_size[0])}x{int(input_size[1])}; "
+        f"exporting {path.name} (cold start; later starts reuse it)")
+    export_onnx(get(), path, tuple(int(v) for v in input_size), dynamic=False, with_logits=False, uint8=uint8,
+                precision=precision)
     return path
 
 
-def _check_args(backend: str, device: str, precision: str) -> str:
-    from .pytorch import parse_device
+def _parse_device(device: str) -> str:
+    """``cpu`` | ``cuda`` | ``cuda:N``, lower case; EngineError otherwise (the same rule as
+    ``pytorch.parse_device``, without importing torch)."""
+    d = str(device).strip().lower()
+    if not (d in ("cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit())):
+        raise EngineError(f"device {device!r} is not one of: cpu, cuda, cuda:N (N = GPU index)")
+    return d
 
+
+def _check_args(backend: str, device: str, precision: str) -> str:
     if backend not in BACKENDS:
         raise EngineError(f"backend {backend!r} is not one of: {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise EngineError(f"precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
-    return str(parse_device(device))
+    return _parse_device(device)
 
 
 def create_engine(model_or_weights: Any, backend: str = "auto", device: str = "cpu",
@@ -141,7 +164,8 @@ def create_engine(model_or_weights: Any, backend: str = "auto", device: str = "c
                   num_threads: int | None = None, cache_dir: str | os.PathLike | None = None,
                   compile: bool = False, log: Callable[[str], None] = print, max_batch: int = 1,
                   rebuild: bool = False, warmup: bool = True,
-                  min_label_agreement: float = DEFAULT_MIN_LABEL_AGREEMENT, caps: Any = None) -> Engine:
+                  min_label_agreement: float = DEFAULT_MIN_LABEL_AGREEMENT, caps: Any = None,
+                  loaded_model: Any = None) -> Engine:
     """Build the engine for ``backend`` on ``device`` at ``precision`` (see the module docstring).
 
     model_or_weights: an ``nn.Module`` returning logits, a checkpoint path, or an exported ``.onnx``
@@ -153,7 +177,12 @@ def create_engine(model_or_weights: Any, backend: str = "auto", device: str = "c
     files, int8 files and reports, OpenVINO's compiled models, TensorRT plans (default
     ``~/.cache/liteseg_ros/engines``). compile: ``torch.compile`` for the pytorch backend.
     max_batch: TensorRT profile maximum. rebuild: ignore a cached TensorRT plan. caps: CPU
-    capability override for tests (see ``openvino.cpu_capabilities``). Logs the choice and its reason.
+    capability override for tests (see ``openvino.cpu_capabilities``). loaded_model: the module
+    already loaded from the checkpoint path ``model_or_weights`` (spares a second load; cache files
+    are still keyed by the file). Logs the choice and its reason.
+
+    With a checkpoint path, cached files are found by the file's hash (``cache.checkpoint_key``), so
+    a warm CPU start (cached ONNX / int8 file and report) neither loads the checkpoint nor imports torch.
     """
     dev = _check_args(backend, device, precision)
     if not 0.0 <= float(min_label_agreement) <= 1.5:
@@ -162,12 +191,13 @@ def create_engine(model_or_weights: Any, backend: str = "auto", device: str = "c
     if num_threads is not None:
         from .cpu_tuning import set_num_threads
 
-        set_num_threads(num_threads)
+        set_num_threads(num_threads, import_torch=False)
     is_onnx = isinstance(model_or_weights, (str, os.PathLike)) and str(model_or_weights).endswith(".onnx")
-    avail = available_backends()
+    avail = _LazyStatus()
     auto = backend == "auto"
     ctx = _Ctx(model_or_weights, is_onnx, input_size, num_threads, cache_dir, compile, log, max_batch,
                rebuild, float(min_label_agreement), caps)
+    ctx._model = loaded_model
     if auto:
         backend, dev, precision, reason = _choose(dev, precision, avail, is_onnx)
     elif avail[backend] != "ok":
@@ -196,7 +226,9 @@ def create_engine(model_or_weights: Any, backend: str = "auto", device: str = "c
     log(f"engines: using {engine.info.backend} on {engine.info.device} ({engine.info.precision}): "
         f"{engine.info.reason}")
     if warmup:
-        engine.warmup(int(input_size[0]), int(input_size[1]))
+        # One forward on the CPU: ONNX Runtime and OpenVINO allocate and pack everything in the first run
+        # and a second costs start-up time (a whole forward) for nothing; GPUs also tune kernels on the 2nd.
+        engine.warmup(int(input_size[0]), int(input_size[1]), runs=1 if engine.info.device == "cpu" else 2)
     return engine
 
 
@@ -210,23 +242,49 @@ class _Ctx:
         self.num_threads, self.cache_dir, self.compile, self.log = num_threads, cache_dir, compile, log
         self.max_batch, self.rebuild, self.floor, self.caps = max_batch, rebuild, floor, caps
         self._model = None
+        self._key: str | None = None
 
     @property
     def model(self):
+        """The module (loaded from the checkpoint on first use: this is what imports torch)."""
         if self._model is None:
             if self.is_onnx:
                 raise EngineError(f"{self.source} is an ONNX file; this needs the model weights")
             self._model = load_model(self.source)
+            if self.num_threads:
+                from .cpu_tuning import set_num_threads
+
+                set_num_threads(self.num_threads)
         return self._model
+
+    @property
+    def key(self) -> str:
+        """The cache key of the weights: the checkpoint file's hash, or the module's state hash."""
+        if self._key is None:
+            from .cache import model_key
+
+            if isinstance(self.source, (str, os.PathLike)):
+                if not Path(self.source).is_file():
+                    raise EngineError(f"weights file not found: {self.source}")
+                self._key = model_key(self.source)
+            else:
+                self._key = model_key(self.model)
+        return self._key
+
+    def onnx(self, uint8: bool = True, precision: str = "fp32") -> Path:
+        """The cached export (fp32, or the fp16 graph for CUDA) of the weights at the network size
+        (exported when missing)."""
+        return onnx_for(lambda: self.model, self.input_size, self.cache_dir, uint8, self.log, key=self.key,
+                        precision=precision)
 
 
 def _choose(dev: str, precision: str, avail: dict[str, str], is_onnx: bool) -> tuple[str, str, str, str]:
     """(backend, device, precision, reason) for ``backend: auto``; backend ``cpu-auto:any`` means the
     CPU choice of :func:`_cpu_auto`."""
-    import torch
-
     notes = []
     if dev.startswith("cuda"):
+        import torch
+
         if precision == "auto":
             precision = "fp16"
         if torch.cuda.is_available():
@@ -257,10 +315,10 @@ def _choose(dev: str, precision: str, avail: dict[str, str], is_onnx: bool) -> t
 
 def _cpu_auto(ctx: _Ctx, which: str, precision: str, notes: str) -> Engine:
     """The fastest CPU (backend, precision) meeting ctx.floor, built; see the module docstring."""
-    from .openvino import cpu_capabilities, is_quantized
+    from .openvino import cpu_capabilities_for_ranking, is_quantized
 
-    avail = available_backends()
-    caps = cpu_capabilities(ctx.caps)
+    avail = _LazyStatus()
+    caps = cpu_capabilities_for_ranking(ctx.caps)
     precisions = ("fp32", "bf16", "int8") if precision == "auto" else (precision,)
     if precision == "bf16" and "BF16" not in caps:
         msg = (f"bf16 requested but this CPU does not report BF16 (OpenVINO OPTIMIZATION_CAPABILITIES: "
@@ -278,20 +336,20 @@ def _cpu_auto(ctx: _Ctx, which: str, precision: str, notes: str) -> Engine:
             continue
         if prec not in precisions:
             continue
-        if avail[backend] != "ok":
-            skipped.append(f"{tag}: {avail[backend]}")
-            continue
         if prec == "bf16" and "BF16" not in caps:
             skipped.append(f"{tag}: CPU does not report BF16 ({','.join(sorted(caps)) or 'unknown'})")
             continue
         if file_int8 is not None and file_int8 != (prec == "int8"):
             continue  # the given file fixes the precision
         if prec == "int8" and not ctx.is_onnx and precision == "auto":
-            from .quantize import int8_path
+            from .cache import int8_cache_path, is_valid_file
 
-            if not int8_path(ctx.model, ctx.input_size, ctx.cache_dir).is_file():
+            if not is_valid_file(int8_cache_path(ctx.key, ctx.input_size, ctx.cache_dir)):
                 skipped.append(f"{tag}: no quantized model in the cache (run `liteseg quantize`)")
                 continue
+        if avail[backend] != "ok":  # after the cheap checks: asking may import the runtime
+            skipped.append(f"{tag}: {avail[backend]}")
+            continue
         engine = _build(ctx, backend, "cpu", prec, "", auto=True)
         agreement, source = (1.0, "fp32 reference") if prec == "fp32" else _agreement(ctx, engine, backend, prec)
         enforce = precision == "auto"
@@ -334,7 +392,7 @@ def _agreement(ctx: _Ctx, engine: Engine, backend: str, precision: str) -> tuple
 
     path = Path(engine.info.extra.get("file", ""))
     if precision == "int8":
-        from .quantize import load_report
+        from .cache import load_report
 
         rep = load_report(path, backend)
         if rep is not None:
@@ -342,10 +400,10 @@ def _agreement(ctx: _Ctx, engine: Engine, backend: str, precision: str) -> tuple
                                                    f"images")
     if ctx.is_onnx:
         return None, "no quantization report for this runtime next to the file"
-    from .tensorrt import default_cache_dir
+    from .cache import cache_root
 
     key = f"{path.stem}.{backend}.{precision}.{engine.info.extra.get('cpu_caps', '')}".replace(",", "-")
-    cache = (Path(ctx.cache_dir) if ctx.cache_dir else default_cache_dir()) / "agreement" / f"{key}.json"
+    cache = cache_root(ctx.cache_dir) / "agreement" / f"{key}.json"
     if cache.is_file():
         try:
             return float(json.loads(cache.read_text())["label_agreement"]), "start-up check, cached"
@@ -375,8 +433,9 @@ def _cpu_file(ctx: _Ctx, backend: str, precision: str) -> Path:
     if precision == "int8":
         from .quantize import int8_for
 
-        return int8_for(ctx.model, ctx.input_size, ctx.cache_dir, backend, ctx.num_threads, log=ctx.log)
-    return onnx_for(ctx.model, ctx.input_size, ctx.cache_dir, True, ctx.log)
+        return int8_for(lambda: ctx.model, ctx.input_size, ctx.cache_dir, backend, ctx.num_threads, log=ctx.log,
+                        key=ctx.key)
+    return ctx.onnx(True)
 
 
 def _build(ctx: _Ctx, backend: str, dev: str, precision: str, reason: str, auto: bool) -> Engine:
@@ -394,8 +453,7 @@ def _build(ctx: _Ctx, backend: str, dev: str, precision: str, reason: str, auto:
         if precision == "int8" and dev != "cpu":
             raise EngineError(f"precision int8 runs on device cpu, got {dev!r}")
         precision = _file_precision(ctx, precision, auto)
-        path = _cpu_file(ctx, backend, precision) if dev == "cpu" or ctx.is_onnx else onnx_for(
-            ctx.model, ctx.input_size, ctx.cache_dir, True, ctx.log, precision)
+        path = _cpu_file(ctx, backend, precision) if dev == "cpu" or ctx.is_onnx else ctx.onnx(True, precision)
         return OnnxRuntimeEngine(path, dev, precision, ctx.num_threads, reason, ctx.log)
     if backend == "openvino":
         from .openvino import OpenVinoEngine
@@ -409,8 +467,7 @@ def _build(ctx: _Ctx, backend: str, dev: str, precision: str, reason: str, auto:
     model = None if ctx.is_onnx else ctx.model
     try:
         precision = _file_precision(ctx, precision, auto)
-        path = Path(ctx.source) if ctx.is_onnx else onnx_for(model, ctx.input_size, ctx.cache_dir, False, ctx.log,
-                                                             precision)
+        path = Path(ctx.source) if ctx.is_onnx else ctx.onnx(False, precision)
         return TensorRTEngine(path, ctx.input_size, dev, precision, ctx.max_batch, ctx.cache_dir, ctx.rebuild,
                               int(getattr(model, "num_classes", 0)), reason, ctx.log)
     except Exception as exc:  # noqa: BLE001 - auto must fall back, whatever TensorRT raised
@@ -450,7 +507,13 @@ def build_tensorrt_engine(model_or_weights: Any, input_size: tuple[int, int], pr
     if precision not in ("fp32", "fp16"):
         raise EngineError(f"precision {precision!r} is not one of: fp32, fp16 (TensorRT)")
     is_onnx = str(model_or_weights).endswith(".onnx") and not hasattr(model_or_weights, "state_dict")
-    path = Path(model_or_weights) if is_onnx else onnx_for(load_model(model_or_weights), input_size,
-                                                             cache_dir, False, log, precision)
+    if is_onnx:
+        path = Path(model_or_weights)
+    else:  # a checkpoint path is keyed by its file, as create_engine (the node) does
+        from .cache import model_key
+
+        key = model_key(model_or_weights) if isinstance(model_or_weights, (str, os.PathLike)) else None
+        path = onnx_for(lambda: load_model(model_or_weights), input_size, cache_dir, False, log, key=key,
+                        precision=precision)
     plan_path, _ = ensure_plan(path, input_size, precision, dev.index or 0, max_batch, cache_dir, rebuild, log)
     return plan_path

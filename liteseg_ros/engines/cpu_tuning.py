@@ -19,6 +19,7 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import sys
 
 #: mallopt parameter numbers from glibc's <malloc.h>.
 M_TRIM_THRESHOLD = -1
@@ -70,17 +71,23 @@ def malloc_env(mmap_threshold: int = DEFAULT_MMAP_THRESHOLD,
     return {"MALLOC_MMAP_THRESHOLD_": str(mmap_threshold), "MALLOC_TRIM_THRESHOLD_": str(trim_threshold)}
 
 
-def set_num_threads(n: int | None) -> int:
+def set_num_threads(n: int | None, import_torch: bool = True) -> int:
     """Use ``n`` intra-op threads in torch and in ONNX Runtime sessions created afterwards.
 
     ``None`` keeps torch's current setting and only records it. Returns the value in effect.
+    ``import_torch=False`` (the engine factory) sets torch's count only when torch is already
+    imported: an ONNX Runtime start from a warm cache never needs torch, and whoever imports it
+    later for a model (``create_engine``'s lazy model load) sets the count then.
     """
     global _num_threads
+    if n is not None and int(n) < 1:
+        raise ValueError(f"num_threads must be >= 1, got {n}")
+    if not import_torch and "torch" not in sys.modules:
+        _num_threads = int(n) if n is not None else get_num_threads()
+        return _num_threads
     import torch
 
     if n is not None:
-        if int(n) < 1:
-            raise ValueError(f"num_threads must be >= 1, got {n}")
         torch.set_num_threads(int(n))
     _num_threads = int(n) if n is not None else torch.get_num_threads()
     return _num_threads
@@ -88,14 +95,15 @@ def set_num_threads(n: int | None) -> int:
 
 def get_num_threads() -> int:
     """The thread count given to ONNX Runtime sessions: the last :func:`set_num_threads` value, else
-    torch's (which defaults to the number of physical cores), else ``os.cpu_count()``."""
+    torch's when torch is imported (it defaults to the number of physical cores), else the CPUs this
+    process may run on (``os.sched_getaffinity``; importing torch just to ask would cost seconds)."""
     if _num_threads is not None:
         return _num_threads
+    if "torch" in sys.modules:
+        return sys.modules["torch"].get_num_threads()
     try:
-        import torch
-
-        return torch.get_num_threads()
-    except ImportError:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
         return os.cpu_count() or 1
 
 

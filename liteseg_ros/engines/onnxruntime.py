@@ -3,7 +3,8 @@
 
 Ring 2: imports numpy and onnxruntime; never rclpy, message packages, or the node/bag/codec modules.
 Runs a file from ``export.export_onnx`` whose graph already contains argmax and the softmax
-maximum, so ``infer`` only fetches the uint8 outputs it was asked for.
+maximum, so ``infer`` only fetches the uint8 outputs it was asked for. Opening a file imports
+neither torch nor onnx (metadata comes from the session): the warm start of a node is short.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from .base import Engine, EngineError, EngineInfo, EngineOutput
-from .export import INPUT_NAME, onnx_metadata
 
 
 def session_options(num_threads: int | None = None):
@@ -55,15 +55,13 @@ class OnnxRuntimeEngine(Engine):
         path = Path(onnx_path)
         if not path.is_file():
             raise EngineError(f"ONNX file not found: {path}")
-        from .export import onnx_precision
-        from .openvino import is_quantized
+        if on_cuda:  # fp32 and fp16 graphs run only as exported (CPU runs fp32 and int8 files alone)
+            from .export import onnx_precision
 
-        if is_quantized(path) != (precision == "int8"):
-            raise EngineError(f"{path} is an int8 (QDQ) model; set precision: int8 (or auto)" if precision != "int8"
-                              else f"{path} is not an int8 (QDQ) model; make one with `liteseg quantize`")
-        if precision != "int8" and onnx_precision(path) != precision:
-            raise EngineError(f"{path} is an {onnx_precision(path)} ONNX file, precision {precision} requested "
-                              f"(export with precision={precision!r}, or set precision: auto)")
+            found = "int8" if precision == "int8" else onnx_precision(path)
+            if precision != "int8" and found != precision:
+                raise EngineError(f"{path} is an {found} ONNX file, precision {precision} requested "
+                                  f"(export with precision={precision!r}, or set precision: auto)")
         if d == "cpu":
             providers: list = ["CPUExecutionProvider"]
         elif d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
@@ -78,13 +76,19 @@ class OnnxRuntimeEngine(Engine):
             self.session = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT has its own exception hierarchy
             raise EngineError(f"ONNX Runtime cannot load {path}: {exc}") from None
-        self.meta = onnx_metadata(path)
+        self.meta = {k: v for k, v in self.session.get_modelmeta().custom_metadata_map.items()
+                     if k.startswith("liteseg.")}
+        from .openvino import is_quantized
+
+        if is_quantized(path) != (precision == "int8"):
+            raise EngineError(f"{path} is an int8 (QDQ) model; set precision: int8 (or auto)" if precision != "int8"
+                              else f"{path} is not an int8 (QDQ) model; make one with `liteseg quantize`")
         self.output_names = [o.name for o in self.session.get_outputs()]
         if "label" not in self.output_names:
             raise EngineError(f"{path} has outputs {self.output_names}; expected 'label' (and 'confidence') "
                               f"from liteseg export")
         inp = self.session.get_inputs()[0]
-        self.input_name = inp.name if inp.name else INPUT_NAME
+        self.input_name = inp.name
         self.input_shape = list(inp.shape)  # ints for fixed axes, names for dynamic ones
         self.num_classes = int(self.meta.get("liteseg.num_classes") or 0)
         self.path = path

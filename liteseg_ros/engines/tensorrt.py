@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import Engine, EngineError, EngineInfo, EngineOutput
+from .cache import default_cache_dir  # defined once, in cache.py
 
 #: Bump when the exported graph or the build settings change in a way the key does not capture
 #: (2: strongly typed builds from precision-typed ONNX files).
@@ -121,12 +122,6 @@ def network_flags(trt, major: int) -> int:
     if major == 10:
         return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     return 0
-
-
-def default_cache_dir() -> Path:
-    """``$LITESEG_CACHE_DIR`` or ``~/.cache/liteseg_ros/engines``."""
-    env = os.environ.get("LITESEG_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "liteseg_ros" / "engines"
 
 
 def tensorrt_status() -> str:
