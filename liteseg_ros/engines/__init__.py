@@ -115,7 +115,7 @@ def load_model(model_or_weights: Any):
 
 
 def onnx_for(model, input_size: tuple[int, int], cache_dir: str | os.PathLike | None, uint8: bool = True,
-             log: Callable[[str], None] = print, key: str | None = None, precision: str = "fp32") -> Path:
+             log: Callable[[str], None] = print, precision: str = "fp32", key: str | None = None) -> Path:
     """Export ``model`` once per (weights, size, output types, precision) into ``cache_dir/onnx`` and reuse it.
 
     ``precision='fp16'`` is the fp16 graph that TensorRT and ONNX Runtime CUDA run (export.Fp16Network).

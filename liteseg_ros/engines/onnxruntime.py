@@ -78,6 +78,10 @@ class OnnxRuntimeEngine(Engine):
             raise EngineError(f"ONNX Runtime cannot load {path}: {exc}") from None
         self.meta = {k: v for k, v in self.session.get_modelmeta().custom_metadata_map.items()
                      if k.startswith("liteseg.")}
+        if not on_cuda and self.meta.get("liteseg.precision", "fp32") != "fp32" and precision != "int8":
+            # our export records its precision; reading it here costs no onnx import on the warm path
+            raise EngineError(f"{path} is an {self.meta['liteseg.precision']} ONNX file, precision {precision} "
+                              "requested (export with precision='fp32' for the CPU, or set precision: auto)")
         from .openvino import is_quantized
 
         if is_quantized(path) != (precision == "int8"):
