@@ -170,3 +170,121 @@ def test_real_model_through_the_pipeline_equals_model_argmax():
     assert (seg.label == want).mean() >= 0.999
     conf = (torch.softmax(logits, 1).amax(1)[0].numpy() * 255)
     assert np.abs(seg.confidence.astype(np.float32) - conf).max() <= 1.5
+
+
+# ------------------------------------------------------------------ exactness of the fast post-processing
+def reference_postprocess(pipe, label, confidence, geom, image, color_order="bgr", wants=None, cfg=None):
+    """The straightforward definition every fast path must reproduce bit for bit: upsample the label
+    first, then colour, mask and scan it at output resolution (the pipeline as it was before it
+    worked at network size)."""
+    import cv2
+
+    from liteseg_ros.pipeline import Segmentation
+
+    cfg = cfg or pipe.config
+    wants = wants or Wants()
+    if cfg.confidence_threshold > 0.0 and confidence is not None:
+        label = label.copy()
+        label[confidence < round(cfg.confidence_threshold * 255)] = pipe.classes.ignore_label
+    label = geom.crop(label)
+    conf = geom.crop(confidence) if confidence is not None else None
+    out_h, out_w = geom.output_size(cfg.output_resolution)
+    if label.shape != (out_h, out_w):
+        label = cv2.resize(label, (out_w, out_h), interpolation=cv2.INTER_NEAREST)
+        if conf is not None and wants.confidence:
+            conf = cv2.resize(conf, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+    label = np.ascontiguousarray(label)
+    seg = Segmentation(label=label, geometry=geom)
+    if wants.confidence and conf is not None:
+        seg.confidence = np.ascontiguousarray(conf)
+    palette_bgr = pipe.classes.palette_lut(bgr=True).reshape(256, 1, 3)
+    if wants.color or wants.overlay:
+        bgr = cv2.LUT(cv2.cvtColor(label, cv2.COLOR_GRAY2BGR), palette_bgr)
+        if wants.color:
+            seg.color = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if wants.overlay and image is not None:
+            ih, iw = geom.input_size
+            if bgr.shape[:2] != (ih, iw):
+                bgr = cv2.resize(bgr, (iw, ih), interpolation=cv2.INTER_NEAREST)
+            src = image if color_order == "bgr" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+            seg.overlay = cv2.addWeighted(src, 1.0 - cfg.overlay_alpha, bgr, cfg.overlay_alpha, 0.0)
+    groups = {g: pipe.classes.group_lut(ids) for g, ids in cfg.mask_groups.items()}
+    names = groups.keys() if wants.masks is None else [g for g in groups if g in wants.masks]
+    for g in names:
+        seg.masks[g] = cv2.LUT(label, groups[g])
+    if wants.boundary and "drivable" in groups:
+        seg.boundary = free_space_boundary(cv2.LUT(label, groups["drivable"]))
+    return seg
+
+
+def scene_label(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """Blobs of classes 0..18 (road at the bottom, some 255) so boundaries have runs and gaps."""
+    import cv2
+
+    coarse = rng.integers(0, 19, (max(2, h // 6), max(2, w // 6)), dtype=np.uint8)
+    lab = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_NEAREST)
+    lab[h * 2 // 3:][rng.random((h - h * 2 // 3, w)) < 0.7] = 0  # mostly road near the bottom
+    lab[rng.random((h, w)) < 0.02] = 255
+    return lab
+
+
+def assert_same_products(got, want):
+    assert np.array_equal(got.label, want.label)
+    for name in ("confidence", "color", "overlay"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b), name
+    assert list(got.masks) == list(want.masks)
+    for g in want.masks:
+        assert np.array_equal(got.masks[g], want.masks[g]), g
+    assert (got.boundary is None) == (want.boundary is None)
+    if want.boundary is not None:
+        assert got.boundary.row.dtype == want.boundary.row.dtype
+        assert np.array_equal(got.boundary.row, want.boundary.row)
+        assert got.boundary.drivable_fraction == want.boundary.drivable_fraction  # bit-identical float
+
+
+EXACT_CASES = [  # (network (h, w), input (h, w), resize mode, output resolution)
+    ((36, 64), (108, 192), "stretch", "input"),      # integer 3x, as 360x640 -> 1080p
+    ((36, 64), (72, 128), "stretch", "input"),       # 2x, as 720p
+    ((36, 64), (102, 205), "stretch", "input"),      # 2048x1024-like non-integer
+    ((36, 64), (37, 65), "stretch", "input"),        # barely larger
+    ((36, 64), (20, 30), "stretch", "input"),        # a camera smaller than the network (downsample)
+    ((36, 64), (719, 1281), "letterbox", "input"),
+    ((48, 48), (90, 160), "letterbox", "network"),
+    ((36, 64), (36, 64), "stretch", "input"),        # camera = network: nothing resampled
+]
+
+
+@pytest.mark.parametrize("net,size,mode,res", EXACT_CASES)
+@pytest.mark.parametrize("threshold", [0.0, 0.5])
+def test_postprocess_is_bit_identical_to_the_full_resolution_definition(net, size, mode, res, threshold):
+    rng = np.random.default_rng(hash((net, size, mode, res)) % 2**32)
+    groups = CLASSES.resolve_groups({"drivable": ["road", "sidewalk"], "vehicles": ["car", "bus"]})
+    cfg = PipelineConfig(network_size=net, resize_mode=mode, output_resolution=res, mask_groups=groups,
+                         overlay_alpha=0.37, confidence_threshold=threshold)
+    pipe = Pipeline(DominantChannelEngine(), CLASSES, cfg)
+    geom = Geometry.fit(size, net, mode)
+    label = scene_label(*net, rng)
+    conf = rng.integers(0, 256, net, dtype=np.uint8)
+    img = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    for order in ("bgr", "rgb"):
+        for wants in (Wants.all(), Wants(color=False, masks=frozenset()), Wants(overlay=False, confidence=False)):
+            got = pipe.postprocess(label, conf, geom, img, order, wants)
+            want = reference_postprocess(pipe, label, conf, geom, img, order, wants)
+            assert_same_products(got, want)
+
+
+@pytest.mark.parametrize("src,dst", [((36, 64), (108, 192)), ((360, 640), (1080, 1920)), ((360, 640), (1024, 2048)),
+                                     ((45, 80), (31, 59)), ((7, 9), (7, 9)), ((360, 640), (721, 1283))])
+def test_nearest_maps_reproduce_opencv_nearest_resize(src, dst):
+    import cv2
+
+    from liteseg_ros.pipeline import nearest_maps
+
+    rows, cols = nearest_maps(src, dst)
+    a = np.random.default_rng(0).integers(0, 256, src, dtype=np.uint8)
+    assert np.array_equal(a[rows][:, cols], cv2.resize(a, dst[::-1], interpolation=cv2.INTER_NEAREST))
+    four = np.random.default_rng(1).integers(0, 256, (*src, 4), dtype=np.uint8)  # the BGRA colour path
+    assert np.array_equal(four[rows][:, cols], cv2.resize(four, dst[::-1], interpolation=cv2.INTER_NEAREST))
