@@ -218,13 +218,33 @@ class Pipeline:
 
     Thread-safe for one worker thread calling ``run`` while other threads call ``update`` (live
     parameters): the config is swapped atomically and read once per batch.
+
+    ``backend`` picks where pre/post-processing run: ``numpy`` (OpenCV on the host, the CPU path),
+    ``torch`` (on the engine's ``tensor_device``, see ``pipeline_torch``; needs an engine that takes
+    device tensors: PyTorch, TensorRT), or ``auto``: torch when the engine computes on a CUDA device,
+    else numpy. Both give the same Segmentation (see ``pipeline_torch`` for what is bit-identical).
     """
 
-    def __init__(self, engine: Engine, classes: ClassTable, config: PipelineConfig | None = None) -> None:
+    def __init__(self, engine: Engine, classes: ClassTable, config: PipelineConfig | None = None,
+                 backend: str = "auto") -> None:
         self.engine = engine
         self.classes = classes
         self._lock = threading.Lock()
         self._config = config or PipelineConfig(mask_groups={})
+        device = getattr(engine, "tensor_device", None)
+        if backend == "auto":
+            backend = "torch" if device is not None and getattr(device, "type", "") == "cuda" else "numpy"
+        if backend not in ("numpy", "torch"):
+            raise ValueError(f"pipeline backend {backend!r} is not one of: auto, numpy, torch")
+        self._torch = None
+        if backend == "torch":
+            if device is None:
+                raise ValueError(f"pipeline backend 'torch' needs an engine that runs on torch tensors "
+                                 f"(pytorch, tensorrt); {engine.info.backend} does not")
+            from liteseg_ros.pipeline_torch import TorchStages
+
+            self._torch = TorchStages(device, classes)
+        self.backend = backend
         self._apply(self._config)
 
     # ----------------------------------------------------------------- configuration
@@ -256,6 +276,8 @@ class Pipeline:
             "palette_bgra32": _bgra32(self.classes.palette_lut(bgr=True)),
             "group_luts": {g: self.classes.group_lut(ids) for g, ids in cfg.mask_groups.items()},
         }
+        if self._torch is not None:
+            state["torch"] = self._torch.state(cfg, scale, bias)
         self._state = state
         self._config = cfg
 
@@ -357,6 +379,8 @@ class Pipeline:
         if len(per_frame) != len(images):
             raise ValueError(f"{len(images)} images but {len(per_frame)} Wants")
         cfg = self._config  # one consistent config for the whole batch
+        if self._torch is not None:
+            return self._run_torch(images, color_order, per_frame, cfg)
         t0 = time.perf_counter()
         batch, geoms = self.preprocess(images, color_order, cfg)
         t1 = time.perf_counter()
@@ -368,6 +392,42 @@ class Pipeline:
             conf = out.confidence[i] if out.confidence is not None else None
             results.append(self.postprocess(out.label[i], conf, g, img, color_order, per_frame[i], cfg))
         t3 = time.perf_counter()
+        n = len(images)
+        for seg in results:
+            seg.timings = {"preprocess": (t1 - t0) * 1e3 / n, "infer": (t2 - t1) * 1e3 / n,
+                           "postprocess": (t3 - t2) * 1e3 / n}
+        return results
+
+    def _run_torch(self, images: Sequence[np.ndarray], color_order: str, per_frame: list[Wants],
+                   cfg: PipelineConfig) -> list[Segmentation]:
+        """``run`` on the engine's device: upload uint8, pre/post-process there, download what is wanted.
+
+        On CUDA each stage ends with a stream synchronisation so the per-stage timings are true
+        (the node publishes them); it costs microseconds, the frame has to be complete anyway.
+        """
+        stages, st = self._torch, self._state  # one state for the batch, as cfg
+        tst = st["torch"]
+        sync = stages.device.type == "cuda"
+        import torch
+
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            frames = stages.upload(images)
+            batch, geoms = stages.preprocess(frames, color_order, cfg, tst)
+            if sync:
+                torch.cuda.current_stream(stages.device).synchronize()
+            t1 = time.perf_counter()
+            need_conf = any(w.confidence for w in per_frame) or cfg.confidence_threshold > 0.0
+            label, conf = self.engine.infer_tensors(batch, want_confidence=need_conf)
+            if sync:
+                torch.cuda.current_stream(stages.device).synchronize()
+            t2 = time.perf_counter()
+            products = [stages.postprocess(label[i], conf[i] if conf is not None else None, g, frames[i],
+                                           color_order, per_frame[i], cfg, tst, self.classes.ignore_label)
+                        for i, g in enumerate(geoms)]
+            host = stages.download(products)
+            results = [stages.segmentation(h, g, cfg) for h, g in zip(host, geoms, strict=True)]
+            t3 = time.perf_counter()
         n = len(images)
         for seg in results:
             seg.timings = {"preprocess": (t1 - t0) * 1e3 / n, "infer": (t2 - t1) * 1e3 / n,
