@@ -304,8 +304,9 @@ class Pipeline:
                 resized = cv2.resize(img, (cw, ch), interpolation=interp)
             if (ch, cw) != (nh, nw):
                 batch[i] = 0.0  # letterbox padding = the mean colour (zero after normalisation)
+            planes = cv2.split(resized)  # contiguous planes: the multiplies below stream memory
             for c in range(3):
-                np.multiply(resized[:, :, src[c]], scale[c], out=batch[i, c, t:t + ch, left:left + cw],
+                np.multiply(planes[src[c]], scale[c], out=batch[i, c, t:t + ch, left:left + cw],
                             casting="unsafe")
                 batch[i, c, t:t + ch, left:left + cw] += bias[c]
             geoms.append(g)
@@ -346,12 +347,14 @@ class Pipeline:
         if wants.color or want_overlay:
             # (h, w, 4) B, G, R, 255 at network size; np.take on the uint32 view is one gather.
             bgra_net = np.take(st["palette_bgra32"], label_net).view(np.uint8).reshape(*label_net.shape, 4)
+            bgra = _resize_nearest(bgra_net, (out_h, out_w)) if wants.color else None
             if wants.color:
-                bgra = _resize_nearest(bgra_net, (out_h, out_w))
                 seg.color = cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGB)
             if want_overlay:
                 ih, iw = geom.input_size
-                bgr = cv2.cvtColor(_resize_nearest(bgra_net, (ih, iw)), cv2.COLOR_BGRA2BGR)
+                if bgra is None or bgra.shape[:2] != (ih, iw):  # the overlay is always at input size
+                    bgra = _resize_nearest(bgra_net, (ih, iw))
+                bgr = cv2.cvtColor(bgra, cv2.COLOR_BGRA2BGR)
                 src = image if color_order == "bgr" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
                 seg.overlay = cv2.addWeighted(src, 1.0 - cfg.overlay_alpha, bgr, cfg.overlay_alpha, 0.0)
         groups = st["group_luts"]
