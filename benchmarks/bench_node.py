@@ -40,7 +40,11 @@ STAGES = ("decode_ms", "preprocess_ms", "infer_ms", "postprocess_ms", "publish_m
 def run_node(tree: Path | None, cameras: list[tuple[int, int]], frames: int, rate: float, network: tuple[int, int],
              backend: str, precision: str, weights: str) -> dict[str, dict]:
     """One node process (``tree``'s code, or this repository's): per camera (w, h), the median stages."""
-    from conftest import NodeProcess, RosHarness, ros_env  # the test harness: isolated domain, large-SHM profile
+    from conftest import (  # the test harness: isolated domain, large-SHM profile
+        NodeProcess,
+        RosHarness,
+        ros_env,
+    )
     from rclpy.qos import QoSProfile, QoSReliabilityPolicy
     from sensor_msgs.msg import Image
 
