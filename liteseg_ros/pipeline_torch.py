@@ -17,8 +17,8 @@ masks are table lookups of that label, and the boundary is computed by the numpy
 network-size mask (a 230 KB download at 360x640). The confidence (bilinear) and the overlay (a
 float blend) may differ from OpenCV's fixed-point/rounding by 1. Preprocessing resizes with torch
 (area averaging when shrinking, bilinear otherwise), which matches OpenCV's INTER_AREA/INTER_LINEAR
-to float rounding at integer scale factors and closely otherwise, so labels can differ on a few
-boundary pixels from the CPU path's.
+to one grey level at integer scale factors (exactly without a resize) and closely otherwise, so
+labels can differ on a few boundary pixels from the CPU path's.
 """
 from __future__ import annotations
 
@@ -95,9 +95,12 @@ class TorchStages:
         for img in images:
             if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
                 raise ValueError(f"expected a (H, W, 3) uint8 image, got {img.shape} {img.dtype}")
-            t = torch.from_numpy(np.ascontiguousarray(img))  # read-only inputs are fine: only read
-            if self.device.type == "cuda":
-                t = t.pin_memory().to(self.device, non_blocking=True)
+            if self.device.type == "cuda":  # one copy into pinned memory, then an asynchronous upload
+                staging = torch.empty(img.shape, dtype=torch.uint8, pin_memory=True)
+                staging.numpy()[...] = img  # frames may be read-only views of the received message
+                t = staging.to(self.device, non_blocking=True)
+            else:
+                t = torch.from_numpy(img if img.flags.writeable and img.flags.c_contiguous else img.copy())
             out.append(t)
         return out
 
