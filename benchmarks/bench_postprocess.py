@@ -8,7 +8,7 @@ checkout of an older commit, e.g. ``git worktree add /tmp/base HEAD~3``) the bas
 hits both alike; the table gives both and their ratio. Best-of-N (min) is the figure to compare on
 a shared machine; medians are in the JSON. malloc is tuned as in the node (``tune_malloc``).
 
-    .venv/bin/python benchmarks/bench_postprocess.py --baseline /tmp/base --json /tmp/bench_post.json
+    .venv/bin/python benchmarks/bench_postprocess.py --baseline /tmp/base --messages --json /tmp/bench_post.json
 """
 from __future__ import annotations
 
@@ -64,14 +64,65 @@ def scene(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     return lab
 
 
+def message_rows(pipe, label, conf, classes, repeat: int, nh: int, nw: int) -> list[dict]:
+    """Rows 'recv: decode' and 'publish: build 7 msgs': base = the rclpy message path, new = wire."""
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import Image
+
+    from liteseg_ros import image_codec, wire
+
+    rows = []
+    rng = np.random.default_rng(1)
+    for cam in CAMERAS:
+        img = rng.integers(0, 256, (*cam, 3), dtype=np.uint8)
+        raw = serialize_message(image_codec.fill_image(Image(), img, "bgr8"))
+        seg = pipe.postprocess(label, conf, pipe_geometry(pipe, cam, nh, nw), img, "bgr")
+        outs = [(seg.label, "mono8"), (seg.confidence, "mono8"), (seg.color, "rgb8"), (seg.overlay, "bgr8"),
+                *((m, "mono8") for m in seg.masks.values())]
+        cases = {
+            "recv: decode": {"base": lambda raw=raw: image_codec.decode_any(deserialize_message(raw, Image)),
+                             "new": lambda raw=raw: image_codec.decode_any(wire.parse_image(raw))},
+            f"publish: build {len(outs)} msgs": {
+                "base": lambda outs=outs: [serialize_message(image_codec.fill_image(Image(), a, e)) for a, e in outs],
+                "new": lambda outs=outs: [wire.image_bytes(a, e) for a, e in outs]},
+        }
+        for stage, calls in cases.items():
+            times: dict[str, list[float]] = {k: [] for k in calls}
+            for f in calls.values():
+                f()
+            for _ in range(repeat):
+                for k, f in calls.items():
+                    t0 = time.perf_counter()
+                    f()
+                    times[k].append((time.perf_counter() - t0) * 1e3)
+            rows.append({"camera": f"{cam[1]}x{cam[0]}", "stage": stage,
+                         **{f"{k}_min_ms": min(v) for k, v in times.items()},
+                         **{f"{k}_median_ms": statistics.median(v) for k, v in times.items()}})
+    return rows
+
+
+def pipe_geometry(pipe, cam, nh: int, nw: int):
+    from liteseg_ros.pipeline import Geometry
+
+    return Geometry.fit(cam, (nh, nw), "stretch")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", type=Path, help="an older source tree to compare with (same process)")
     ap.add_argument("--repeat", type=int, default=25)
     ap.add_argument("--network", default="360x640")
+    ap.add_argument("--cameras", default="640x360,1280x720,1920x1080,2048x1024", help="WxH list")
+    ap.add_argument("--messages", action="store_true",
+                    help="also the message side (needs rclpy): receiving a raw bgr8 frame (old: "
+                         "deserialize_message + decode; new: wire.parse_image + decode) and building the 7 "
+                         "output messages (old: fill_image + the conversion and serialization publish() does; "
+                         "new: wire.image_bytes), interleaved; DDS transport excluded")
     ap.add_argument("--json", default="/tmp/bench_postprocess.json")
     a = ap.parse_args()
     tune_malloc()
+    global CAMERAS
+    CAMERAS = tuple((int(c.split("x")[1]), int(c.split("x")[0])) for c in a.cameras.split(","))
     nh, nw = (int(v) for v in a.network.split("x"))
     rng = np.random.default_rng(0)
     classes = ClassTable.cityscapes()
@@ -111,12 +162,14 @@ def main() -> int:
                    **{f"{k}_min_ms": min(v) for k, v in times.items()},
                    **{f"{k}_median_ms": statistics.median(v) for k, v in times.items()}}
             rows.append(row)
+    if a.messages:
+        rows += message_rows(pipes["new"][1], label, conf, classes, a.repeat, nh, nw)
     base = "base" in pipes
     print(f"pre/post-processing, network {nw}x{nh}, best of {a.repeat} (ms)" + (", base = " + str(a.baseline) if base else ""))
     print(f"{'camera':>10} {'stage':<18} {'new':>8}" + (f" {'base':>8} {'base/new':>9}" if base else ""))
     for r in rows:
         line = f"{r['camera']:>10} {r['stage']:<18} {r['new_min_ms']:8.2f}"
-        if base:
+        if "base_min_ms" in r:
             line += f" {r['base_min_ms']:8.2f} {r['base_min_ms'] / r['new_min_ms']:8.2f}x"
         print(line)
     Path(a.json).write_text(json.dumps(rows, indent=2))
