@@ -497,7 +497,12 @@ class LiteSegNode(LifecycleNode):
                     except queue.Full:
                         continue
         finally:
-            handoff.put(None)
+            while publisher.is_alive():  # the end marker, once the publisher has room for it
+                try:
+                    handoff.put(None, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
             publisher.join(timeout=10.0)
 
     def _publish_loop(self, handoff: queue.Queue) -> None:
