@@ -113,6 +113,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=25)
     ap.add_argument("--network", default="360x640")
     ap.add_argument("--cameras", default="640x360,1280x720,1920x1080,2048x1024", help="WxH list")
+    ap.add_argument("--cv-threads", type=int, default=0,
+                    help="cv2.setNumThreads (0 = OpenCV's default, as in the node); 1 gives steadier figures "
+                         "on a loaded machine, where a parallel step waits for its slowest thread")
     ap.add_argument("--messages", action="store_true",
                     help="also the message side (needs rclpy): receiving a raw bgr8 frame (old: "
                          "deserialize_message + decode; new: wire.parse_image + decode) and building the 7 "
@@ -121,6 +124,10 @@ def main() -> int:
     ap.add_argument("--json", default="/tmp/bench_postprocess.json")
     a = ap.parse_args()
     tune_malloc()
+    if a.cv_threads:
+        import cv2
+
+        cv2.setNumThreads(a.cv_threads)
     global CAMERAS
     CAMERAS = tuple((int(c.split("x")[1]), int(c.split("x")[0])) for c in a.cameras.split(","))
     nh, nw = (int(v) for v in a.network.split("x"))
