@@ -155,7 +155,9 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=20, help="timed frames per camera size (after 3 warm-up)")
     ap.add_argument("--size", default="360x640", help="network HxW")
     ap.add_argument("--cameras", default=CAMERAS, help="camera WxH list, comma-separated")
-    ap.add_argument("--rate", type=float, default=3.0, help="camera Hz (low enough for no drops)")
+    ap.add_argument("--rate", type=float, default=3.0,
+                    help="camera Hz: keep it below the node's frame rate, else the publisher thread works "
+                         "on frame N while frame N+1 is processed and both stages' times inflate")
     ap.add_argument("--backend", default="onnxruntime", help="default: the CPU default path, ONNX Runtime fp32")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--weights", default="demo", help="checkpoint (default: the bundled demo weights)")
