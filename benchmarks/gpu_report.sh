@@ -3,13 +3,16 @@
 # torchvision, onnx and onnxruntime (ROS is not needed; TensorRT rows appear where `tensorrt` imports).
 # It runs the GPU tests, the TensorRT fp32/fp16 build-time, timing and label check (bench_tensorrt.py), then
 # the paper-style timings: model-only and end to end (uint8 frame in, label out), PyTorch, TensorRT and (with
-# onnxruntime-gpu) ONNX Runtime CUDA, fp32 and fp16, at 640x360 and 1024x2048, with the demo weights.
+# onnxruntime-gpu) ONNX Runtime CUDA, fp32 and fp16, at 640x360 and 1024x2048, with the demo weights; then the
+# pipeline with its device-side pre/post-processing (bench_gpu_pipeline.py) and, where rclpy imports, the
+# whole node: stamp -> published label latency at 30 Hz and fps.
 #
 #   bash benchmarks/gpu_report.sh [OUT_DIR]          # default OUT_DIR: $OUT, else ./gpu_report
 #   PYTHON=.venv/bin/python bash benchmarks/gpu_report.sh
 #
-# Writes gpu.txt (nvidia-smi), tests.txt, bench_tensorrt.{txt,json}, bench_model*.{txt,json}, bench*.{txt,json}
-# into OUT_DIR and exits non-zero if a test or the fp16-vs-fp32 label check failed. The paper's reference: 161 fps at 640x360 (GTX 1080 Ti, fp32, model only).
+# Writes gpu.txt (nvidia-smi), tests.txt, bench_tensorrt.{txt,json}, bench_model*.{txt,json}, bench*.{txt,json},
+# bench_gpu_pipeline.{txt,json}, bench_gpu_node.{txt,json} into OUT_DIR and exits non-zero if a test or the
+# fp16-vs-fp32 label check failed. The paper's reference: 161 fps at 640x360 (GTX 1080 Ti, fp32, model only).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-gpu_report}}
@@ -26,7 +29,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 
 # GPU tests (marked gpu) + the CPU check of the fp16 tolerance on trained weights
 "$py" -m pytest -q -p no:cacheprovider -o addopts="-ra" test/test_engines.py test/test_checkpoint.py \
-    test/test_train.py -m "gpu" 2>&1 | tee "$out/tests.txt" || status=1
+    test/test_train.py test/test_pipeline.py -m "gpu" 2>&1 | tee "$out/tests.txt" || status=1
 "$py" -m pytest -q -p no:cacheprovider -o addopts="-ra" test/test_engines.py -k fp16_numerics 2>&1 \
     | tee -a "$out/tests.txt" || status=1
 # the strongly typed TensorRT path: fp16 ONNX checks, every TensorRT name the package uses looked up in the
@@ -60,4 +63,18 @@ for size in 360x640 1024x2048; do  # end-to-end rows feed a uint8 frame of the n
         | tee -a "$out/bench.txt" || status=1
 done
 rm -rf "$out/cache"
+
+# the pipeline on the GPU: uint8 frame in -> label out, torch stages (pre/post-processing on the device)
+# against numpy stages, label only and every output, 640x360 and 1920x1080 cameras, 360x640 network
+"$py" benchmarks/bench_gpu_pipeline.py --mode pipeline --device cuda --cameras 640x360,1920x1080 \
+    --json "$out/bench_gpu_pipeline.json" 2>&1 | tee "$out/bench_gpu_pipeline.txt" || status=1
+# the whole node over DDS (needs rclpy): stamp -> published label latency at 30 Hz and the node's fps
+# (goals: >= 1610 fps at 640x360, i.e. 10x the paper's 161; <= 5 ms stamp-to-publish at 30 Hz)
+if "$py" -c "import rclpy, liteseg_ros.msg" 2>/dev/null; then
+    "$py" benchmarks/bench_gpu_pipeline.py --mode node --device cuda --cameras 640x360,1920x1080 \
+        --rate 30 --seconds 5 --json "$out/bench_gpu_node.json" 2>&1 | tee "$out/bench_gpu_node.txt" || status=1
+else
+    echo "rclpy or liteseg_ros.msg not importable: node latency/fps skipped (run scripts/setup_venv.sh)" \
+        | tee "$out/bench_gpu_node.txt"
+fi
 exit $status

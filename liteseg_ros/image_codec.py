@@ -56,6 +56,7 @@ __all__ = [
     "decode_image",
     "decode_compressed",
     "decode_any",
+    "image_layout",
     "image_to_fields",
     "fill_image",
     "encode_compressed",
@@ -548,13 +549,11 @@ _OUTPUTS: dict[str, tuple[np.dtype, int]] = {
 OUTPUT_ENCODINGS: tuple[str, ...] = tuple(_OUTPUTS)
 
 
-def image_to_fields(arr: np.ndarray, encoding: str) -> dict[str, Any]:
-    """The Image fields for ``arr``: ``{height, width, encoding, is_bigendian, step, data}``.
-
-    ``arr`` must match ``encoding``: ``(H, W)`` for mono8/mono16, ``(H, W, 3)`` for rgb8/bgr8,
-    ``(H, W, 4)`` for rgba8/bgra8, uint8 (uint16 for mono16). Rows are written unpadded and 16-bit
-    little-endian; ``data`` is ``bytes`` (one copy). Raises ``ValueError`` naming the encoding,
-    shape and dtype on a mismatch.
+def image_layout(arr: np.ndarray, encoding: str) -> tuple[dict[str, Any], np.ndarray]:
+    """The Image fields for ``arr`` except ``data`` (``{height, width, encoding, is_bigendian, step}``)
+    and the C-contiguous array whose bytes are ``data`` (16-bit little-endian; ``arr`` itself when it
+    already is). No pixel is copied unless ``arr`` is strided or big-endian. Validates as
+    :func:`image_to_fields`.
     """
     if encoding not in _OUTPUTS:
         raise ValueError(f"cannot write encoding {encoding!r}; supported: {', '.join(OUTPUT_ENCODINGS)}")
@@ -574,14 +573,22 @@ def image_to_fields(arr: np.ndarray, encoding: str) -> dict[str, Any]:
         )
     if dtype.itemsize > 1:
         arr = arr.astype(dtype.newbyteorder("<"), copy=False)
-    return {
-        "height": height,
-        "width": width,
-        "encoding": encoding,
-        "is_bigendian": 0,
-        "step": width * channels * dtype.itemsize,
-        "data": arr.tobytes(),
-    }
+    fields = {"height": height, "width": width, "encoding": encoding, "is_bigendian": 0,
+              "step": width * channels * dtype.itemsize}
+    return fields, np.ascontiguousarray(arr)
+
+
+def image_to_fields(arr: np.ndarray, encoding: str) -> dict[str, Any]:
+    """The Image fields for ``arr``: ``{height, width, encoding, is_bigendian, step, data}``.
+
+    ``arr`` must match ``encoding``: ``(H, W)`` for mono8/mono16, ``(H, W, 3)`` for rgb8/bgr8,
+    ``(H, W, 4)`` for rgba8/bgra8, uint8 (uint16 for mono16). Rows are written unpadded and 16-bit
+    little-endian; ``data`` is ``bytes`` (one copy). Raises ``ValueError`` naming the encoding,
+    shape and dtype on a mismatch.
+    """
+    fields, pixels = image_layout(arr, encoding)
+    fields["data"] = pixels.tobytes()
+    return fields
 
 
 def fill_image(msg: Any, arr: np.ndarray, encoding: str, header: Any = None) -> Any:

@@ -2,13 +2,15 @@
 
 Ring 3 (ROS edge). Reads top to bottom as its life goes: declare -> configure (load the model, make
 publishers) -> activate (subscribe, start the worker) -> callback (only hands the serialized message
-to the newest-frame slot) -> worker (deserialize, decode, Pipeline.run, publish) -> deactivate.
+to the newest-frame slot) -> worker (deserialize, decode, Pipeline.run) -> publisher thread (publish,
+while the worker runs the next frame) -> deactivate.
 All per-frame work lives in ``liteseg_ros.pipeline``; this file only moves messages and counts.
 """
 from __future__ import annotations
 
 import collections
 import os
+import queue
 import signal
 import sys
 import threading
@@ -37,7 +39,7 @@ from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from liteseg_ros import image_codec, params
+from liteseg_ros import image_codec, params, wire
 from liteseg_ros.pipeline import Segmentation, Wants
 
 try:  # Iron and later
@@ -561,18 +563,59 @@ class LiteSegNode(LifecycleNode):
         return batch
 
     def _work(self) -> None:
-        """Worker thread: batches of frames; any exception is logged and the next batch served."""
-        while not self._stop.is_set():
-            batch = self._next_batch()
-            if not batch:
-                continue
-            try:
-                self._process(batch)
-            except Exception as exc:  # never let one batch kill the worker
-                for cam, _ in batch:
-                    cam.counters.rejected += 1
-                self.get_logger().error(f"batch failed: {type(exc).__name__}: {exc}",
-                                        throttle_duration_sec=float(self.values["error_log_period"]))
+        """Worker thread: batches of frames; any exception is logged and the next batch served.
+
+        Publishing runs on a second thread fed through a hand-over of depth 1, so frame N's messages
+        are built and sent while frame N+1 is decoded and inferred (the forward releases the GIL).
+        At most one processed batch waits for the publisher, so memory stays bounded; stopping lets
+        the publisher finish what it holds before the worker returns.
+        """
+        handoff: queue.Queue = queue.Queue(maxsize=1)
+        publisher = threading.Thread(target=self._publish_loop, args=(handoff,), name="liteseg-publish",
+                                     daemon=True)
+        publisher.start()
+        try:
+            while not self._stop.is_set():
+                batch = self._next_batch()
+                if not batch:
+                    continue
+                try:
+                    done = self._process(batch)
+                except Exception as exc:  # never let one batch kill the worker
+                    for cam, _ in batch:
+                        cam.counters.rejected += 1
+                    self.get_logger().error(f"batch failed: {type(exc).__name__}: {exc}",
+                                            throttle_duration_sec=float(self.values["error_log_period"]))
+                    continue
+                while done is not None and publisher.is_alive():
+                    try:
+                        handoff.put(done, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+        finally:
+            while publisher.is_alive():  # the end marker, once the publisher has room for it
+                try:
+                    handoff.put(None, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            publisher.join(timeout=10.0)
+
+    def _publish_loop(self, handoff: queue.Queue) -> None:
+        """Publisher thread: sends every processed batch handed over, until it gets None."""
+        while True:
+            done = handoff.get()
+            if done is None:
+                return
+            jobs, segs, t1 = done
+            for job, seg in zip(jobs, segs, strict=True):
+                try:
+                    self._finish(job, seg, t1)
+                except Exception as exc:  # a failed publish loses this frame, never the thread
+                    job.camera.counters.rejected += 1
+                    self.get_logger().error(f"publishing failed: {type(exc).__name__}: {exc}",
+                                            throttle_duration_sec=float(self.values["error_log_period"]))
 
     def _prepare(self, cam: Camera, raw: bytes) -> Job | None:
         """Deserialize, age-check and decode one frame; None when it is skipped, stale or rejected."""
@@ -582,8 +625,8 @@ class LiteSegNode(LifecycleNode):
         if not wants.any() and not stats_wanted:
             cam.counters.skipped_no_subscribers += 1
             return None
-        try:
-            msg = deserialize_message(raw, self._msg_type)
+        try:  # raw Images: the pixels stay in `raw` (a numpy view), only the fields before them are parsed
+            msg = wire.parse_image(raw) if self._msg_type is Image else deserialize_message(raw, self._msg_type)
         except Exception as exc:
             self._reject(cam, f"cannot deserialize a {self._msg_type.__name__}: {exc}")
             return None
@@ -600,24 +643,28 @@ class LiteSegNode(LifecycleNode):
             return None
         return Job(cam, msg, image, wants, stats_wanted, age_ms, t0, time.perf_counter())
 
-    def _process(self, batch: list[tuple[Camera, bytes]]) -> None:
+    def _process(self, batch: list[tuple[Camera, bytes]]) -> tuple[list[Job], list[Segmentation], float] | None:
+        """Decode and segment a batch; what the publisher thread needs, or None when nothing is left."""
         jobs = [j for j in (self._prepare(cam, raw) for cam, raw in batch) if j is not None]
         if not jobs:
-            return
+            return None
         t1 = time.perf_counter()
         segs = self.pipeline.run([j.image for j in jobs], color_order="bgr", wants=[j.wants for j in jobs])
-        for job, seg in zip(jobs, segs, strict=True):
-            cam, c = job.camera, job.camera.counters
-            t2 = time.perf_counter()
-            self._publish(cam, job.msg.header, seg, job.wants)
-            t3 = time.perf_counter()
-            c.processed += 1
-            c.done_times.append(time.monotonic())
-            c.latency_ms.append(job.age_ms + (t3 - t1) * 1e3)
-            if job.stats_wanted:
-                decode_ms = (job.t_decoded - job.t_start) * 1e3
-                self._publish_stats(cam, job.msg.header, seg, decode_ms, (t3 - t2) * 1e3,
-                                    decode_ms + sum(seg.timings.values()) + (t3 - t2) * 1e3, job.age_ms)
+        return jobs, segs, t1
+
+    def _finish(self, job: Job, seg: Segmentation, t1: float) -> None:
+        """Publish one frame's outputs and account for it (latency counts from before the forward)."""
+        cam, c = job.camera, job.camera.counters
+        t2 = time.perf_counter()
+        self._publish(cam, job.msg.header, seg, job.wants)
+        t3 = time.perf_counter()
+        c.processed += 1
+        c.done_times.append(time.monotonic())
+        c.latency_ms.append(job.age_ms + (t3 - t1) * 1e3)
+        if job.stats_wanted:
+            decode_ms = (job.t_decoded - job.t_start) * 1e3
+            self._publish_stats(cam, job.msg.header, seg, decode_ms, (t3 - t2) * 1e3,
+                                decode_ms + sum(seg.timings.values()) + (t3 - t2) * 1e3, job.age_ms)
 
     def _reject(self, cam: Camera, why: str) -> None:
         cam.counters.rejected += 1
@@ -625,8 +672,9 @@ class LiteSegNode(LifecycleNode):
                                 throttle_duration_sec=float(self.values["error_log_period"]))
 
     # ----------------------------------------------------------------------------- publishing
-    def _image_msg(self, arr, encoding: str, header) -> Image:
-        return image_codec.fill_image(Image(), arr, encoding, header=header)
+    def _image_msg(self, arr, encoding: str, header) -> bytes:
+        """The serialized Image (publish() sends bytes as they are): one copy of the pixels, see wire."""
+        return wire.image_bytes(arr, encoding, header)
 
     def _publish(self, cam: Camera, header, seg: Segmentation, wants: Wants) -> None:
         """Every output carries the input header unchanged (stamp and frame_id)."""

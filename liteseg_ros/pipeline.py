@@ -149,18 +149,102 @@ def free_space_boundary(mask: np.ndarray) -> Boundary:
     return Boundary(row=row, drivable_fraction=float(np.count_nonzero(m)) / max(1, m.size))
 
 
+def _bgra32(palette_bgr: np.ndarray) -> np.ndarray:
+    """(256, 3) uint8 BGR table -> (256,) uint32 whose bytes in memory are B, G, R, 255."""
+    bgra = np.concatenate([palette_bgr, np.full((len(palette_bgr), 1), 255, np.uint8)], axis=1)
+    return np.ascontiguousarray(bgra).view(np.uint32).reshape(-1)
+
+
+def _resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``a`` nearest-neighbour resampled to ``size`` (h, w); ``a`` itself when it already has that size."""
+    if a.shape[:2] == size:
+        return a
+    return cv2.resize(a, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+
+
+_MAPS_CACHE: dict[tuple[tuple[int, int], tuple[int, int]], tuple[np.ndarray, np.ndarray]] = {}
+_MAPS_LOCK = threading.Lock()
+
+
+def nearest_maps(src_size: tuple[int, int], dst_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols): the source row of every output row and the source column of every output column
+    of ``cv2.resize(..., INTER_NEAREST)`` from ``src_size`` to ``dst_size`` (both (h, w)).
+
+    OpenCV picks each output row's source row from the heights alone and each column's from the
+    widths alone, so resizing an index ramp reproduces its exact choices (rounding included) and
+    ``a[rows][:, cols]`` equals ``cv2.resize(a, ...)``. Cached per size pair (a camera has one).
+    """
+    key = (tuple(src_size), tuple(dst_size))
+    with _MAPS_LOCK:
+        hit = _MAPS_CACHE.get(key)
+    if hit is not None:
+        return hit
+    (sh, sw), (dh, dw) = key
+    cols = cv2.resize(np.arange(sw, dtype=np.int32)[None, :], (dw, 1), interpolation=cv2.INTER_NEAREST)
+    rows = cv2.resize(np.arange(sh, dtype=np.int32)[:, None], (1, dh), interpolation=cv2.INTER_NEAREST)
+    maps = (rows.reshape(dh).copy(), cols.reshape(dw).copy())
+    for m in maps:
+        m.setflags(write=False)
+    with _MAPS_LOCK:
+        if len(_MAPS_CACHE) >= 64:  # bounded: a handful of cameras and live resolution changes
+            _MAPS_CACHE.clear()
+        _MAPS_CACHE[key] = maps
+    return maps
+
+
+def upsampled_boundary(mask: np.ndarray, out_size: tuple[int, int]) -> Boundary:
+    """``free_space_boundary`` of the nearest-neighbour upsample of ``mask`` to ``out_size``, exactly,
+    without making the upsampled mask.
+
+    The upsampled column x is the source column ``cols[x]`` with source row ``rows[y]`` at output
+    row y, and ``rows`` never decreases. So the run from the bottom in the output is the run in the
+    source (restricted to the rows that are sampled), and its top output row is the first output
+    row that samples the run's top source row. The drivable fraction counts each source pixel as
+    many times as it is copied (integers, then the same division as on the full mask).
+    """
+    rows, cols = nearest_maps(mask.shape[:2], out_size)
+    used, first, counts = np.unique(rows, return_index=True, return_counts=True)
+    sub = mask[used]  # the sampled source rows, in order (all of them when upsampling)
+    b = free_space_boundary(sub)
+    top = np.where(b.row >= 0, first[np.maximum(b.row, 0)], -1).astype(np.int32)
+    col_counts = np.bincount(cols, minlength=mask.shape[1]).astype(np.int64)
+    drivable = int(counts.astype(np.int64) @ (sub.astype(bool) @ col_counts))
+    h, w = out_size
+    return Boundary(row=np.ascontiguousarray(top[cols]), drivable_fraction=float(drivable) / max(1, h * w))
+
+
 class Pipeline:
     """Runs frames through an engine and turns labels into every published product.
 
     Thread-safe for one worker thread calling ``run`` while other threads call ``update`` (live
     parameters): the config is swapped atomically and read once per batch.
+
+    ``backend`` picks where pre/post-processing run: ``numpy`` (OpenCV on the host, the CPU path),
+    ``torch`` (on the engine's ``tensor_device``, see ``pipeline_torch``; needs an engine that takes
+    device tensors: PyTorch, TensorRT), or ``auto``: torch when the engine computes on a CUDA device,
+    else numpy. Both give the same Segmentation (see ``pipeline_torch`` for what is bit-identical).
     """
 
-    def __init__(self, engine: Engine, classes: ClassTable, config: PipelineConfig | None = None) -> None:
+    def __init__(self, engine: Engine, classes: ClassTable, config: PipelineConfig | None = None,
+                 backend: str = "auto") -> None:
         self.engine = engine
         self.classes = classes
         self._lock = threading.Lock()
         self._config = config or PipelineConfig(mask_groups={})
+        device = getattr(engine, "tensor_device", None)
+        if backend == "auto":
+            backend = "torch" if device is not None and getattr(device, "type", "") == "cuda" else "numpy"
+        if backend not in ("numpy", "torch"):
+            raise ValueError(f"pipeline backend {backend!r} is not one of: auto, numpy, torch")
+        self._torch = None
+        if backend == "torch":
+            if device is None:
+                raise ValueError(f"pipeline backend 'torch' needs an engine that runs on torch tensors "
+                                 f"(pytorch, tensorrt); {engine.info.backend} does not")
+            from liteseg_ros.pipeline_torch import TorchStages
+
+            self._torch = TorchStages(device, classes)
+        self.backend = backend
         self._apply(self._config)
 
     # ----------------------------------------------------------------- configuration
@@ -188,9 +272,12 @@ class Pipeline:
         state = {
             "scale": scale,
             "bias": bias,
-            "palette_bgr": self.classes.palette_lut(bgr=True).reshape(256, 1, 3),
+            # B, G, R, 255 per label as one uint32 (little-endian byte order = memory order)
+            "palette_bgra32": _bgra32(self.classes.palette_lut(bgr=True)),
             "group_luts": {g: self.classes.group_lut(ids) for g, ids in cfg.mask_groups.items()},
         }
+        if self._torch is not None:
+            state["torch"] = self._torch.state(cfg, scale, bias)
         self._state = state
         self._config = cfg
 
@@ -217,8 +304,9 @@ class Pipeline:
                 resized = cv2.resize(img, (cw, ch), interpolation=interp)
             if (ch, cw) != (nh, nw):
                 batch[i] = 0.0  # letterbox padding = the mean colour (zero after normalisation)
+            planes = cv2.split(resized)  # contiguous planes: the multiplies below stream memory
             for c in range(3):
-                np.multiply(resized[:, :, src[c]], scale[c], out=batch[i, c, t:t + ch, left:left + cw],
+                np.multiply(planes[src[c]], scale[c], out=batch[i, c, t:t + ch, left:left + cw],
                             casting="unsafe")
                 batch[i, c, t:t + ch, left:left + cw] += bias[c]
             geoms.append(g)
@@ -227,46 +315,58 @@ class Pipeline:
     def postprocess(self, label: np.ndarray, confidence: np.ndarray | None, geom: Geometry,
                     image: np.ndarray | None, color_order: str = "bgr", wants: Wants = Wants(),
                     cfg: PipelineConfig | None = None) -> Segmentation:
-        """Network-size label/confidence of one frame -> every product at the configured resolution."""
+        """Network-size label/confidence of one frame -> every product at the configured resolution.
+
+        Every product is a per-pixel function of the label, and a nearest-neighbour upsample only
+        copies label pixels, so the two commute: colouring the small network-size label and then
+        upsampling gives exactly the pixels of colouring the upsampled label, for a fraction of the
+        work at camera resolution. So the colours are looked up once at network size (one BGRA
+        table, 4 bytes per pixel, which OpenCV resizes much faster than 3-byte pixels), upsampled
+        once, and split into the RGB colour image and the BGR overlay input by channel shuffles. The
+        boundary is computed on the network-size mask and its rows mapped through the same nearest
+        index maps (:func:`nearest_maps`), also exactly. The masks are one LUT each on the
+        upsampled label (as cheap as upsampling a network-size mask). Only the confidence is
+        resampled bilinearly, at output resolution, as before.
+        """
         cfg = cfg or self._config
         st = self._state
         if cfg.confidence_threshold > 0.0 and confidence is not None:
             label = label.copy()
             label[confidence < round(cfg.confidence_threshold * 255)] = self.classes.ignore_label
-        label = geom.crop(label)
+        label_net = np.ascontiguousarray(geom.crop(label))
         conf = geom.crop(confidence) if confidence is not None else None
         out_h, out_w = geom.output_size(cfg.output_resolution)
-        if label.shape != (out_h, out_w):
-            label = cv2.resize(label, (out_w, out_h), interpolation=cv2.INTER_NEAREST)
-            if conf is not None and wants.confidence:
-                conf = cv2.resize(conf, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
-        label = np.ascontiguousarray(label)
+        resized = label_net.shape != (out_h, out_w)
+        label = cv2.resize(label_net, (out_w, out_h), interpolation=cv2.INTER_NEAREST) if resized else label_net
         seg = Segmentation(label=label, geometry=geom)
         if wants.confidence and conf is not None:
+            if resized:
+                conf = cv2.resize(np.ascontiguousarray(conf), (out_w, out_h), interpolation=cv2.INTER_LINEAR)
             seg.confidence = np.ascontiguousarray(conf)
-        if wants.color or wants.overlay:
-            # One 3-channel LUT per frame (the expensive one); RGB is a cheap channel swap of it.
-            bgr = cv2.LUT(cv2.cvtColor(label, cv2.COLOR_GRAY2BGR), st["palette_bgr"])
+        want_overlay = wants.overlay and image is not None
+        if wants.color or want_overlay:
+            # (h, w, 4) B, G, R, 255 at network size; np.take on the uint32 view is one gather.
+            bgra_net = np.take(st["palette_bgra32"], label_net).view(np.uint8).reshape(*label_net.shape, 4)
+            bgra = _resize_nearest(bgra_net, (out_h, out_w)) if wants.color else None
             if wants.color:
-                seg.color = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            if wants.overlay and image is not None:
+                seg.color = cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGB)
+            if want_overlay:
                 ih, iw = geom.input_size
-                if bgr.shape[:2] != (ih, iw):
-                    bgr = cv2.resize(bgr, (iw, ih), interpolation=cv2.INTER_NEAREST)
-                if color_order == "bgr":
-                    seg.overlay = cv2.addWeighted(image, 1.0 - cfg.overlay_alpha, bgr, cfg.overlay_alpha, 0.0)
-                else:
-                    seg.overlay = cv2.addWeighted(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), 1.0 - cfg.overlay_alpha,
-                                                  bgr, cfg.overlay_alpha, 0.0)
+                if bgra is None or bgra.shape[:2] != (ih, iw):  # the overlay is always at input size
+                    bgra = _resize_nearest(bgra_net, (ih, iw))
+                bgr = cv2.cvtColor(bgra, cv2.COLOR_BGRA2BGR)
+                src = image if color_order == "bgr" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+                seg.overlay = cv2.addWeighted(src, 1.0 - cfg.overlay_alpha, bgr, cfg.overlay_alpha, 0.0)
         groups = st["group_luts"]
         names = groups.keys() if wants.masks is None else [g for g in groups if g in wants.masks]
         for g in names:
             seg.masks[g] = cv2.LUT(label, groups[g])
         if wants.boundary and BOUNDARY_GROUP in groups:
-            m = seg.masks.get(BOUNDARY_GROUP)
-            if m is None:
-                m = cv2.LUT(label, groups[BOUNDARY_GROUP])
-            seg.boundary = free_space_boundary(m)
+            if not resized:
+                m = seg.masks.get(BOUNDARY_GROUP)
+                seg.boundary = free_space_boundary(m if m is not None else cv2.LUT(label, groups[BOUNDARY_GROUP]))
+            else:
+                seg.boundary = upsampled_boundary(cv2.LUT(label_net, groups[BOUNDARY_GROUP]), (out_h, out_w))
         return seg
 
     def run(self, images: Sequence[np.ndarray], color_order: str = "bgr",
@@ -282,6 +382,8 @@ class Pipeline:
         if len(per_frame) != len(images):
             raise ValueError(f"{len(images)} images but {len(per_frame)} Wants")
         cfg = self._config  # one consistent config for the whole batch
+        if self._torch is not None:
+            return self._run_torch(images, color_order, per_frame, cfg)
         t0 = time.perf_counter()
         batch, geoms = self.preprocess(images, color_order, cfg)
         t1 = time.perf_counter()
@@ -293,6 +395,42 @@ class Pipeline:
             conf = out.confidence[i] if out.confidence is not None else None
             results.append(self.postprocess(out.label[i], conf, g, img, color_order, per_frame[i], cfg))
         t3 = time.perf_counter()
+        n = len(images)
+        for seg in results:
+            seg.timings = {"preprocess": (t1 - t0) * 1e3 / n, "infer": (t2 - t1) * 1e3 / n,
+                           "postprocess": (t3 - t2) * 1e3 / n}
+        return results
+
+    def _run_torch(self, images: Sequence[np.ndarray], color_order: str, per_frame: list[Wants],
+                   cfg: PipelineConfig) -> list[Segmentation]:
+        """``run`` on the engine's device: upload uint8, pre/post-process there, download what is wanted.
+
+        On CUDA each stage ends with a stream synchronisation so the per-stage timings are true
+        (the node publishes them); it costs microseconds, the frame has to be complete anyway.
+        """
+        stages, st = self._torch, self._state  # one state for the batch, as cfg
+        tst = st["torch"]
+        sync = stages.device.type == "cuda"
+        import torch
+
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            frames = stages.upload(images)
+            batch, geoms = stages.preprocess(frames, color_order, cfg, tst)
+            if sync:
+                torch.cuda.current_stream(stages.device).synchronize()
+            t1 = time.perf_counter()
+            need_conf = any(w.confidence for w in per_frame) or cfg.confidence_threshold > 0.0
+            label, conf = self.engine.infer_tensors(batch, want_confidence=need_conf)
+            if sync:
+                torch.cuda.current_stream(stages.device).synchronize()
+            t2 = time.perf_counter()
+            products = [stages.postprocess(label[i], conf[i] if conf is not None else None, g, frames[i],
+                                           color_order, per_frame[i], cfg, tst, self.classes.ignore_label)
+                        for i, g in enumerate(geoms)]
+            host = stages.download(products)
+            results = [stages.segmentation(h, g, cfg) for h, g in zip(host, geoms, strict=True)]
+            t3 = time.perf_counter()
         n = len(images)
         for seg in results:
             seg.timings = {"preprocess": (t1 - t0) * 1e3 / n, "infer": (t2 - t1) * 1e3 / n,

@@ -170,3 +170,254 @@ def test_real_model_through_the_pipeline_equals_model_argmax():
     assert (seg.label == want).mean() >= 0.999
     conf = (torch.softmax(logits, 1).amax(1)[0].numpy() * 255)
     assert np.abs(seg.confidence.astype(np.float32) - conf).max() <= 1.5
+
+
+# ------------------------------------------------------------------ exactness of the fast post-processing
+def reference_postprocess(pipe, label, confidence, geom, image, color_order="bgr", wants=None, cfg=None):
+    """The straightforward definition every fast path must reproduce bit for bit: upsample the label
+    first, then colour, mask and scan it at output resolution (the pipeline as it was before it
+    worked at network size)."""
+    import cv2
+
+    from liteseg_ros.pipeline import Segmentation
+
+    cfg = cfg or pipe.config
+    wants = wants or Wants()
+    if cfg.confidence_threshold > 0.0 and confidence is not None:
+        label = label.copy()
+        label[confidence < round(cfg.confidence_threshold * 255)] = pipe.classes.ignore_label
+    label = geom.crop(label)
+    conf = geom.crop(confidence) if confidence is not None else None
+    out_h, out_w = geom.output_size(cfg.output_resolution)
+    if label.shape != (out_h, out_w):
+        label = cv2.resize(label, (out_w, out_h), interpolation=cv2.INTER_NEAREST)
+        if conf is not None and wants.confidence:
+            conf = cv2.resize(conf, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+    label = np.ascontiguousarray(label)
+    seg = Segmentation(label=label, geometry=geom)
+    if wants.confidence and conf is not None:
+        seg.confidence = np.ascontiguousarray(conf)
+    palette_bgr = pipe.classes.palette_lut(bgr=True).reshape(256, 1, 3)
+    if wants.color or wants.overlay:
+        bgr = cv2.LUT(cv2.cvtColor(label, cv2.COLOR_GRAY2BGR), palette_bgr)
+        if wants.color:
+            seg.color = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if wants.overlay and image is not None:
+            ih, iw = geom.input_size
+            if bgr.shape[:2] != (ih, iw):
+                bgr = cv2.resize(bgr, (iw, ih), interpolation=cv2.INTER_NEAREST)
+            src = image if color_order == "bgr" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+            seg.overlay = cv2.addWeighted(src, 1.0 - cfg.overlay_alpha, bgr, cfg.overlay_alpha, 0.0)
+    groups = {g: pipe.classes.group_lut(ids) for g, ids in cfg.mask_groups.items()}
+    names = groups.keys() if wants.masks is None else [g for g in groups if g in wants.masks]
+    for g in names:
+        seg.masks[g] = cv2.LUT(label, groups[g])
+    if wants.boundary and "drivable" in groups:
+        seg.boundary = free_space_boundary(cv2.LUT(label, groups["drivable"]))
+    return seg
+
+
+def scene_label(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """Blobs of classes 0..18 (road at the bottom, some 255) so boundaries have runs and gaps."""
+    import cv2
+
+    coarse = rng.integers(0, 19, (max(2, h // 6), max(2, w // 6)), dtype=np.uint8)
+    lab = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_NEAREST)
+    lab[h * 2 // 3:][rng.random((h - h * 2 // 3, w)) < 0.7] = 0  # mostly road near the bottom
+    lab[rng.random((h, w)) < 0.02] = 255
+    return lab
+
+
+def assert_same_products(got, want):
+    assert np.array_equal(got.label, want.label)
+    for name in ("confidence", "color", "overlay"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b), name
+    assert list(got.masks) == list(want.masks)
+    for g in want.masks:
+        assert np.array_equal(got.masks[g], want.masks[g]), g
+    assert (got.boundary is None) == (want.boundary is None)
+    if want.boundary is not None:
+        assert got.boundary.row.dtype == want.boundary.row.dtype
+        assert np.array_equal(got.boundary.row, want.boundary.row)
+        assert got.boundary.drivable_fraction == want.boundary.drivable_fraction  # bit-identical float
+
+
+EXACT_CASES = [  # (network (h, w), input (h, w), resize mode, output resolution)
+    ((36, 64), (108, 192), "stretch", "input"),      # integer 3x, as 360x640 -> 1080p
+    ((36, 64), (72, 128), "stretch", "input"),       # 2x, as 720p
+    ((36, 64), (102, 205), "stretch", "input"),      # 2048x1024-like non-integer
+    ((36, 64), (37, 65), "stretch", "input"),        # barely larger
+    ((36, 64), (20, 30), "stretch", "input"),        # a camera smaller than the network (downsample)
+    ((36, 64), (719, 1281), "letterbox", "input"),
+    ((48, 48), (90, 160), "letterbox", "network"),
+    ((36, 64), (36, 64), "stretch", "input"),        # camera = network: nothing resampled
+]
+
+
+@pytest.mark.parametrize("net,size,mode,res", EXACT_CASES)
+@pytest.mark.parametrize("threshold", [0.0, 0.5])
+def test_postprocess_is_bit_identical_to_the_full_resolution_definition(net, size, mode, res, threshold):
+    rng = np.random.default_rng(hash((net, size, mode, res)) % 2**32)
+    groups = CLASSES.resolve_groups({"drivable": ["road", "sidewalk"], "vehicles": ["car", "bus"]})
+    cfg = PipelineConfig(network_size=net, resize_mode=mode, output_resolution=res, mask_groups=groups,
+                         overlay_alpha=0.37, confidence_threshold=threshold)
+    pipe = Pipeline(DominantChannelEngine(), CLASSES, cfg)
+    geom = Geometry.fit(size, net, mode)
+    label = scene_label(*net, rng)
+    conf = rng.integers(0, 256, net, dtype=np.uint8)
+    img = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    for order in ("bgr", "rgb"):
+        for wants in (Wants.all(), Wants(color=False, masks=frozenset()), Wants(overlay=False, confidence=False)):
+            got = pipe.postprocess(label, conf, geom, img, order, wants)
+            want = reference_postprocess(pipe, label, conf, geom, img, order, wants)
+            assert_same_products(got, want)
+
+
+@pytest.mark.parametrize("src,dst", [((36, 64), (108, 192)), ((360, 640), (1080, 1920)), ((360, 640), (1024, 2048)),
+                                     ((45, 80), (31, 59)), ((7, 9), (7, 9)), ((360, 640), (721, 1283))])
+def test_nearest_maps_reproduce_opencv_nearest_resize(src, dst):
+    import cv2
+
+    from liteseg_ros.pipeline import nearest_maps
+
+    rows, cols = nearest_maps(src, dst)
+    a = np.random.default_rng(0).integers(0, 256, src, dtype=np.uint8)
+    assert np.array_equal(a[rows][:, cols], cv2.resize(a, dst[::-1], interpolation=cv2.INTER_NEAREST))
+    four = np.random.default_rng(1).integers(0, 256, (*src, 4), dtype=np.uint8)  # the BGRA colour path
+    assert np.array_equal(four[rows][:, cols], cv2.resize(four, dst[::-1], interpolation=cv2.INTER_NEAREST))
+
+
+# ------------------------------------------------------------------ the torch stages (GPU path; here on the CPU)
+class DominantChannelTorchEngine(DominantChannelEngine):
+    """The transparent engine on torch tensors, so the torch stages run end to end on the CPU device."""
+
+    tensor_device = torch.device("cpu")
+
+    def infer_tensors(self, batch, want_confidence=True):
+        out = self.infer(batch.numpy(), want_confidence)
+        conf = torch.from_numpy(out.confidence) if out.confidence is not None else None
+        return torch.from_numpy(out.label), conf
+
+
+@pytest.mark.parametrize("net,size,mode,res", EXACT_CASES)
+@pytest.mark.parametrize("threshold", [0.0, 0.5])
+def test_torch_postprocess_matches_the_numpy_path(net, size, mode, res, threshold):
+    """Same network-size label/confidence in: label, colour, masks, boundary bit-identical; overlay
+    and confidence within 1 (float blend / bilinear against OpenCV's fixed point)."""
+    from liteseg_ros.pipeline_torch import TorchStages
+
+    rng = np.random.default_rng(hash((net, size, mode, res, 1)) % 2**32)
+    groups = CLASSES.resolve_groups({"drivable": ["road", "sidewalk"], "vehicles": ["car", "bus"]})
+    cfg = PipelineConfig(network_size=net, resize_mode=mode, output_resolution=res, mask_groups=groups,
+                         overlay_alpha=0.37, confidence_threshold=threshold)
+    pipe = Pipeline(DominantChannelEngine(), CLASSES, cfg)
+    stages = TorchStages("cpu", CLASSES)
+    tst = stages.state(cfg, pipe._state["scale"], pipe._state["bias"])
+    geom = Geometry.fit(size, net, mode)
+    label, conf = scene_label(*net, rng), rng.integers(0, 256, net, dtype=np.uint8)
+    img = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    for order in ("bgr", "rgb"):
+        for wants in (Wants.all(), Wants(color=False, masks=frozenset()), Wants(overlay=False, confidence=False)):
+            want = pipe.postprocess(label, conf, geom, img, order, wants)
+            prod = stages.postprocess(torch.from_numpy(label), torch.from_numpy(conf), geom, torch.from_numpy(img),
+                                      order, wants, cfg, tst, CLASSES.ignore_label)
+            got = stages.segmentation(stages.download([prod])[0], geom, cfg)
+            for name in ("overlay", "confidence"):
+                a, b = getattr(got, name), getattr(want, name)
+                assert (a is None) == (b is None)
+                if a is not None:
+                    assert a.shape == b.shape and a.dtype == b.dtype
+                    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, name
+                    setattr(got, name, b)  # within rounding: compare the rest exactly
+            assert_same_products(got, want)
+
+
+@pytest.mark.parametrize("size,mode", [((108, 192), "stretch"), ((72, 128), "stretch"), ((36, 64), "stretch"),
+                                       ((72, 256), "letterbox")])
+def test_torch_preprocess_matches_the_numpy_path(size, mode):
+    """Integer scale factors and no resize: the normalised batch equals OpenCV's to float rounding
+    (resized pixels may be 1 grey level apart where OpenCV's rounding differs)."""
+    from liteseg_ros.pipeline_torch import TorchStages
+
+    cfg = PipelineConfig(network_size=(36, 64), resize_mode=mode)
+    pipe = Pipeline(DominantChannelEngine(), CLASSES, cfg)
+    stages = TorchStages("cpu", CLASSES)
+    tst = stages.state(cfg, pipe._state["scale"], pipe._state["bias"])
+    img = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    for order in ("bgr", "rgb"):
+        want, wg = pipe.preprocess([img], order)
+        got, gg = stages.preprocess(stages.upload([img]), order, cfg, tst)
+        assert gg == wg
+        step = 1.0 / (255.0 * min(IMAGENET_STD)) + 1e-5  # one grey level after normalisation
+        diff = np.abs(got.numpy() - want)
+        assert diff.max() <= step
+        if size == (36, 64):
+            assert diff.max() <= 1e-6  # no resize: the same two float32 steps
+
+
+def test_torch_backend_runs_the_whole_pipeline_and_is_chosen_only_on_cuda():
+    img, expected = blocks(108, 192)
+    groups = CLASSES.resolve_groups({"drivable": ["road"]})
+    cfg = PipelineConfig(network_size=(36, 64), mask_groups=groups)
+    assert Pipeline(DominantChannelTorchEngine(), CLASSES, cfg).backend == "numpy"  # auto: CPU tensors -> numpy
+    tp = Pipeline(DominantChannelTorchEngine(), CLASSES, cfg, backend="torch")
+    npp = Pipeline(DominantChannelEngine(), CLASSES, cfg)
+    (a,), (b,) = tp.run([img]), npp.run([img])
+    assert np.array_equal(a.label, b.label) and np.array_equal(a.color, b.color)
+    assert np.array_equal(a.masks["drivable"], b.masks["drivable"])
+    assert np.array_equal(a.boundary.row, b.boundary.row)
+    assert set(a.timings) == {"preprocess", "infer", "postprocess"}
+    only = tp(img, wants=Wants.only_label())
+    assert only.color is None and only.overlay is None and not only.masks and only.boundary is None
+    tp.update(mask_groups=CLASSES.resolve_groups({"built": ["building"]}))
+    assert list(tp(img).masks) == ["built"]
+    with pytest.raises(ValueError, match="torch tensors"):
+        Pipeline(DominantChannelEngine(), CLASSES, cfg, backend="torch")
+
+
+def test_real_model_torch_backend_on_cpu_equals_numpy_backend():
+    """The PyTorch engine's infer_tensors through the torch stages == the numpy path (camera = network
+    size: preprocessing identical too, so every product is)."""
+    from liteseg_ros.engines import create_engine
+    from liteseg_ros.model import LiteSeg
+
+    torch.manual_seed(0)
+    model = LiteSeg("mobilenetv2", 19).eval()
+    engine = create_engine(model, backend="pytorch", device="cpu", precision="fp32", input_size=(64, 96),
+                           log=lambda s: None)
+    assert engine.tensor_device == torch.device("cpu")
+    cfg = PipelineConfig(network_size=(64, 96), mask_groups=GROUPS)
+    img = np.random.default_rng(1).integers(0, 256, (64, 96, 3), np.uint8)
+    a = Pipeline(engine, CLASSES, cfg, backend="torch")(img)
+    b = Pipeline(engine, CLASSES, cfg, backend="numpy")(img)
+    assert (a.label == b.label).mean() >= 0.999  # same input; conv kernels on NCHW vs numpy batch
+    assert np.abs(a.confidence.astype(int) - b.confidence.astype(int)).max() <= 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_torch_stages_on_cuda_match_the_numpy_path():
+    from liteseg_ros.pipeline_torch import TorchStages
+
+    net, size = (360, 640), (1080, 1920)
+    rng = np.random.default_rng(5)
+    groups = CLASSES.resolve_groups({"drivable": ["road", "sidewalk"], "vehicles": ["car", "bus"]})
+    cfg = PipelineConfig(network_size=net, mask_groups=groups, overlay_alpha=0.5)
+    pipe = Pipeline(DominantChannelEngine(), CLASSES, cfg)
+    stages = TorchStages("cuda", CLASSES)
+    tst = stages.state(cfg, pipe._state["scale"], pipe._state["bias"])
+    geom = Geometry.fit(size, net, "stretch")
+    label, conf = scene_label(*net, rng), rng.integers(0, 256, net, dtype=np.uint8)
+    img = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    want = pipe.postprocess(label, conf, geom, img)
+    (frame,) = stages.upload([img])
+    prod = stages.postprocess(torch.from_numpy(label).cuda(), torch.from_numpy(conf).cuda(), geom, frame,
+                              "bgr", Wants(), cfg, tst, CLASSES.ignore_label)
+    got = stages.segmentation(stages.download([prod])[0], geom, cfg)
+    assert np.abs(got.overlay.astype(int) - want.overlay.astype(int)).max() <= 1
+    assert np.abs(got.confidence.astype(int) - want.confidence.astype(int)).max() <= 1
+    got.overlay, got.confidence = want.overlay, want.confidence
+    assert_same_products(got, want)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -50,11 +51,21 @@ class Engine(ABC):
 
     info: EngineInfo
     num_classes: int
+    #: The torch device of an engine that can also run on torch tensors already there
+    #: (:meth:`infer_tensors`: PyTorch, TensorRT); None for the others. The pipeline then keeps the
+    #: frame on that device from upload to the products (``pipeline_torch``).
+    tensor_device: Any = None
 
     @abstractmethod
     def infer(self, batch: np.ndarray, want_confidence: bool = True,
               want_logits: bool = False) -> EngineOutput:
         """batch: (N, 3, h, w) float32, C-contiguous. Returns results for every image."""
+
+    def infer_tensors(self, batch: Any, want_confidence: bool = True) -> tuple[Any, Any]:
+        """batch: (N, 3, h, w) float32 torch tensor on ``tensor_device`` -> (label (N, h, w) uint8,
+        confidence (N, h, w) uint8 or None) as tensors on that device, queued on its current stream
+        (not synchronised). Only engines with a ``tensor_device`` implement it."""
+        raise NotImplementedError(f"{type(self).__name__} does not run on torch tensors (tensor_device is None)")
 
     def warmup(self, height: int, width: int, batch: int = 1, runs: int = 2) -> None:
         """Run a few dummy batches so the first real frame does not pay for allocation/tuning."""

@@ -117,6 +117,7 @@ class PyTorchEngine(Engine):
             if precision == "fp32":
                 extra["tf32"] = use_ieee_fp32_convolutions()
         self.info = EngineInfo("pytorch", str(dev), precision, reason, extra)
+        self.tensor_device = dev
 
     def logits(self, batch: np.ndarray) -> torch.Tensor:
         """Raw network logits for a numpy batch, on the engine's device (no post-processing)."""
@@ -148,6 +149,15 @@ class PyTorchEngine(Engine):
         confidence = host[1] if want_confidence else None
         logits = np.ascontiguousarray(host[-1]) if want_logits else None
         return EngineOutput(label, confidence, logits)
+
+    def infer_tensors(self, batch: torch.Tensor, want_confidence: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A device batch -> device uint8 label and confidence (see Engine.infer_tensors)."""
+        if not isinstance(batch, torch.Tensor) or batch.ndim != 4 or batch.shape[1] != 3:
+            raise EngineError(f"infer_tensors() needs a (N, 3, h, w) float32 tensor, got {getattr(batch, 'shape', batch)}")
+        with self._lock, torch.inference_mode():
+            x = batch.to(self.device, torch.float32).contiguous(memory_format=self._memory_format)
+            outs = segmentation_outputs(self._logits(x), want_confidence, False)
+        return outs[0], (outs[1] if want_confidence else None)
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

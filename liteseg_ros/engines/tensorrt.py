@@ -360,6 +360,7 @@ class TensorRTEngine(Engine):
         self.info = EngineInfo("tensorrt", str(self.device), precision, reason, {
             "tensorrt": trt.__version__, "engine": str(plan_path), "gpu": _gpu_name(self.device.index),
             "max_batch": str(self.max_batch)})
+        self.tensor_device = self.device
 
     def infer(self, batch: np.ndarray, want_confidence: bool = True,
               want_logits: bool = False) -> EngineOutput:
@@ -375,23 +376,44 @@ class TensorRTEngine(Engine):
             raise EngineError("this TensorRT engine has no logits output (export with_logits=True)")
         with self._lock:
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-            name_in = self._inputs[0]
-            self._context.set_input_shape(name_in, tuple(x.shape))
-            self._context.set_tensor_address(name_in, x.data_ptr())
-            outs = {}
-            for name in self._outputs:
-                shape = tuple(self._context.get_tensor_shape(name))
-                outs[name] = torch.empty(shape, dtype=self._dtypes[name], device=self.device)
-                self._context.set_tensor_address(name, outs[name].data_ptr())
-            stream = torch.cuda.current_stream(self.device)
-            if not self._context.execute_async_v3(stream.cuda_stream):
-                raise EngineError("TensorRT execute_async_v3 failed")
+            outs = self._execute(x)
             label = outs["label"].to(torch.uint8).cpu().numpy()
             conf = None
             if want_confidence and "confidence" in outs:
                 conf = outs["confidence"].float().round().clamp_(0, 255).to(torch.uint8).cpu().numpy()
             logits = outs["logits"].float().cpu().numpy() if want_logits else None
         return EngineOutput(label, conf, logits)
+
+    def _execute(self, x):
+        """Run the plan on a contiguous float32 device batch; its output tensors (on the device)."""
+        torch = self._torch
+        name_in = self._inputs[0]
+        self._context.set_input_shape(name_in, tuple(x.shape))
+        self._context.set_tensor_address(name_in, x.data_ptr())
+        outs = {}
+        for name in self._outputs:
+            shape = tuple(self._context.get_tensor_shape(name))
+            outs[name] = torch.empty(shape, dtype=self._dtypes[name], device=self.device)
+            self._context.set_tensor_address(name, outs[name].data_ptr())
+        stream = torch.cuda.current_stream(self.device)
+        if not self._context.execute_async_v3(stream.cuda_stream):
+            raise EngineError("TensorRT execute_async_v3 failed")
+        return outs
+
+    def infer_tensors(self, batch, want_confidence: bool = True):
+        """A device batch -> device uint8 label and confidence (see Engine.infer_tensors)."""
+        torch = self._torch
+        n, _, h, w = batch.shape
+        if (h, w) != self.input_size or not 1 <= n <= self.max_batch:
+            raise EngineError(f"TensorRT engine built for batch 1..{self.max_batch} at "
+                              f"{self.input_size[0]}x{self.input_size[1]}; got batch {n} at {h}x{w}")
+        with self._lock:
+            outs = self._execute(batch.to(self.device, torch.float32).contiguous())
+            label = outs["label"].to(torch.uint8)
+            conf = None
+            if want_confidence and "confidence" in outs:
+                conf = outs["confidence"].float().round().clamp_(0, 255).to(torch.uint8)
+        return label, conf
 
     def close(self) -> None:
         self._context = None
