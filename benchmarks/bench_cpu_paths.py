@@ -1,4 +1,4 @@
-"""Benchmark of the CPU fast paths (issue #11): every backend x precision, model-only and end to end.
+"""Benchmark of the CPU fast paths: every backend x precision, model-only and end to end.
 
 Baseline: PyTorch eager fp32 forward alone (logits, no post-processing), in the same process with the
 same allocator settings (``tune_malloc`` first, for every path) and the same thread count. Then for

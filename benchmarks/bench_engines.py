@@ -1,4 +1,4 @@
-"""Benchmark of the CPU engine paths (issue #5/#11): eager vs channels_last+folded vs ONNX Runtime.
+"""Benchmark of the CPU engine paths: eager vs channels_last+folded vs ONNX Runtime.
 
 Prints one table (median/p99 ms and speed-up over eager PyTorch fp32, all measured in this one run)
 and writes JSON. Random seeded weights: the timings do not depend on the weight values.

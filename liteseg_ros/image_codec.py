@@ -8,7 +8,7 @@ node and the bag tool share one converter.
 
 Why our own converter and not ``cv_bridge``: ROS 2 cv_bridge has no wheel (Boost.Python), the PyPI
 ``cv-bridge`` is a broken ROS 1 repackaging, and ``rosbags-image`` ignores ``step`` and lets raw
-numpy/OpenCV exceptions through (see shared/reference/ros2-wheels.md section 6). This module
+numpy/OpenCV exceptions through (a publisher controls every field, so a bad one must become one clear error). This module
 follows cv_bridge's semantics (16-bit scaled to 8-bit by taking the high byte, cv_bridge's Bayer
 codes, ``IMREAD_UNCHANGED`` for compressed data) and turns every bad input into
 :class:`ImageDecodeError` naming the encoding and sizes.

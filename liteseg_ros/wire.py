@@ -5,8 +5,8 @@ Ring 3 (ROS edge): imports rclpy's serializer and sensor_msgs; no node, no pipel
 Why: at camera resolution, going through rclpy's Python message objects copies every frame
 several times. Receiving: ``deserialize_message`` copies the pixels into the C message and again
 into an ``array.array``. Publishing: ``tobytes()``, ``array.array``, the C message and the
-serializer each copy (measured ~10 ms per 1080p rgb8 frame on Jazzy, see
-shared/reference/ros2-wheels.md). But an Image's pixels are its last field, one length-prefixed
+serializer each copy (measured ~10 ms per 1080p rgb8 frame on Jazzy, benchmarks/bench_postprocess.py
+--messages). But an Image's pixels are its last field, one length-prefixed
 byte sequence at the end of the CDR buffer. So this module lets rmw's own serializer write (or
 read) everything *before* the pixels, from a message whose ``data`` is empty, and puts the pixels
 after it with one ``bytes.join`` (or reads them as a zero-copy numpy view of the received

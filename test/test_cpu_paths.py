@@ -1,4 +1,4 @@
-"""Tests of the CPU fast paths (issue #11): OpenVINO fp32/bf16/int8, ONNX Runtime int8, `liteseg quantize`,
+"""Tests of the CPU fast paths: OpenVINO fp32/bf16/int8, ONNX Runtime int8, `liteseg quantize`,
 the bf16 fallback and the agreement floor of the CPU ``auto`` choice.
 
 Two models: a seeded random-weight LiteSeg-MobileNetV2 (always; logic, files, errors) and the trained

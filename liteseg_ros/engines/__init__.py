@@ -39,13 +39,12 @@ BACKENDS = ("auto", "pytorch", "onnxruntime", "tensorrt", "openvino")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 #: Label agreement with PyTorch fp32 a reduced-precision CPU path needs before ``auto`` picks it.
 DEFAULT_MIN_LABEL_AGREEMENT = 0.99
-#: The fp32 CPU backend ``auto`` chooses (first fp32 entry of both rankings below); see CPU_DEFAULT_WHY.
+#: The fp32 CPU backend ``auto`` chooses (first fp32 entry of both rankings below): ONNX Runtime with
+#: in-graph post-processing measured 2.5x faster than eager PyTorch fp32 and 1.8x faster than PyTorch
+#: channels_last+folded BN at 360x640 on 2 threads (benchmarks/bench_engines.py).
 CPU_DEFAULT_BACKEND = "onnxruntime"
-CPU_DEFAULT_WHY = ("ONNX Runtime with in-graph post-processing measured 2.5x faster than eager PyTorch fp32 "
-                   "and 1.8x faster than PyTorch channels_last+folded BN at 360x640 on 2 threads "
-                   "(benchmarks/bench_engines.py)")
 #: CPU paths fastest first, (backend, precision, model ms at 1x3x360x640 with 2 threads). With BF16
-#: (AVX-512 BF16 / AMX): the issue #11 measurements. Without (AVX2, no VNNI): benchmarks/bench_cpu_paths.py
+#: (AVX-512 BF16 / AMX): the benchmarks/bench_cpu_paths.py measurements on such a CPU. Without (AVX2, no VNNI): benchmarks/bench_cpu_paths.py
 #: --block 3 on the idle 2-core AMD EPYC development machine, demo weights; int8 gains only ~1.15x there.
 #: The int8 rows were measured with the int8 recipe before the first two convolutions were left float;
 #: those are ~3 % of the MACs (66 of 1938 M at 360x640), and on a heavily shared 2-core Intel Xeon

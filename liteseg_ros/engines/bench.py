@@ -120,7 +120,7 @@ def bench_cpu_paths(model: torch.nn.Module, input_size: tuple[int, int] = (360, 
                     warmup: int = 3, iters: int = 10, workdir: str | Path = "/tmp/liteseg_bench",
                     log: Callable[[str], None] = print,
                     with_tuned_malloc: bool = True, block: int = 3) -> list[dict[str, Any]]:
-    """The CPU comparison of issue #5/#11 at one size, as rows (same process, same input).
+    """The CPU comparison (eager, optimised eager, ONNX Runtime, OpenVINO) at one size, as rows (same process, same input).
 
     eager fp32 logits; eager + torch max/exp post-processing; PyTorchEngine (channels_last, folded BN, post-processing in torch); ONNX
     Runtime logits only; ONNX Runtime logits + numpy argmax; ONNX Runtime with in-graph

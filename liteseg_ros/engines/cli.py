@@ -1,4 +1,4 @@
-"""The ``liteseg export`` and ``liteseg bench`` subcommands (parsers + handlers; the lead's CLI wires them).
+"""The ``liteseg export`` and ``liteseg bench`` subcommands (parsers + handlers; liteseg_ros/cli.py registers them).
 
 Ring 2 face: imports argparse and the engines; never rclpy, message packages, or the node/bag/codec
 modules. Handlers take the parsed ``argparse.Namespace`` and return a process exit code.

@@ -8,7 +8,7 @@ with a fresh ``mmap`` and returns it with ``munmap`` on free; above ``M_TRIM_THR
 heap top back to the kernel. Eager PyTorch allocates and frees tens of MiB of activations per frame,
 so every frame pays page faults and zeroing for the same buffers. Raising the mmap threshold to
 32 MiB (glibc's maximum on 64-bit) and the trim threshold to 1 GiB keeps those buffers in the heap
-and reuses them: measured 1.6x for eager PyTorch at 640x360 (issue #11). The same effect, for a
+and reuses them: measured 1.6x for eager PyTorch at 640x360 (benchmarks/bench_engines.py). The same effect, for a
 process you start, comes from the environment variables ``MALLOC_MMAP_THRESHOLD_=33554432`` and
 ``MALLOC_TRIM_THRESHOLD_=1073741824`` set before start. Cost: the process keeps up to the peak
 working set resident instead of returning it between frames.
@@ -63,12 +63,6 @@ def tune_malloc(mmap_threshold: int = DEFAULT_MMAP_THRESHOLD,
     ok_mmap = libc.mallopt(M_MMAP_THRESHOLD, int(mmap_threshold)) == 1
     ok_trim = libc.mallopt(M_TRIM_THRESHOLD, int(trim_threshold)) == 1
     return ok_mmap and ok_trim
-
-
-def malloc_env(mmap_threshold: int = DEFAULT_MMAP_THRESHOLD,
-               trim_threshold: int = DEFAULT_TRIM_THRESHOLD) -> dict[str, str]:
-    """The environment variables with the same effect as :func:`tune_malloc`, for a child process."""
-    return {"MALLOC_MMAP_THRESHOLD_": str(mmap_threshold), "MALLOC_TRIM_THRESHOLD_": str(trim_threshold)}
 
 
 def set_num_threads(n: int | None, import_torch: bool = True) -> int:

@@ -65,7 +65,7 @@ def fold_bn_copy(model: nn.Module) -> tuple[nn.Module, str]:
 class PyTorchEngine(Engine):
     """Runs a logits ``nn.Module`` (e.g. LiteSeg) with PyTorch.
 
-    ``channels_last`` and ``fold_bn`` are on by default (1.8x on CPU, issue #11); ``precision='fp16'``
+    ``channels_last`` and ``fold_bn`` are on by default (1.8x on CPU, benchmarks/bench_engines.py); ``precision='fp16'``
     uses ``torch.autocast`` and needs CUDA; ``fp32`` on CUDA is IEEE fp32 (TF32 off, see
     :func:`use_ieee_fp32_convolutions`); ``compile=True`` wraps the forward in ``torch.compile``
     (first call slow). Post-processing stays on the device.

@@ -122,18 +122,6 @@ def internal_to_official(state_dict: Mapping[str, V]) -> dict[str, V]:
     return {internal_key_to_official(k): v for k, v in state_dict.items()}
 
 
-def torchvision_mobilenetv2_to_internal(state_dict: Mapping[str, V]) -> tuple[dict[str, V], list[str]]:
-    """(encoder keys under ``mobile_features.``, dropped ``classifier.*`` keys) for a torchvision file."""
-    out: dict[str, V] = {}
-    dropped: list[str] = []
-    for k, v in state_dict.items():
-        if k.startswith("classifier."):
-            dropped.append(k)
-        else:
-            out["mobile_features." + k] = v
-    return out, dropped
-
-
 def detect_backbone(keys: Iterable[str], official: bool = True) -> str | None:
     """The backbone whose prefix most keys carry, or None when no key has a known backbone prefix."""
     table = OFFICIAL_BACKBONE_PREFIXES if official else INTERNAL_BACKBONE_PREFIXES

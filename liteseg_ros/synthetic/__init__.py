@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .render import BLOCK_M, CURB_LABEL, noise_fields, render_frame
-from .world import DENSITY_KNOBS, WEATHERS, SceneConfig, block_moving, block_static, make_world
+from .render import CURB_LABEL, noise_fields, render_frame
+from .world import BLOCK_M, DENSITY_KNOBS, WEATHERS, SceneConfig, block_moving, block_static, make_world
 
 __all__ = ["DENSITY_KNOBS", "SceneConfig", "SceneSample", "WEATHERS", "generate_scene", "drive", "dataset"]
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from liteseg_ros.classes import CITYSCAPES_CLASSES
 
-from .world import BLOCK_M, Segment, Thing, World
+from .world import Segment, Thing, World
 
 _ID = {name: i for i, name in enumerate(CITYSCAPES_CLASSES)}
 ROAD, SIDEWALK, BUILDING, WALL, FENCE = (_ID[n] for n in ("road", "sidewalk", "building", "wall", "fence"))
@@ -28,8 +28,7 @@ MOTORCYCLE, BICYCLE = _ID["motorcycle"], _ID["bicycle"]
 #: Curbs are labelled sidewalk (Cityscapes counts the curb as part of the sidewalk).
 CURB_LABEL = SIDEWALK
 _GROUND = (ROAD, SIDEWALK, TERRAIN)
-#: Classes reported per object in ``meta["objects"]``.
-OBJECT_CLASSES = (PERSON, RIDER, CAR, TRUCK, BUS, MOTORCYCLE, BICYCLE, LIGHT, SIGN, POLE)
+
 
 # texture profiles: (amplitude of blotchy noise, amplitude of per-pixel grain)
 TEX = {"flat": (0.03, 0.03), "asphalt": (0.07, 0.09), "paving": (0.05, 0.07), "grass": (0.2, 0.2),
@@ -1078,5 +1077,3 @@ def _moved(th: Thing, t: float) -> Thing:
     return Thing(th.kind, th.s + th.v * t, th.u + th.p.get("moving_lat", 0.0) * t, th.v, th.p)
 
 
-def visible_blocks(s0: float, far: float) -> range:
-    return range(int(math.floor((s0 - 20.0) / BLOCK_M)), int(math.floor((s0 + far) / BLOCK_M)) + 1)

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -333,25 +332,3 @@ def score_predictions(pred_dir: str | Path, data_dir: str | Path, split: str | N
     return report
 
 
-def write_predictions(model: nn.Module, dataset: SegDataset, out_dir: str | Path, size: tuple[int, int] | None = None,
-                      device: str = "auto", label_ids: bool = False) -> list[Path]:
-    """Write one trainId (or Cityscapes labelId) PNG per dataset image, named ``<name>.png``."""
-    from liteseg_ros.classes import train_id_to_label_id_lut
-    from liteseg_ros.train.trainer import resolve_device
-
-    dev = resolve_device(device)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dataset.transform = EvalTransform(size)
-    model.to(dev).eval()
-    lut = train_id_to_label_id_lut()
-    written = []
-    for i in range(len(dataset)):
-        image, label = dataset[i]
-        pred = predict(model, image[None].to(dev), tuple(label.shape[-2:]))[0].cpu().numpy().astype(np.uint8)
-        if label_ids:
-            pred = lut[pred]
-        path = out / f"{dataset.name(i)}.png"
-        cv2.imwrite(str(path), pred)
-        written.append(path)
-    return written
