@@ -31,12 +31,12 @@ import torch  # noqa: E402
 
 from liteseg_ros.engines import EngineError, create_engine  # noqa: E402
 from liteseg_ros.engines.bench import (  # noqa: E402
-    add_interleaved_timing_args,
     random_weight_model,
     summarize,
     time_interleaved,
     write_json,
 )
+from liteseg_ros.engines.cli import add_interleaved_timing_args  # noqa: E402
 from liteseg_ros.engines.cpu_tuning import set_num_threads, tune_malloc  # noqa: E402
 
 

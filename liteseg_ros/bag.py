@@ -793,7 +793,7 @@ def _run_bag(args) -> int:
     except params.ParameterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from liteseg_ros.cli import deferred_interrupts
+    from liteseg_ros.interrupts import deferred_interrupts
 
     with deferred_interrupts() as pending:  # the heavy imports, before Ctrl-C means "stop after this batch"
         import rosbags.rosbag2  # noqa: F401

@@ -5,48 +5,15 @@ registered here; heavy imports happen inside the handlers so ``liteseg --help`` 
 """
 from __future__ import annotations
 
-import contextlib
 import signal
 import sys
-import threading
 
-
-def _quiet_interrupt_hook(previous=sys.excepthook):
-    """An excepthook that prints one line for a KeyboardInterrupt and defers everything else."""
-
-    def hook(exc_type, exc, tb):
-        if issubclass(exc_type, KeyboardInterrupt):
-            print("interrupted", file=sys.stderr)
-            return
-        previous(exc_type, exc, tb)
-
-    return hook
-
-
-@contextlib.contextmanager
-def deferred_interrupts():
-    """Hold SIGINT while importing: yields a list that is non-empty if Ctrl-C came meanwhile.
-
-    A KeyboardInterrupt raised inside the import of a C extension (numpy, torch, OpenCV) does not
-    always come out as KeyboardInterrupt: numpy turns it into an ImportError with a long
-    "could not import module" traceback. So the seconds a command spends importing are not
-    interrupted; the caller checks the list afterwards and stops cleanly.
-    """
-    pending: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield pending
-        return
-    old = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
-    try:
-        yield pending
-    finally:
-        signal.signal(signal.SIGINT, old)
-
+from liteseg_ros.interrupts import deferred_interrupts, quiet_interrupt_hook
 
 _CONSOLE = bool(sys.argv) and sys.argv[0].endswith("liteseg")  # the console script, not an import by tests
 if _CONSOLE:
     # Until main() takes over, a Ctrl-C only prints one line (module imports here are pure Python).
-    sys.excepthook = _quiet_interrupt_hook()
+    sys.excepthook = quiet_interrupt_hook()
 
 import argparse  # noqa: E402
 import json  # noqa: E402

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from liteseg_ros.pipeline import (
+from liteseg_ros.segmentation import (
     BOUNDARY_GROUP,
     Geometry,
     PipelineConfig,

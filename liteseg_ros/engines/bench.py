@@ -198,20 +198,6 @@ def bench_cpu_paths(model: torch.nn.Module, input_size: tuple[int, int] = (360, 
             for (name, backend, _), t in zip(paths, times, strict=True)]
 
 
-def add_interleaved_timing_args(ap: Any) -> None:
-    """The options every round-robin CPU benchmark takes (``benchmarks/bench_engines.py``,
-    ``bench_cpu_paths.py``): --size, --threads, --warmup, --iters and --block (see
-    :func:`time_interleaved`)."""
-    from .cli import parse_size
-
-    ap.add_argument("--size", type=parse_size, default=(360, 640), metavar="HxW")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--block", type=int, default=3,
-                    help="calls per path per round, the first discarded (threads of the previous runtime spin)")
-
-
 def time_interleaved(fns: Sequence[Callable[[], Any]], warmup: int = 3, iters: int = 10,
                      log: Callable[[str], None] = print, block: int = 1) -> list[list[float]]:
     """Milliseconds per call for each of ``fns``, timed round-robin so that load changes on a shared

@@ -291,3 +291,15 @@ def run_quantize(args: argparse.Namespace) -> int:
     except (EngineError, ValueError, FileNotFoundError) as exc:
         print(f"liteseg quantize: error: {exc}", file=sys.stderr)
         return 1
+
+
+def add_interleaved_timing_args(ap: argparse.ArgumentParser) -> None:
+    """The options every round-robin CPU benchmark takes (``benchmarks/bench_engines.py``,
+    ``bench_cpu_paths.py``): --size, --threads, --warmup, --iters and --block (see
+    :func:`time_interleaved`)."""
+    ap.add_argument("--size", type=parse_size, default=(360, 640), metavar="HxW")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--block", type=int, default=3,
+                    help="calls per path per round, the first discarded (threads of the previous runtime spin)")

@@ -304,7 +304,7 @@ def verify_onnx(model: nn.Module, path: str | os.PathLike, sizes: list[tuple[int
     """
     import onnxruntime as ort
 
-    from .onnxruntime import session_options
+    from .cpu_tuning import session_options
 
     meta = onnx_metadata(path)
     if sizes is None:

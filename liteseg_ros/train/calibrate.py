@@ -81,8 +81,7 @@ def collect_logits(model: nn.Module, dataset: Any, size: tuple[int, int] | None 
     import torch
 
     from liteseg_ros.train.datasets import EvalTransform
-    from liteseg_ros.train.evaluate import logits_at, model_normalisation
-    from liteseg_ros.train.trainer import resolve_device
+    from liteseg_ros.train.evaluate import logits_at, model_normalisation, resolve_device
 
     if pixels_per_image < 1:
         raise ValueError(f"pixels_per_image must be >= 1, got {pixels_per_image}")

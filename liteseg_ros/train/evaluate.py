@@ -37,6 +37,18 @@ from liteseg_ros.train.metrics import ConfusionMatrix, SegMetrics
 PRED_FORMATS = ("trainid", "labelid")
 
 
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> cuda:LOCAL_RANK if CUDA is available, else cpu; 'cuda' -> cuda:LOCAL_RANK."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} requested but CUDA is not available")
+    return dev
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -181,8 +193,6 @@ def evaluate(model_or_weights: nn.Module | str | Path, data_dir: str | Path | No
     synthetic | auto. ``dataset_obj`` replaces ``data_dir``/``split``/``dataset`` with a ready dataset
     (its transform is replaced). Writes eval.json / eval.txt / confusion.png into ``out_dir`` if given.
     """
-    from liteseg_ros.train.trainer import resolve_device
-
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     if isinstance(model_or_weights, nn.Module):
         model, source = model_or_weights, type(model_or_weights).__name__

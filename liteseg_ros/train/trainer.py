@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from liteseg_ros.classes import CITYSCAPES_CLASSES, IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD
 from liteseg_ros.train.config import TrainConfig
 from liteseg_ros.train.datasets import EvalTransform, SegDataset, TrainTransform, open_dataset
-from liteseg_ros.train.evaluate import validate
+from liteseg_ros.train.evaluate import resolve_device, validate
 
 #: last.pt is also written at the end of an epoch when this many seconds passed since the previous one.
 LAST_EVERY_S = 300.0
@@ -64,18 +64,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda:LOCAL_RANK if CUDA is available, else cpu; 'cuda' -> cuda:LOCAL_RANK."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} requested but CUDA is not available")
-    return dev
 
 
 def setup_distributed(device: str) -> DistInfo:
