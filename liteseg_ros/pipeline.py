@@ -219,11 +219,7 @@ class Pipeline:
             conf = out.confidence[i] if out.confidence is not None else None
             results.append(self.postprocess(out.label[i], conf, g, img, color_order, per_frame[i], cfg))
         t3 = time.perf_counter()
-        n = len(images)
-        for seg in results:
-            seg.timings = {"preprocess": (t1 - t0) * 1e3 / n, "infer": (t2 - t1) * 1e3 / n,
-                           "postprocess": (t3 - t2) * 1e3 / n}
-        return results
+        return _with_timings(results, t0, t1, t2, t3)
 
     def _run_torch(self, images: Sequence[np.ndarray], color_order: str, per_frame: list[Wants],
                    cfg: PipelineConfig) -> list[Segmentation]:
@@ -255,11 +251,16 @@ class Pipeline:
             host = stages.download(products)
             results = [stages.segmentation(h, g, cfg) for h, g in zip(host, geoms, strict=True)]
             t3 = time.perf_counter()
-        n = len(images)
-        for seg in results:
-            seg.timings = {"preprocess": (t1 - t0) * 1e3 / n, "infer": (t2 - t1) * 1e3 / n,
-                           "postprocess": (t3 - t2) * 1e3 / n}
-        return results
+        return _with_timings(results, t0, t1, t2, t3)
 
     def __call__(self, image: np.ndarray, color_order: str = "bgr", wants: Wants = Wants()) -> Segmentation:
         return self.run([image], color_order, wants)[0]
+
+
+def _with_timings(results: list[Segmentation], t0: float, t1: float, t2: float, t3: float) -> list[Segmentation]:
+    """Each frame's share of the batch's preprocess / infer / postprocess times (ms), as FrameStats reports."""
+    n = max(1, len(results))
+    for seg in results:
+        seg.timings = {"preprocess": (t1 - t0) * 1e3 / n, "infer": (t2 - t1) * 1e3 / n,
+                       "postprocess": (t3 - t2) * 1e3 / n}
+    return results
