@@ -80,8 +80,8 @@ PARAMS: tuple[Param, ...] = (
           "LITESEG_ALLOW_DOWNLOAD=1 also allows it)", read_only=True),
     Param("allow_random_weights", False, "run with random weights when 'weights' is empty (tests, demos)",
           read_only=True),
-    Param("backbone", "mobilenetv2", "encoder for random weights; checked against the checkpoint otherwise",
-          choices=BACKBONES, read_only=True),
+    Param("backbone", "auto", "encoder: auto = the checkpoint's (mobilenetv2 for random weights); a named one "
+          "must match the checkpoint", choices=("auto", *BACKBONES), read_only=True),
     Param("backend", "auto", "inference backend; auto = TensorRT if usable, else PyTorch CUDA, else the CPU "
           "default", choices=BACKENDS, read_only=True),
     Param("device", "auto", "auto, cpu, cuda or cuda:N", pattern=_DEVICE_RE.pattern, read_only=True),

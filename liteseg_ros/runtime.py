@@ -119,15 +119,15 @@ def _onnx_source(path: Path, backbone: str):
     except (KeyError, ValueError, TypeError):
         raise ModelLoadError(f"{path}: an ONNX file without liteseg metadata (liteseg.num_classes ...); "
                              "use a file written by `liteseg export` or `liteseg quantize --out`") from None
-    if backbone and backbone != "mobilenetv2" and file_backbone and file_backbone != backbone:
+    if backbone not in ("", "auto") and file_backbone and file_backbone != backbone:
         raise ModelLoadError(f"parameter backbone={backbone!r} but {path} holds a {file_backbone} model")
     classes = ClassTable.cityscapes() if num_classes == 19 else ClassTable.generic(num_classes)
-    return str(path), classes, mean, std, ModelSource(path.stem, file_backbone or backbone, str(path), False)
+    return str(path), classes, mean, std, ModelSource(path.stem, file_backbone or backbone.replace("auto", ""),
+                                                      str(path), False)
 
 
 def _check_backbone(path: Path, backbone: str, found: str) -> None:
-    if backbone and found != backbone and backbone != "mobilenetv2":
-        # 'mobilenetv2' is the default; only an explicit other choice that disagrees is an error.
+    if backbone not in ("", "auto") and found != backbone:  # 'auto' (the default) takes the file's
         raise ModelLoadError(f"parameter backbone={backbone!r} but {path} holds a {found} model")
 
 
@@ -156,7 +156,7 @@ def cached_model_info(weights: str, backbone: str, cache_dir: str | os.PathLike 
     return classes, mean, std, source
 
 
-def load_model(weights: str, allow_random_weights: bool = False, backbone: str = "mobilenetv2",
+def load_model(weights: str, allow_random_weights: bool = False, backbone: str = "auto",
                num_classes: int = 19, allow_download: bool = False, log: Callable[[str], None] = print,
                cache_dir: str | os.PathLike | None = None):
     """Returns (model in eval mode, ClassTable, mean, std, ModelSource).
@@ -179,6 +179,7 @@ def load_model(weights: str, allow_random_weights: bool = False, backbone: str =
         import torch
 
         torch.manual_seed(0)
+        backbone = "mobilenetv2" if backbone in ("", "auto") else backbone
         model = LiteSeg(backbone, num_classes).eval()
         classes = ClassTable.generic(num_classes)
         from liteseg_ros.classes import IMAGENET_MEAN, IMAGENET_STD

@@ -426,3 +426,19 @@ def test_onnx_file_with_another_backend_or_size_is_a_clear_error(onnx_weights):
     with pytest.raises(ModelLoadError, match="exported for a 96x64 input"):
         build_pipeline(_settings(weights=str(onnx_path), backend="onnxruntime", network_width=128),
                        log=lambda m: None)
+
+
+def test_backbone_parameter_is_checked_against_the_checkpoint_even_when_it_names_the_default(tmp_path):
+    """``backbone: auto`` takes the file's; any named backbone, mobilenetv2 included, must match it."""
+    from liteseg_ros.model import CheckpointMeta, LiteSeg, save_checkpoint
+    from liteseg_ros.runtime import ModelLoadError, load_model
+
+    path = tmp_path / "shuffle.pt"
+    save_checkpoint(LiteSeg("shufflenet", 19).eval(), path,
+                    CheckpointMeta(backbone="shufflenet", num_classes=19, classes=ClassTable.cityscapes()))
+    assert load_model(str(path), backbone="auto")[4].backbone == "shufflenet"
+    assert load_model(str(path), backbone="shufflenet")[4].backbone == "shufflenet"
+    with pytest.raises(ModelLoadError, match="backbone='mobilenetv2' but .* holds a shufflenet model"):
+        load_model(str(path), backbone="mobilenetv2")
+    random = load_model("", allow_random_weights=True, backbone="auto")
+    assert random[4].backbone == "mobilenetv2" and random[4].random
