@@ -119,8 +119,8 @@ def _onnx_source(path: Path, backbone: str):
     except (KeyError, ValueError, TypeError):
         raise ModelLoadError(f"{path}: an ONNX file without liteseg metadata (liteseg.num_classes ...); "
                              "use a file written by `liteseg export` or `liteseg quantize --out`") from None
-    if backbone not in ("", "auto") and file_backbone and file_backbone != backbone:
-        raise ModelLoadError(f"parameter backbone={backbone!r} but {path} holds a {file_backbone} model")
+    if file_backbone:
+        _check_backbone(path, backbone, file_backbone)
     classes = ClassTable.cityscapes() if num_classes == 19 else ClassTable.generic(num_classes)
     return str(path), classes, mean, std, ModelSource(path.stem, file_backbone or backbone.replace("auto", ""),
                                                       str(path), False)

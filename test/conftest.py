@@ -6,6 +6,7 @@ localhost-only discovery, with the large shared-memory profile so best-effort de
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -291,16 +292,10 @@ class LaunchedProcess:
 def _ros_cli_missing() -> str | None:
     bindir = Path(sys.executable).parent
     for tool in ("ros2", "colcon"):
-        if not (bindir / tool).exists() and not shutil_which(tool):
+        if not (bindir / tool).exists() and not shutil.which(tool):
             return (f"the real ROS 2 command line ({tool}) is not installed: run "
                     "`bash ../shared/ros2-cli/install.sh .venv` (make test does), or source a ROS 2 install")
     return None
-
-
-def shutil_which(tool: str) -> str | None:
-    import shutil
-
-    return shutil.which(tool)
 
 
 @pytest.fixture(scope="session")

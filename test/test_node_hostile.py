@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
+from test_node import wait_matched
 
 from liteseg_ros import image_codec
 from liteseg_ros.msg import FrameStats
@@ -54,8 +55,7 @@ def test_bombs_are_rejected_by_the_node_and_memory_stays(start_node, ros, tiny_c
     stats = ros.collect(FrameStats, "/liteseg/stats", RELIABLE)
     labels = ros.collect(Image, "/liteseg/label", RELIABLE)
     pub = ros.node.create_publisher(CompressedImage, "/image/compressed", RELIABLE)
-    ros.wait_for(lambda: pub.get_subscription_count() > 0 or not node.alive(), 90, "node subscription")
-    assert node.alive(), node.output()
+    wait_matched(ros, pub, node, 90)
     time.sleep(0.5)
     good = _good_jpeg()
     pub.publish(_jpeg_msg(good, 1))
@@ -109,8 +109,7 @@ def test_node_runs_onnx_weights(start_node, ros, tiny_checkpoint, tmp_path):
     node = start_node({"weights": str(onnx_path), "backend": "onnxruntime", **NET})
     labels = ros.collect(Image, "/liteseg/label", RELIABLE)
     pub = ros.node.create_publisher(Image, "/image", RELIABLE)
-    ros.wait_for(lambda: pub.get_subscription_count() > 0 or not node.alive(), 90, "node subscription")
-    assert node.alive(), node.output()
+    wait_matched(ros, pub, node, 90)
     time.sleep(0.5)
     msg = Image()
     image_codec.fill_image(msg, np.zeros((48, 80, 3), np.uint8), "bgr8")
