@@ -25,9 +25,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
              "liteseg_ros.cli:add_info_parser"),
     "demo": ("run the real node on a generated drive (or your images/video/bag) and write a video, "
              "a contact sheet and a latency table", "liteseg_ros.demo:add_demo_parser"),
-    "bag": ("segment every image of a rosbag offline into a new bag", "liteseg_ros.bag:add_bag_parser"),
+    "bag": ("segment every image of a rosbag offline into a new bag", "liteseg_ros.bag.cli:add_bag_parser"),
     "play": ("publish a rosbag's messages with their timing and /clock (ros2 bag play stand-in)",
-             "liteseg_ros.bag:add_play_parser"),
+             "liteseg_ros.bag.cli:add_play_parser"),
     "train": ("train LiteSeg (paper recipe; Cityscapes, folder or synthetic data; torchrun for DDP)",
               "liteseg_ros.train.cli:add_train_parser"),
     "eval": ("mIoU of a checkpoint (or a folder of predictions) with the Cityscapes protocol",

@@ -23,7 +23,13 @@ from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import SetParametersResult
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+    SetParametersResult,
+)
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -144,6 +150,38 @@ class Job:
     t_decoded: float
 
 
+# ------------------------------------------------------------------------------------------ parameters
+def descriptor(spec: params.Param):
+    """The rcl_interfaces ParameterDescriptor of a params.py entry: type, description, choices, range.
+
+    Lives here, not in params.py, so the table (which ``liteseg bag`` and the demo also read) stays
+    free of ROS imports.
+    """
+    types = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
+             "float": ParameterType.PARAMETER_DOUBLE, "string": ParameterType.PARAMETER_STRING,
+             "string[]": ParameterType.PARAMETER_STRING_ARRAY}
+    text = spec.description
+    if spec.choices:
+        text += f" [{'|'.join(spec.choices)}]"
+    d = ParameterDescriptor(name=spec.name, type=types[spec.type_name], description=text,
+                            read_only=spec.read_only, additional_constraints=(
+                                f"one of: {', '.join(spec.choices)}" if spec.choices else ""))
+    if spec.type_name == "int" and spec.min is not None:
+        d.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max),
+                                        step=int(spec.step or 0))]
+    elif spec.type_name == "float" and spec.min is not None:
+        d.floating_point_range = [FloatingPointRange(from_value=float(spec.min), to_value=float(spec.max),
+                                                     step=0.0)]
+    return d
+
+
+def group_descriptor(name: str):
+    """The descriptor of one ``mask_groups.<name>`` parameter (declared per group, not in the table)."""
+    return ParameterDescriptor(name=name, type=ParameterType.PARAMETER_STRING_ARRAY,
+                               description="class names whose pixels form this mask group's mask "
+                                           f"(~/masks/{name[len(params.MASK_GROUPS_PREFIX):]})")
+
+
 # ------------------------------------------------------------------------------------------ node
 class LiteSegNode(LifecycleNode):
     """rclpy lifecycle node serving one camera, or several through one engine with batching."""
@@ -198,10 +236,10 @@ class LiteSegNode(LifecycleNode):
             if spec.name == "cameras":
                 self._declare_string_list(spec, values[spec.name])
             else:
-                self.declare_parameter(spec.name, spec.default, params.descriptor(spec))
+                self.declare_parameter(spec.name, spec.default, descriptor(spec))
         for name, classes in params.mask_groups_of(values).items():
             self.declare_parameter(params.MASK_GROUPS_PREFIX + name, list(classes),
-                                   params.group_descriptor(params.MASK_GROUPS_PREFIX + name))
+                                   group_descriptor(params.MASK_GROUPS_PREFIX + name))
         return {name: (list(v) if isinstance(v, (list, tuple)) else v)
                 for name, v in ((n, self.get_parameter(n).value) for n in values)}
 
@@ -214,9 +252,7 @@ class LiteSegNode(LifecycleNode):
         Foxglove for all parameters. So the list is declared writable, set to its value, and only
         then given its real (read-only) descriptor.
         """
-        from rcl_interfaces.msg import ParameterDescriptor
-
-        final = params.descriptor(spec)
+        final = descriptor(spec)
         self.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY,
                                ParameterDescriptor(name=spec.name, type=final.type, description=final.description))
         self.set_parameters([Parameter(spec.name, Parameter.Type.STRING_ARRAY, list(value))])

@@ -298,36 +298,6 @@ def mask_groups_of(values: Mapping[str, Any]) -> dict[str, list[str]]:
     return {k[len(MASK_GROUPS_PREFIX):]: list(v) for k, v in values.items() if k.startswith(MASK_GROUPS_PREFIX)}
 
 
-def descriptor(spec: Param):
-    """The rcl_interfaces ParameterDescriptor for a spec (imports ROS lazily)."""
-    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
-
-    types = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
-             "float": ParameterType.PARAMETER_DOUBLE, "string": ParameterType.PARAMETER_STRING,
-             "string[]": ParameterType.PARAMETER_STRING_ARRAY}
-    text = spec.description
-    if spec.choices:
-        text += f" [{'|'.join(spec.choices)}]"
-    d = ParameterDescriptor(name=spec.name, type=types[spec.type_name], description=text,
-                            read_only=spec.read_only, additional_constraints=(
-                                f"one of: {', '.join(spec.choices)}" if spec.choices else ""))
-    if spec.type_name == "int" and spec.min is not None:
-        d.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max),
-                                        step=int(spec.step or 0))]
-    elif spec.type_name == "float" and spec.min is not None:
-        d.floating_point_range = [FloatingPointRange(from_value=float(spec.min), to_value=float(spec.max),
-                                                     step=0.0)]
-    return d
-
-
-def group_descriptor(name: str):
-    from rcl_interfaces.msg import ParameterDescriptor, ParameterType
-
-    return ParameterDescriptor(name=name, type=ParameterType.PARAMETER_STRING_ARRAY,
-                               description="class names whose pixels form this mask group's mask "
-                                           f"(~/masks/{name[len(MASK_GROUPS_PREFIX):]})")
-
-
 def yaml_keys(path: str | Path, node_name: str = "liteseg") -> set[str]:
     """Keys a shipped params file sets (for the config/README consistency test)."""
     return set(read_params_file(path, node_name))

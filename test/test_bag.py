@@ -27,6 +27,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from liteseg_ros import bag as bagmod
 from liteseg_ros import cli, image_codec
+from liteseg_ros.bag import files as bag_files
 from liteseg_ros.classes import ClassTable
 
 TS = get_typestore(Stores.ROS2_JAZZY)
@@ -633,7 +634,7 @@ def test_sigkill_leftovers_are_cleaned_by_the_next_run(tmp_path, params_file):
     # beside it: a folder of another run still going (this process) and one that is not ours at all
     alive = tmp_path / ".out.alive.partial"
     alive.mkdir()
-    (alive / bagmod.OWNER_FILE).write_text(bagmod._owner_text())
+    (alive / bagmod.OWNER_FILE).write_text(bag_files.owner_text())
     foreign = tmp_path / ".out.foreign.partial"
     foreign.mkdir()
     (foreign / "data").write_text("not ours")

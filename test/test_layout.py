@@ -21,9 +21,15 @@ RINGS = {
     "liteseg_ros.engines": 2, "liteseg_ros.pipeline": 2, "liteseg_ros.pipeline_torch": 2,
     "liteseg_ros.runtime": 2,
     "liteseg_ros.image_codec": 3, "liteseg_ros.params": 3, "liteseg_ros.wire": 3, "liteseg_ros.node": 3,
+    "liteseg_ros.contract": 3, "liteseg_ros.frames": 3, "liteseg_ros.diagnostics": 3,
     "liteseg_ros.bag": 3, "liteseg_ros.msg": 3,
     "liteseg_ros.cli": 4, "liteseg_ros.demo": 4, "liteseg_ros.train": 4,
 }
+#: ROS-edge modules that must work without ROS, with everything they import: the contract the node
+#: and ``liteseg bag`` share, the frame hand-over and /diagnostics wording (unit-tested without
+#: DDS), and every part of ``liteseg bag`` except the live player.
+ROS_FREE_EDGE = ("liteseg_ros.contract", "liteseg_ros.frames", "liteseg_ros.diagnostics", "liteseg_ros.bag.store",
+                 "liteseg_ros.bag.files", "liteseg_ros.bag.segment")
 ROS_MODULES = ("rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "vision_msgs", "rcl_interfaces",
                "builtin_interfaces", "lifecycle_msgs", "rosgraph_msgs", "cv_bridge", "launch", "launch_ros")
 
@@ -121,6 +127,21 @@ def test_no_import_cycles():
 def test_the_core_imports_no_ros():
     _, external = graph()
     bad = [f"{m} imports {e}" for m, es in external.items() if ring(m) <= 2 for e in es if e in ROS_MODULES]
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_the_ros_free_edge_needs_no_ros_even_indirectly():
+    deps, external = graph()
+    bad = []
+    for start in ROS_FREE_EDGE:
+        seen, todo = set(), [start]
+        while todo:
+            m = todo.pop()
+            if m in seen:
+                continue
+            seen.add(m)
+            bad += [f"{start} -> ... {m} imports {e}" for e in external[m] if e in ROS_MODULES]
+            todo += deps[m]
     assert not bad, "\n".join(sorted(bad))
 
 

@@ -71,11 +71,13 @@ def test_groups_validate_against_a_custom_class_table():
 
 
 def test_descriptors_carry_ranges_and_read_only():
-    d = params.descriptor(params.PARAMS_BY_NAME["overlay_alpha"])
+    from liteseg_ros.node import descriptor  # the node turns the table into rcl descriptors
+
+    d = descriptor(params.PARAMS_BY_NAME["overlay_alpha"])
     assert d.floating_point_range[0].to_value == 1.0 and not d.read_only
-    d = params.descriptor(params.PARAMS_BY_NAME["network_width"])
+    d = descriptor(params.PARAMS_BY_NAME["network_width"])
     assert d.integer_range[0].from_value == 32 and d.read_only
-    assert "stretch|letterbox" in params.descriptor(params.PARAMS_BY_NAME["resize_mode"]).description
+    assert "stretch|letterbox" in descriptor(params.PARAMS_BY_NAME["resize_mode"]).description
 
 
 def test_shipped_yaml_and_readme_list_exactly_the_parameter_table():
