@@ -108,7 +108,7 @@ def test_burst_on_one_camera_counts_its_drops_only(three_cameras, ros):
         while not stop.is_set():
             pubs["right"].publish(msg_for(*CAMS["right"], 3500 + k, "right"))
             k += 1
-            time.sleep(0.4)
+            time.sleep(0.8)  # slower than any batch, even on a loaded machine: its drops would be starvation
 
     t = threading.Thread(target=slow_camera, daemon=True)
     t.start()
@@ -117,7 +117,7 @@ def test_burst_on_one_camera_counts_its_drops_only(three_cameras, ros):
             pubs["front"].publish(msg_for(*CAMS["front"], 3000 + k, "front"))
             time.sleep(0.005)
         ros.wait_for(lambda: 3039 in stamps(got["front"]["label"]), 60, "newest front frame")
-        time.sleep(1.5)
+        time.sleep(2.0)
     finally:
         stop.set()
         t.join()
