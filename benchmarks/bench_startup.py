@@ -105,7 +105,7 @@ def slowest_imports(imports: list[str], n: int = 8) -> list[tuple[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from liteseg_ros.engines.cli import parse_size
+    from liteseg_ros.defaults import parse_size
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default="demo", help="the node's weights parameter (default: demo)")

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from liteseg_ros.engines.cli import parse_size  # noqa: E402
+from liteseg_ros.defaults import parse_size  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
