@@ -74,10 +74,15 @@ def _input_error(message: str) -> SystemExit:
 
 
 def folder_images(folder: Path, n: int) -> Iterator[np.ndarray]:
+    """The images of ``folder``; checked now (exit 2 before the node starts), read as they are played."""
     files = sorted(p for p in folder.iterdir() if is_image_file(p.name)) if folder.is_dir() else []
     if not files:
         raise _input_error(f"no images in {folder} (.png, .jpg and the other formats OpenCV reads)")
-    for p in files[:n]:
+    return _read_images(files[:n])
+
+
+def _read_images(files: list[Path]) -> Iterator[np.ndarray]:
+    for p in files:
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if img is None:
             print(f"warning: cannot read {p}, skipped", file=sys.stderr)
@@ -86,9 +91,14 @@ def folder_images(folder: Path, n: int) -> Iterator[np.ndarray]:
 
 
 def video_frames(path: Path, n: int) -> Iterator[np.ndarray]:
+    """The first ``n`` frames of a video; opened now (exit 2 before the node starts), read as played."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise _input_error(f"cannot open video {path}")
+    return _read_video(cap, n)
+
+
+def _read_video(cap, n: int) -> Iterator[np.ndarray]:
     try:
         for _ in range(n):
             ok, img = cap.read()
@@ -189,6 +199,16 @@ def run_demo(args: argparse.Namespace) -> int:
     except (ModelLoadError, known.WeightsError) as exc:
         print(f"[demo] error: {exc}", file=sys.stderr)
         return 2
+    # the input is checked before anything is written or the node started (exit 2, README "Exit codes")
+    if args.images:
+        source = folder_images(args.images, args.frames)
+    elif args.video:
+        source = video_frames(args.video, args.frames)
+    elif args.bag:
+        source = bag_frames(args.bag, args.topic, args.frames)
+    else:
+        source = generated_drive(args.frames, args.size, args.seed)
+
     args.out.mkdir(parents=True, exist_ok=True)
     net = args.network_size
     if net is None:
@@ -207,15 +227,6 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"[demo] starting the node: {shlex.join(cmd)}  (log: {log_path})", flush=True)
     log = open(log_path, "w")  # noqa: SIM115 - closed in finally
     node_proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    if args.images:
-        source = folder_images(args.images, args.frames)
-    elif args.video:
-        source = video_frames(args.video, args.frames)
-    elif args.bag:
-        source = bag_frames(args.bag, args.topic, args.frames)
-    else:
-        source = generated_drive(args.frames, args.size, args.seed)
 
     import rclpy
     from rclpy.executors import SingleThreadedExecutor

@@ -39,3 +39,11 @@ def test_a_failure_while_working_exits_1(tmp_path):
                    "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
     assert proc.returncode == EXIT_FAILURE, proc.stderr
     assert "tensorrt unavailable" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_demo_refuses_an_empty_image_folder_before_starting_the_node(tmp_path):
+    (tmp_path / "frames").mkdir()
+    proc = liteseg("demo", "--images", str(tmp_path / "frames"), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == EXIT_USAGE, proc.stderr
+    assert "no images in" in proc.stderr and "starting the node" not in proc.stdout
+    assert not (tmp_path / "out").exists()
