@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import sys
 
+from liteseg_ros.defaults import EXIT_FAILURE, EXIT_USAGE
 from liteseg_ros.interrupts import deferred_interrupts, quiet_interrupt_hook
 
 _CONSOLE = bool(sys.argv) and sys.argv[0].endswith("liteseg")  # the console script, not an import by tests
@@ -138,9 +139,12 @@ def _run_weights_fetch(args) -> int:
             print(f"{name}: licence {entry.license_line}")
             path = weights.fetch(name, base_url=args.base_url, progress=not args.no_progress,
                                  log=lambda m: print(m, file=sys.stderr))
+        except (weights.DownloadError, weights.IntegrityError) as exc:  # the name was fine, the download not
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
         except weights.WeightsError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         print(path)
     return 0
 
