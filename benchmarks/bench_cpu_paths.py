@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from liteseg_ros.commands.engines import add_interleaved_timing_args  # noqa: E402
 from liteseg_ros.engines import EngineError, create_engine  # noqa: E402
 from liteseg_ros.engines.bench import (  # noqa: E402
     random_weight_model,
@@ -36,7 +37,6 @@ from liteseg_ros.engines.bench import (  # noqa: E402
     time_interleaved,
     write_json,
 )
-from liteseg_ros.engines.cli import add_interleaved_timing_args  # noqa: E402
 from liteseg_ros.engines.cpu_tuning import set_num_threads, tune_malloc  # noqa: E402
 
 

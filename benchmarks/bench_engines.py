@@ -13,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from liteseg_ros.commands.engines import add_interleaved_timing_args  # noqa: E402
 from liteseg_ros.engines.bench import (  # noqa: E402
     add_ratios,
     bench_cpu_paths,
@@ -20,7 +21,6 @@ from liteseg_ros.engines.bench import (  # noqa: E402
     random_weight_model,
     write_json,
 )
-from liteseg_ros.engines.cli import add_interleaved_timing_args  # noqa: E402
 from liteseg_ros.engines.cpu_tuning import tune_malloc  # noqa: E402
 
 BASELINE = "pytorch eager fp32, logits only"

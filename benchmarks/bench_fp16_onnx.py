@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from liteseg_ros.engines.cli import parse_size  # noqa: E402
+from liteseg_ros.defaults import parse_size  # noqa: E402
 
 
 def scenes(n: int, size: tuple[int, int], first_seed: int = 10000) -> np.ndarray:

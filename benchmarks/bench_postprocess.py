@@ -41,7 +41,7 @@ class FixedEngine(Engine):
     def __init__(self, label: np.ndarray, conf: np.ndarray) -> None:
         self.label, self.conf = label, conf
 
-    def infer(self, batch, want_confidence=True, want_logits=False):
+    def _infer(self, batch, want_confidence, want_logits):
         n = len(batch)
         return EngineOutput(np.stack([self.label] * n), np.stack([self.conf] * n) if want_confidence else None)
 

@@ -105,11 +105,11 @@ def slowest_imports(imports: list[str], n: int = 8) -> list[tuple[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from liteseg_ros.engines.cli import parse_size
+    from liteseg_ros.defaults import NETWORK_SIZE, parse_size
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default="demo", help="the node's weights parameter (default: demo)")
-    ap.add_argument("--size", type=parse_size, default=(360, 640), metavar="HxW", help="network size")
+    ap.add_argument("--size", type=parse_size, default=NETWORK_SIZE, metavar="HxW", help="network size")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="num_threads parameter (0 = all cores)")

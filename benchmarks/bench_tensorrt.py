@@ -22,12 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from liteseg_ros.engines.cli import parse_size  # noqa: E402
+from liteseg_ros.defaults import NETWORK_SIZE, parse_size  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=parse_size, default=(360, 640), metavar="HxW")
+    ap.add_argument("--size", type=parse_size, default=NETWORK_SIZE, metavar="HxW")
     ap.add_argument("--scenes", type=int, default=8, help="held-out generated scenes for the label check")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--iters", type=int, default=200)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import sys
 
+from liteseg_ros.defaults import EXIT_FAILURE, EXIT_USAGE
 from liteseg_ros.interrupts import deferred_interrupts, quiet_interrupt_hook
 
 _CONSOLE = bool(sys.argv) and sys.argv[0].endswith("liteseg")  # the console script, not an import by tests
@@ -36,10 +37,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                 "liteseg_ros.train.average:add_average_parser"),
     "calibrate": ("fit one logit offset per class on a labelled set to maximise mIoU, folded into the weights",
                   "liteseg_ros.train.calibrate:add_calibrate_parser"),
-    "export": ("export ONNX / build a TensorRT engine", "liteseg_ros.engines.cli:add_export_parser"),
-    "bench": ("time backends model-only and end to end (paper-style)", "liteseg_ros.engines.cli:add_bench_parser"),
+    "export": ("export ONNX / build a TensorRT engine", "liteseg_ros.commands.engines:add_export_parser"),
+    "bench": ("time backends model-only and end to end (paper-style)", "liteseg_ros.commands.engines:add_bench_parser"),
     "quantize": ("int8 model for ONNX Runtime / OpenVINO with a label-agreement report",
-                 "liteseg_ros.engines.cli:add_quantize_parser"),
+                 "liteseg_ros.commands.engines:add_quantize_parser"),
     "weights": ("list, fetch (verified, into the cache) and locate the registered weights, such as the authors' "
                 "Cityscapes models", "liteseg_ros.cli:add_weights_parser"),
 }
@@ -47,10 +48,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 # ------------------------------------------------------------------------------------------ info
 def add_info_parser(sub) -> None:
-    from liteseg_ros.engines.cli import parse_size
+    from liteseg_ros.defaults import BACKBONES, parse_size
 
     p = sub.add_parser("info", help=SUBCOMMANDS["info"][0], description=SUBCOMMANDS["info"][0])
-    p.add_argument("--backbone", default="mobilenetv2", choices=("mobilenetv2", "shufflenet", "darknet19"))
+    p.add_argument("--backbone", default=BACKBONES[0], choices=BACKBONES)
     p.add_argument("--size", type=parse_size, default=(512, 1024), help="input HxW (default 512x1024, the paper's)")
     p.add_argument("--weights", help="describe this checkpoint's (or registered name's) network instead")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -138,9 +139,12 @@ def _run_weights_fetch(args) -> int:
             print(f"{name}: licence {entry.license_line}")
             path = weights.fetch(name, base_url=args.base_url, progress=not args.no_progress,
                                  log=lambda m: print(m, file=sys.stderr))
+        except (weights.DownloadError, weights.IntegrityError) as exc:  # the name was fine, the download not
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
         except weights.WeightsError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         print(path)
     return 0
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from liteseg_ros.engines.cli import parse_size
+from liteseg_ros.defaults import EXIT_USAGE, NETWORK_SIZE, format_size, is_image_file, parse_size
 from liteseg_ros.share import ShareFileError, share_file
 from liteseg_ros.train.config import HELD_OUT_FIRST_SEED
 
@@ -46,9 +46,10 @@ def add_demo_parser(sub) -> None:
     src.add_argument("--bag", type=Path, help="a rosbag: its first image topic (or --topic) is played")
     p.add_argument("--topic", help="image topic to take from --bag")
     p.add_argument("--frames", type=int, default=60, help="frames to play (default 60)")
-    p.add_argument("--size", type=parse_size, default=(360, 640), help="generated camera size HxW (default 360x640)")
+    p.add_argument("--size", type=parse_size, default=NETWORK_SIZE,
+                   help=f"generated camera size HxW (default {format_size(NETWORK_SIZE)})")
     p.add_argument("--network-size", type=parse_size, default=None, help="network HxW (default: 180x320 for the "
-                   "demo weights, the scale they were trained at; else 360x640)")
+                   f"demo weights, the scale they were trained at; else {format_size(NETWORK_SIZE)})")
     p.add_argument("--rate", type=float, default=10.0, help="camera rate in Hz (default 10)")
     p.add_argument("--seed", type=int, default=DEMO_SEED,
                    help=f"generated drive seed (default {DEMO_SEED}: held out, never a training scene of the demo weights)")
@@ -66,11 +67,22 @@ def generated_drive(n: int, size: tuple[int, int], seed: int) -> Iterator[np.nda
         yield sample.image
 
 
+def _input_error(message: str) -> SystemExit:
+    """Unusable --images/--video/--bag input: one line on stderr and exit status 2 (README "Exit codes")."""
+    print(f"[demo] error: {message}", file=sys.stderr)
+    return SystemExit(EXIT_USAGE)
+
+
 def folder_images(folder: Path, n: int) -> Iterator[np.ndarray]:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+    """The images of ``folder``; checked now (exit 2 before the node starts), read as they are played."""
+    files = sorted(p for p in folder.iterdir() if is_image_file(p.name)) if folder.is_dir() else []
     if not files:
-        raise SystemExit(f"error: no .png/.jpg images in {folder}")
-    for p in files[:n]:
+        raise _input_error(f"no images in {folder} (.png, .jpg and the other formats OpenCV reads)")
+    return _read_images(files[:n])
+
+
+def _read_images(files: list[Path]) -> Iterator[np.ndarray]:
+    for p in files:
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if img is None:
             print(f"warning: cannot read {p}, skipped", file=sys.stderr)
@@ -79,9 +91,14 @@ def folder_images(folder: Path, n: int) -> Iterator[np.ndarray]:
 
 
 def video_frames(path: Path, n: int) -> Iterator[np.ndarray]:
+    """The first ``n`` frames of a video; opened now (exit 2 before the node starts), read as played."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
-        raise SystemExit(f"error: cannot open video {path}")
+        raise _input_error(f"cannot open video {path}")
+    return _read_video(cap, n)
+
+
+def _read_video(cap, n: int) -> Iterator[np.ndarray]:
     try:
         for _ in range(n):
             ok, img = cap.read()
@@ -104,8 +121,8 @@ def bag_frames(path: Path, topic: str | None, n: int) -> Iterator[np.ndarray]:
         if topic:
             images = [c for c in images if c.topic == topic]
         if not images:
-            raise SystemExit(f"error: no image topic{' ' + topic if topic else ''} in {path}; topics: "
-                             f"{sorted({c.topic for c in reader.connections})}")
+            raise _input_error(f"no image topic{' ' + topic if topic else ''} in {path}; topics: "
+                               f"{sorted({c.topic for c in reader.connections})}")
         count = 0
         for conn, _, raw in reader.messages(connections=images[:1]):
             yield decode_any(reader.deserialize(raw, conn.msgtype))
@@ -182,10 +199,20 @@ def run_demo(args: argparse.Namespace) -> int:
     except (ModelLoadError, known.WeightsError) as exc:
         print(f"[demo] error: {exc}", file=sys.stderr)
         return 2
+    # the input is checked before anything is written or the node started (exit 2, README "Exit codes")
+    if args.images:
+        source = folder_images(args.images, args.frames)
+    elif args.video:
+        source = video_frames(args.video, args.frames)
+    elif args.bag:
+        source = bag_frames(args.bag, args.topic, args.frames)
+    else:
+        source = generated_drive(args.frames, args.size, args.seed)
+
     args.out.mkdir(parents=True, exist_ok=True)
     net = args.network_size
     if net is None:
-        net = DEMO_NETWORK_SIZE if args.weights == "demo" else (360, 640)
+        net = DEMO_NETWORK_SIZE if args.weights == "demo" else NETWORK_SIZE
     node_params = {"weights": args.weights, "network_height": net[0], "network_width": net[1]}
     if args.params_file:
         from liteseg_ros import params as P
@@ -200,15 +227,6 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"[demo] starting the node: {shlex.join(cmd)}  (log: {log_path})", flush=True)
     log = open(log_path, "w")  # noqa: SIM115 - closed in finally
     node_proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    if args.images:
-        source = folder_images(args.images, args.frames)
-    elif args.video:
-        source = video_frames(args.video, args.frames)
-    elif args.bag:
-        source = bag_frames(args.bag, args.topic, args.frames)
-    else:
-        source = generated_drive(args.frames, args.size, args.seed)
 
     import rclpy
     from rclpy.executors import SingleThreadedExecutor

@@ -15,15 +15,21 @@ from typing import Any
 import yaml
 
 from liteseg_ros.classes import DEFAULT_MASK_GROUPS, ClassTable
+from liteseg_ros.defaults import BACKBONES, NETWORK_SIZE
+from liteseg_ros.engines.selection import (
+    BACKENDS,
+    DEFAULT_MIN_LABEL_AGREEMENT,
+    DEVICE_FORMS,
+    MIN_LABEL_AGREEMENT_RANGE,
+    PRECISIONS,
+)
 
 #: Mask groups are a map in YAML (``mask_groups: {drivable: [road]}``) which ROS 2 flattens to one
 #: string-array parameter per group: ``mask_groups.drivable``.
 MASK_GROUPS_PREFIX = "mask_groups."
 
-BACKBONES = ("mobilenetv2", "shufflenet", "darknet19")
-BACKENDS = ("auto", "pytorch", "onnxruntime", "tensorrt", "openvino")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+#: A device parameter: what the engines take, or ``auto`` (CUDA when usable, else the CPU).
+_DEVICE_RE = re.compile(rf"^(auto|{DEVICE_FORMS})$")
 
 
 class ParameterError(ValueError):
@@ -87,8 +93,9 @@ PARAMS: tuple[Param, ...] = (
     Param("device", "auto", "auto, cpu, cuda or cuda:N", pattern=_DEVICE_RE.pattern, read_only=True),
     Param("precision", "auto", "auto = fp16 on CUDA; on CPU the fastest of fp32/bf16/int8 that meets "
           "min_label_agreement; fp32 on CUDA is IEEE fp32 (TF32 off)", choices=PRECISIONS, read_only=True),
-    Param("min_label_agreement", 0.99, "CPU auto choice: least fraction of labels a bf16/int8 path must share "
-          "with fp32 (from the `liteseg quantize` report or a start-up check)", min=0.0, max=1.0,
+    Param("min_label_agreement", DEFAULT_MIN_LABEL_AGREEMENT, "CPU auto choice: least fraction of labels a "
+          "bf16/int8 path must share with fp32 (from the `liteseg quantize` report or a start-up check); above 1 "
+          "no bf16/int8 path qualifies", min=MIN_LABEL_AGREEMENT_RANGE[0], max=MIN_LABEL_AGREEMENT_RANGE[1],
           read_only=True),
     Param("num_threads", 0, "CPU threads for inference; 0 = all available cores", min=0, max=256, step=1,
           read_only=True),
@@ -96,8 +103,10 @@ PARAMS: tuple[Param, ...] = (
           "$LITESEG_CACHE_DIR or ~/.cache/liteseg_ros/engines", read_only=True),
     Param("build_only", False, "build/export the engine, then exit (TensorRT/ONNX ahead of time)",
           read_only=True),
-    Param("network_width", 640, "network input width in pixels", min=32, max=4096, step=1, read_only=True),
-    Param("network_height", 360, "network input height in pixels", min=32, max=4096, step=1, read_only=True),
+    Param("network_width", NETWORK_SIZE[1], "network input width in pixels", min=32, max=4096, step=1,
+          read_only=True),
+    Param("network_height", NETWORK_SIZE[0], "network input height in pixels", min=32, max=4096, step=1,
+          read_only=True),
     Param("resize_mode", "stretch", "how frames are fitted to the network size", choices=("stretch", "letterbox"),
           read_only=True),
     # --- inputs ---

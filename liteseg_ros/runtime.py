@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from liteseg_ros.classes import ClassTable
+from liteseg_ros.engines.selection import CPU_BACKENDS, DEFAULT_MIN_LABEL_AGREEMENT, resolve_device
 from liteseg_ros.pipeline import Pipeline, PipelineConfig
 
 #: ``weights: demo`` resolves to this file shipped inside the package (synthetic-scene demo model).
@@ -92,7 +93,7 @@ def _resolve(weights: str, allow_download: bool, log: Callable[[str], None], pro
 
 
 #: Backends that run an ONNX file given as ``weights`` (``auto`` picks one of them on a CPU).
-ONNX_BACKENDS = ("auto", "onnxruntime", "openvino")
+ONNX_BACKENDS = ("auto", *CPU_BACKENDS)
 
 
 def is_onnx_weights(path: Path | str | None) -> bool:
@@ -218,31 +219,6 @@ def _describe(weights: str, path: Path, entry, backbone: str, name: str, meta_so
     return tuple(mean), tuple(std), ModelSource(name, backbone, str(path), False, licence)
 
 
-def cuda_driver_present() -> bool:
-    """False when this Linux machine certainly has no NVIDIA driver (then CUDA cannot be available
-    and ``device: auto`` is the CPU without importing torch to ask); True otherwise."""
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return True
-    return any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0"))
-
-
-def resolve_device(device: str, precision: str) -> tuple[str, str]:
-    """'auto' device -> cuda when usable, else cpu; 'auto' precision -> fp16 on CUDA, and stays 'auto'
-    on CPU, where ``create_engine`` picks the fastest of fp32/bf16/int8 that meets min_label_agreement."""
-    if device == "auto":
-        if cuda_driver_present():
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        else:
-            device = "cpu"
-    if precision == "auto" and device.startswith("cuda"):
-        precision = "fp16"
-    return device, precision
-
-
 def build_pipeline(values: Mapping, classes_override: ClassTable | None = None,
                    log: Callable[[str], None] = print, max_batch: int = 1):
     """Settings (the node's parameter names) -> (Pipeline, ModelSource).
@@ -250,7 +226,7 @@ def build_pipeline(values: Mapping, classes_override: ClassTable | None = None,
     ``values`` needs: weights, allow_random_weights, backbone, backend, device, precision,
     num_threads, engine_cache_dir, network_width, network_height, resize_mode, output_resolution,
     overlay_alpha, confidence_threshold, and ``mask_groups`` as {group: [class names]};
-    ``min_label_agreement`` (default 0.99) and ``allow_download`` (default false: a registered name
+    ``min_label_agreement`` (default ``selection.DEFAULT_MIN_LABEL_AGREEMENT``) and ``allow_download`` (default false: a registered name
     must already be in the weights cache) are optional.
     ``max_batch``: the largest batch ``Pipeline.run`` will get (TensorRT profiles; the bag tool batches).
     """
@@ -289,7 +265,8 @@ def build_pipeline(values: Mapping, classes_override: ClassTable | None = None,
                            num_threads=int(values["num_threads"]) or None,
                            cache_dir=cache_dir, log=log,
                            max_batch=max(1, int(max_batch)),
-                           min_label_agreement=float(values.get("min_label_agreement", 0.99)),
+                           min_label_agreement=float(values.get("min_label_agreement",
+                                                                DEFAULT_MIN_LABEL_AGREEMENT)),
                            loaded_model=model if source.weights and not is_onnx_weights(source.weights) else None)
     return Pipeline(engine, classes, cfg), source
 

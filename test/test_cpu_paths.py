@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from liteseg_ros.commands.engines import add_quantize_parser
 from liteseg_ros.engines import EngineError, cpu_path_ranking, create_engine
-from liteseg_ros.engines.cli import add_quantize_parser
 from liteseg_ros.engines.export import export_onnx, reference_outputs
 from liteseg_ros.engines.openvino import CAPS_ENV, OpenVinoEngine, cpu_capabilities, has_bf16, openvino_status
 from liteseg_ros.engines.quantize import (
@@ -207,7 +207,7 @@ def test_quantize_sensitivity_prints_the_sweep_and_writes_nothing(cache, tmp_pat
     assert "no node named nope" in capsys.readouterr().err
     args = sub.choices["quantize"].parse_args(["--random-weights", "--synthetic", "2", "--size", f"{H}x{W}",
                                                "--float-input-convs", "0", "--cache-dir", str(tmp_path)])
-    assert args.func(args) == 1
+    assert args.func(args) == 2  # a usage error: nothing was done
     assert "--out" in capsys.readouterr().err and not any(tmp_path.iterdir())
 
 
@@ -217,11 +217,11 @@ def test_quantize_rejects_bad_input(tmp_path, capsys):
     sub = argparse.ArgumentParser().add_subparsers()
     add_quantize_parser(sub)
     args = sub.choices["quantize"].parse_args(["--random-weights", "--calib", str(tmp_path / "nope")])
-    assert args.func(args) == 1
+    assert args.func(args) == 2
     assert "nope is not a directory" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     args = sub.choices["quantize"].parse_args(["--random-weights", "--calib", str(tmp_path / "empty")])
-    assert args.func(args) == 1
+    assert args.func(args) == 2
     assert "holds no images" in capsys.readouterr().err
 
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from liteseg_ros.commands.engines import add_bench_parser, add_export_parser
 from liteseg_ros.engines import (
     CPU_DEFAULT_BACKEND,
     EngineError,
@@ -25,7 +26,6 @@ from liteseg_ros.engines import (
     create_engine,
 )
 from liteseg_ros.engines.bench import bench_engine, format_table, random_weight_model, summarize
-from liteseg_ros.engines.cli import add_bench_parser, add_export_parser
 from liteseg_ros.engines.cpu_tuning import get_num_threads, set_num_threads, tune_malloc
 from liteseg_ros.engines.export import export_onnx, onnx_metadata, reference_outputs, verify_onnx
 from liteseg_ros.engines.onnxruntime import OnnxRuntimeEngine
@@ -517,7 +517,7 @@ def test_cli_bench_writes_json_and_rejects_unknown_backend(tmp_path, capsys):
     assert {r["backend"] for r in data["rows"]} == {"onnxruntime", "pytorch"}
     assert any("fp16" in s for s in data["context"]["skipped"])  # fp16 on CPU is skipped with a reason
     bad = _cli().parse_args(["bench", "--random-weights", "--backends", "magic", "--json", str(js)])
-    assert bad.func(bad) == 1 and "magic" in capsys.readouterr().err
+    assert bad.func(bad) == 2 and "magic" in capsys.readouterr().err  # a usage error
 
 
 @pytest.mark.skipif(TRT_STATUS == "ok", reason="checks the message without TensorRT")

@@ -42,6 +42,17 @@ def test_install_reads_nothing_from_the_source_tree():
         assert os.access(lib / exe, os.X_OK), lib / exe
 
 
+def test_package_data_is_installed_with_the_code():
+    """The data files the code reads at run time come with it (pip's package_data, CMake's install)."""
+    from importlib import resources
+
+    from liteseg_ros.engines.selection import cpu_path_ranking
+
+    for name in ("weights.yaml", "cpu_paths.yaml", "liteseg_demo_mobilenetv2.pt"):
+        assert (resources.files("liteseg_ros") / "data" / name).is_file(), name
+    assert cpu_path_ranking(frozenset({"FP32", "INT8"}))[0][1] == "int8"
+
+
 def test_generated_messages_sit_beside_the_python_code():
     from liteseg_ros.msg import DrivableBoundary, FrameStats, MaskGroup, SegmentationInfo
 

@@ -16,14 +16,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "liteseg_ros"
 RINGS = {
     "liteseg_ros": 0,  # the package __init__: only extends __path__
     "liteseg_ros.classes": 0, "liteseg_ros.synthetic": 0, "liteseg_ros.share": 0, "liteseg_ros.weights": 0,
-    "liteseg_ros.interrupts": 0, "liteseg_ros.segmentation": 2,
+    "liteseg_ros.interrupts": 0, "liteseg_ros.defaults": 0, "liteseg_ros.segmentation": 2,
     "liteseg_ros.model": 1,
     "liteseg_ros.engines": 2, "liteseg_ros.pipeline": 2, "liteseg_ros.pipeline_torch": 2,
     "liteseg_ros.runtime": 2,
     "liteseg_ros.image_codec": 3, "liteseg_ros.params": 3, "liteseg_ros.wire": 3, "liteseg_ros.node": 3,
     "liteseg_ros.contract": 3, "liteseg_ros.frames": 3, "liteseg_ros.diagnostics": 3,
     "liteseg_ros.bag": 3, "liteseg_ros.msg": 3,
-    "liteseg_ros.cli": 4, "liteseg_ros.demo": 4, "liteseg_ros.train": 4,
+    "liteseg_ros.cli": 4, "liteseg_ros.commands": 4, "liteseg_ros.demo": 4, "liteseg_ros.train": 4,
 }
 #: ROS-edge modules that must work without ROS, with everything they import: the contract the node
 #: and ``liteseg bag`` share, the frame hand-over and /diagnostics wording (unit-tested without

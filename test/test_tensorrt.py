@@ -370,7 +370,7 @@ def test_onnxruntime_cuda_runs_the_fp16_file(files, demo_model, holdout):
 def test_cli_exports_and_verifies_an_fp16_onnx_file(tmp_path, capsys):
     import argparse
 
-    from liteseg_ros.engines.cli import add_export_parser
+    from liteseg_ros.commands.engines import add_export_parser
     from liteseg_ros.runtime import demo_weights_path
 
     ap = argparse.ArgumentParser()

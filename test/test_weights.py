@@ -219,6 +219,15 @@ def test_an_interrupted_download_never_sits_under_the_final_name_and_resumes(env
     assert path == cache / FILE and path.read_bytes() == data and _cache_files(cache) == [FILE]
 
 
+def test_a_failed_download_exits_1_and_an_unknown_name_2(env, capsys):
+    """The exit-code convention: the name was fine but the download failed (1) vs bad input (2)."""
+    server, cache, entry = env
+    server.mode[FILE] = "abort"
+    assert main(["weights", "fetch", NAME, "--no-progress"]) == 1
+    assert "resumes" in capsys.readouterr().err and not (cache / FILE).exists()
+    assert main(["weights", "fetch", "no-such-weights", "--no-progress"]) == 2
+
+
 def test_two_fetches_at_once_download_once_and_a_mirror_can_be_given(env, official, monkeypatch, capsys):
     server, cache, entry = env
     results: list = []

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from liteseg_ros.defaults import NETWORK_SIZE
+
 from .base import Engine
 
 
@@ -116,7 +118,7 @@ def bench_engine(engine: Engine, input_size: tuple[int, int], batch: int = 1, wa
     return rows
 
 
-def bench_cpu_paths(model: torch.nn.Module, input_size: tuple[int, int] = (360, 640), num_threads: int = 2,
+def bench_cpu_paths(model: torch.nn.Module, input_size: tuple[int, int] = NETWORK_SIZE, num_threads: int = 2,
                     warmup: int = 3, iters: int = 10, workdir: str | Path = "/tmp/liteseg_bench",
                     log: Callable[[str], None] = print,
                     with_tuned_malloc: bool = True, block: int = 3) -> list[dict[str, Any]]:

@@ -254,6 +254,11 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+#: Least share of labels an fp16 export must keep equal to PyTorch fp32 (``liteseg export --precision
+#: fp16`` verifies with it): half precision moves a few boundary pixels, never whole regions.
+FP16_MIN_LABEL_AGREEMENT = 0.99
+
+
 @dataclass
 class VerifyReport:
     """How an exported/compiled engine's outputs compare with PyTorch fp32 on the same inputs."""

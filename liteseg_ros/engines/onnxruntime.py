@@ -16,6 +16,7 @@ import numpy as np
 
 from .base import Engine, EngineError, EngineInfo, EngineOutput
 from .cpu_tuning import session_options  # noqa: F401 - also imported from here by the tools
+from .selection import is_cuda, parse_device
 
 
 class OnnxRuntimeEngine(Engine):
@@ -33,8 +34,8 @@ class OnnxRuntimeEngine(Engine):
                  log: Callable[[str], None] = print) -> None:
         import onnxruntime as ort
 
-        d = str(device).strip().lower()
-        on_cuda = d == "cuda" or d.startswith("cuda:")
+        d = parse_device(device)
+        on_cuda = is_cuda(d)
         if precision not in ("fp32", "int8", "fp16") or (precision == "fp16" and not on_cuda):
             raise EngineError(f"precision {precision!r} is not supported by the onnxruntime backend on "
                               f"{d} (allowed: fp32, int8 on cpu; fp32, fp16 on cuda); use openvino for bf16")
@@ -50,13 +51,11 @@ class OnnxRuntimeEngine(Engine):
                                   f"(export with precision={precision!r}, or set precision: auto)")
         if d == "cpu":
             providers: list = ["CPUExecutionProvider"]
-        elif d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
+        else:
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise EngineError(f"device {device!r} with backend onnxruntime needs onnxruntime-gpu "
                                   f"(available providers: {', '.join(ort.get_available_providers())})")
             providers = [("CUDAExecutionProvider", {"device_id": int(d[5:] or 0) if ":" in d else 0})]
-        else:
-            raise EngineError(f"device {device!r} is not one of: cpu, cuda, cuda:N (N = GPU index)")
         so = session_options(num_threads)
         try:
             self.session = ort.InferenceSession(str(path), so, providers=providers)
@@ -82,32 +81,20 @@ class OnnxRuntimeEngine(Engine):
         self.input_shape = list(inp.shape)  # ints for fixed axes, names for dynamic ones
         self.num_classes = int(self.meta.get("liteseg.num_classes") or 0)
         self.path = path
+        fixed = [v if isinstance(v, int) else None for v in self.input_shape[2:4]]
+        self.input_hw = (fixed[0], fixed[1])
+        self.has_logits = "logits" in self.output_names
+        self.shape_origin = f"{path} was exported"
         self.info = EngineInfo("onnxruntime", d, precision, reason, {
             "onnxruntime": ort.__version__, "file": str(path),
             "threads": str(so.intra_op_num_threads), "input_shape": str(self.input_shape),
         })
 
-    def _check(self, batch: np.ndarray) -> np.ndarray:
-        if not isinstance(batch, np.ndarray) or batch.ndim != 4 or batch.shape[1] != 3:
-            shape = getattr(batch, "shape", type(batch).__name__)
-            raise EngineError(f"infer() needs a (N, 3, h, w) float32 numpy batch, got {shape}")
-        for axis in (2, 3):
-            want = self.input_shape[axis]
-            if isinstance(want, int) and batch.shape[axis] != want:
-                raise EngineError(f"{self.path} was exported for {self.input_shape[2]}x{self.input_shape[3]} "
-                                  f"input; got {batch.shape[2]}x{batch.shape[3]} (export with dynamic=True "
-                                  f"or resize to the network size)")
-        return np.ascontiguousarray(batch, dtype=np.float32)
-
-    def infer(self, batch: np.ndarray, want_confidence: bool = True,
-              want_logits: bool = False) -> EngineOutput:
-        x = self._check(batch)
+    def _infer(self, x: np.ndarray, want_confidence: bool, want_logits: bool) -> EngineOutput:
         names = ["label"]
         if want_confidence:
             names.append("confidence")
         if want_logits:
-            if "logits" not in self.output_names:
-                raise EngineError(f"{self.path} was exported without logits (export with_logits=True)")
             names.append("logits")
         res = dict(zip(names, self.session.run(names, {self.input_name: x}), strict=True))
         return EngineOutput(res["label"], res.get("confidence"), res.get("logits"))

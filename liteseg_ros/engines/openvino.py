@@ -175,6 +175,9 @@ class OpenVinoEngine(Engine):
         self.meta = onnx_file_metadata(path)
         self.num_classes = int(self.meta.get("liteseg.num_classes") or 0)
         self.path = path
+        self.input_hw = (self.input_shape[2], self.input_shape[3])
+        self.has_logits = "logits" in self.output_names
+        self.shape_origin = f"{path} was exported"
         self.log = log
         self._compiled: dict[tuple[int, ...], object] = {}
         effective = hint
@@ -206,19 +209,7 @@ class OpenVinoEngine(Engine):
             self._compiled[shape] = req
         return req
 
-    def infer(self, batch: np.ndarray, want_confidence: bool = True,
-              want_logits: bool = False) -> EngineOutput:
-        if not isinstance(batch, np.ndarray) or batch.ndim != 4 or batch.shape[1] != 3:
-            shape = getattr(batch, "shape", type(batch).__name__)
-            raise EngineError(f"infer() needs a (N, 3, h, w) float32 numpy batch, got {shape}")
-        for axis in (2, 3):
-            want = self.input_shape[axis]
-            if want is not None and batch.shape[axis] != want:
-                raise EngineError(f"{self.path} was exported for {self.input_shape[2]}x{self.input_shape[3]} "
-                                  f"input; got {batch.shape[2]}x{batch.shape[3]}")
-        if want_logits and "logits" not in self.output_names:
-            raise EngineError(f"{self.path} was exported without logits (export with_logits=True)")
-        x = np.ascontiguousarray(batch, dtype=np.float32)
+    def _infer(self, x: np.ndarray, want_confidence: bool, want_logits: bool) -> EngineOutput:
         req = self._request(tuple(x.shape))
         req.infer({0: x}, share_inputs=True)  # outputs are copied out below: the request reuses them
         label = np.array(req.get_tensor("label").data, copy=True)

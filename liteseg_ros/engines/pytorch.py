@@ -16,15 +16,13 @@ from torch import nn
 
 from .base import Engine, EngineError, EngineInfo, EngineOutput
 from .outputs import MAX_UINT8_CLASSES, segmentation_outputs
+from .selection import parse_device as selection_parse_device
 
 
 def parse_device(device: str) -> torch.device:
-    """``cpu`` | ``cuda`` | ``cuda:N`` -> torch.device; EngineError naming the allowed forms otherwise."""
-    d = str(device).strip().lower()
-    ok = d in ("cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit())
-    if not ok:
-        raise EngineError(f"device {device!r} is not one of: cpu, cuda, cuda:N (N = GPU index)")
-    return torch.device(d)
+    """``cpu`` | ``cuda`` | ``cuda:N`` -> torch.device; EngineError naming the allowed forms otherwise
+    (the rule is ``selection.parse_device``'s)."""
+    return torch.device(selection_parse_device(device))
 
 
 def check_cuda(device: torch.device) -> None:
@@ -125,10 +123,7 @@ class PyTorchEngine(Engine):
             return self._logits(self._to_device(batch))
 
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:
-        if not isinstance(batch, np.ndarray) or batch.ndim != 4 or batch.shape[1] != 3:
-            shape = getattr(batch, "shape", type(batch).__name__)
-            raise EngineError(f"infer() needs a (N, 3, h, w) float32 numpy batch, got {shape}")
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        x = torch.from_numpy(self.check_batch(batch))
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
         return x.contiguous(memory_format=self._memory_format)
@@ -139,8 +134,7 @@ class PyTorchEngine(Engine):
                 return self._forward(x)
         return self._forward(x)
 
-    def infer(self, batch: np.ndarray, want_confidence: bool = True,
-              want_logits: bool = False) -> EngineOutput:
+    def _infer(self, batch: np.ndarray, want_confidence: bool, want_logits: bool) -> EngineOutput:
         with self._lock, torch.inference_mode():
             x = self._to_device(batch)
             outs = segmentation_outputs(self._logits(x), want_confidence, want_logits)
@@ -150,10 +144,8 @@ class PyTorchEngine(Engine):
         logits = np.ascontiguousarray(host[-1]) if want_logits else None
         return EngineOutput(label, confidence, logits)
 
-    def infer_tensors(self, batch: torch.Tensor, want_confidence: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _infer_tensors(self, batch: torch.Tensor, want_confidence: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A device batch -> device uint8 label and confidence (see Engine.infer_tensors)."""
-        if not isinstance(batch, torch.Tensor) or batch.ndim != 4 or batch.shape[1] != 3:
-            raise EngineError(f"infer_tensors() needs a (N, 3, h, w) float32 tensor, got {getattr(batch, 'shape', batch)}")
         with self._lock, torch.inference_mode():
             x = batch.to(self.device, torch.float32).contiguous(memory_format=self._memory_format)
             outs = segmentation_outputs(self._logits(x), want_confidence, False)

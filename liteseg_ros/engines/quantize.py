@@ -41,20 +41,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from liteseg_ros.defaults import IMAGE_SUFFIXES
+
 from .base import EngineError
 from .cache import load_report, report_paths
+from .selection import CPU_BACKENDS
 
 if TYPE_CHECKING:  # torch is imported where a function needs it: the cache look-ups below must not
     from torch import nn
 
-QUANT_BACKENDS = ("onnxruntime", "openvino")
+#: The runtimes an int8 file is measured with: the CPU runtimes.
+QUANT_BACKENDS = CPU_BACKENDS
 #: First seed of generated held-out scenes (calibration uses seeds from 0).
 HOLDOUT_SEED = 10000
 #: Activation range percentile of the default calibration (robust to outliers, see the module docstring).
 CALIB_PERCENTILE = 99.999
 #: Convolutions from the input left in float by the default recipe (:func:`input_convs`).
 DEFAULT_FLOAT_INPUT_CONVS = 2
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
 
 # ----------------------------------------------------------------------------- data

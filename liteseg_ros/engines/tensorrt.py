@@ -357,25 +357,18 @@ class TensorRTEngine(Engine):
             raise EngineError(f"{onnx_path}: expected one input and a 'label' output, got inputs "
                               f"{self._inputs}, outputs {self._outputs}")
         self._lock = __import__("threading").Lock()
+        self.input_hw = self.input_size
+        self.has_logits = "logits" in self._outputs
+        self.shape_origin = "this TensorRT engine was built"
         self.info = EngineInfo("tensorrt", str(self.device), precision, reason, {
             "tensorrt": trt.__version__, "engine": str(plan_path), "gpu": _gpu_name(self.device.index),
             "max_batch": str(self.max_batch)})
         self.tensor_device = self.device
 
-    def infer(self, batch: np.ndarray, want_confidence: bool = True,
-              want_logits: bool = False) -> EngineOutput:
+    def _infer(self, batch: np.ndarray, want_confidence: bool, want_logits: bool) -> EngineOutput:
         torch = self._torch
-        if not isinstance(batch, np.ndarray) or batch.ndim != 4 or batch.shape[1] != 3:
-            raise EngineError(f"infer() needs a (N, 3, h, w) float32 numpy batch, got "
-                              f"{getattr(batch, 'shape', type(batch).__name__)}")
-        n, _, h, w = batch.shape
-        if (h, w) != self.input_size or not 1 <= n <= self.max_batch:
-            raise EngineError(f"TensorRT engine built for batch 1..{self.max_batch} at "
-                              f"{self.input_size[0]}x{self.input_size[1]}; got batch {n} at {h}x{w}")
-        if want_logits and "logits" not in self._outputs:
-            raise EngineError("this TensorRT engine has no logits output (export with_logits=True)")
         with self._lock:
-            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+            x = torch.from_numpy(batch).to(self.device)
             outs = self._execute(x)
             label = outs["label"].to(torch.uint8).cpu().numpy()
             conf = None
@@ -400,13 +393,9 @@ class TensorRTEngine(Engine):
             raise EngineError("TensorRT execute_async_v3 failed")
         return outs
 
-    def infer_tensors(self, batch, want_confidence: bool = True):
+    def _infer_tensors(self, batch, want_confidence: bool):
         """A device batch -> device uint8 label and confidence (see Engine.infer_tensors)."""
         torch = self._torch
-        n, _, h, w = batch.shape
-        if (h, w) != self.input_size or not 1 <= n <= self.max_batch:
-            raise EngineError(f"TensorRT engine built for batch 1..{self.max_batch} at "
-                              f"{self.input_size[0]}x{self.input_size[1]}; got batch {n} at {h}x{w}")
         with self._lock:
             outs = self._execute(batch.to(self.device, torch.float32).contiguous())
             label = outs["label"].to(torch.uint8)

@@ -16,17 +16,10 @@ import cv2
 import numpy as np
 
 from liteseg_ros.classes import ClassTable
+from liteseg_ros.defaults import NETWORK_SIZE, format_size, parse_size
 
 from . import SceneConfig, drive, generate_scene
 from .world import WEATHERS
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size must look like 360x640 (HxW), got {text!r}") from None
-    return h, w
 
 
 def colorize(label: np.ndarray) -> np.ndarray:
@@ -48,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m liteseg_ros.synthetic", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="output directory (created)")
     ap.add_argument("--n", type=int, default=8, help="number of scenes / frames")
-    ap.add_argument("--size", type=_size, default=(360, 640), help="HxW, e.g. 360x640")
+    ap.add_argument("--size", type=parse_size, default=NETWORK_SIZE, help=f"HxW (default {format_size(NETWORK_SIZE)})")
     ap.add_argument("--seed", type=int, default=0, help="first seed (scenes use seed, seed+1, ...)")
     ap.add_argument("--weather", default="random", choices=(*WEATHERS, "random"))
     ap.add_argument("--drive", action="store_true", help="consecutive frames of one road (seed --seed)")

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from liteseg_ros.defaults import NETWORK_SIZE
+
 #: Weather names accepted by ``SceneConfig.weather`` (plus ``"random"``).
 WEATHERS: tuple[str, ...] = ("clear", "overcast", "rain", "fog", "dusk")
 _WEATHER_P = (0.42, 0.22, 0.12, 0.1, 0.14)
@@ -39,8 +41,8 @@ class SceneConfig:
     Densities are multipliers of the default amount (0 = none of that kind).
     """
 
-    height: int = 360
-    width: int = 640
+    height: int = NETWORK_SIZE[0]  # scenes are made at the network size unless told otherwise
+    width: int = NETWORK_SIZE[1]
     weather: str = "random"        # clear | overcast | rain | fog | dusk | random
     cars: float = 1.0              # moving and parked cars
     trucks_buses: float = 1.0      # trucks and buses among the moving vehicles

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from liteseg_ros.defaults import parse_size as _size  # the one --size rule of every command
 from liteseg_ros.train.config import HELD_OUT_FIRST_SEED, ConfigError, config_keys_help, load_config
 
 if TYPE_CHECKING:  # evaluate imports torch: only when a command runs
@@ -36,16 +37,6 @@ examples:
   liteseg eval --weights demo --synthetic 16          # held-out generated scenes (MODEL_CARD.md's numbers)
   liteseg eval --oracle-stride 4 --synthetic 16       # the most any stride-4 decoder can score there
 """
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().replace(",", "x").split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r}: expected HxW, e.g. 360x640") from None
-    if h <= 0 or w <= 0:
-        raise argparse.ArgumentTypeError(f"size {text!r}: height and width must be > 0")
-    return h, w
 
 
 def _split(text: str) -> str | None:

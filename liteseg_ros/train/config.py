@@ -25,8 +25,9 @@ from typing import Any
 
 import yaml
 
+from liteseg_ros.defaults import BACKBONES
+
 DATASETS = ("cityscapes", "folder", "synthetic")
-BACKBONES = ("mobilenetv2", "shufflenet", "darknet19")
 LR_SCHEDULES = ("poly", "cyclic", "constant")
 OPTIMIZERS = ("sgd", "adamw")
 CROP_MODES = ("pad", "resize")

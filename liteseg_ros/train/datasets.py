@@ -43,8 +43,7 @@ from liteseg_ros.classes import (
     ClassTable,
     label_id_to_train_id_lut,
 )
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+from liteseg_ros.defaults import IMAGE_SUFFIXES
 
 
 class DatasetError(ValueError):

@@ -1,27 +1,57 @@
-"""The ``liteseg export`` and ``liteseg bench`` subcommands (parsers + handlers; liteseg_ros/cli.py registers them).
+"""The ``liteseg export``, ``liteseg bench`` and ``liteseg quantize`` subcommands (parsers + handlers).
 
-Ring 2 face: imports argparse and the engines; never rclpy, message packages, or the node/bag/codec
-modules. Handlers take the parsed ``argparse.Namespace`` and return a process exit code.
+Ring 4, the command layer: parses arguments, calls the engines library (``liteseg_ros.engines``)
+and prints; the library itself holds no argparse code. liteseg_ros/cli.py registers these parsers.
+Handlers take the parsed ``argparse.Namespace`` and return an exit status (``defaults.EXIT_*``):
+2 when the command cannot start from what it was given (weights, folders, option values), 1 when
+it fails while working (an export, quantization or benchmark error).
 """
 from __future__ import annotations
 
 import argparse
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from .base import EngineError
+from liteseg_ros.defaults import (
+    BACKBONES,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    NETWORK_SIZE,
+    format_size,
+    parse_size,
+)
+from liteseg_ros.engines.base import EngineError
+
+_SIZE = format_size(NETWORK_SIZE)
+#: What a failing stage of a handler raises: the engines' errors and bad values or files.
+_ERRORS = (EngineError, ValueError, FileNotFoundError, argparse.ArgumentTypeError)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'360x640' -> (360, 640) (height x width); argparse type."""
+class _Failed(Exception):
+    """A handler stage failed; ``status`` is the exit status it means."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _stage(status: int, fn: Callable[[], Any]) -> Any:
+    """``fn()``, with its errors turned into a :class:`_Failed` of ``status`` (input or work stage)."""
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HEIGHTxWIDTH such as 360x640, got {text!r}") from None
-    if h < 8 or w < 8:
-        raise argparse.ArgumentTypeError(f"size must be at least 8x8, got {text!r}")
-    return h, w
+        return fn()
+    except _Failed:
+        raise
+    except _ERRORS as exc:
+        raise _Failed(str(exc), status) from None
+
+
+def _report(command: str, exc: _Failed) -> int:
+    print(f"liteseg {command}: error: {exc}", file=sys.stderr)
+    return exc.status
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -31,27 +61,28 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                      "(`liteseg weights list`; fetched on first use) or 'demo'")
     src.add_argument("--random-weights", action="store_true",
                      help="seeded random weights (no checkpoint needed); pick the network with --backbone")
-    g.add_argument("--backbone", default="mobilenetv2", choices=("mobilenetv2", "shufflenet", "darknet19"),
+    g.add_argument("--backbone", default=BACKBONES[0], choices=BACKBONES,
                    help="backbone for --random-weights (default: %(default)s)")
     g.add_argument("--num-classes", type=int, default=19, help="classes for --random-weights (default: 19)")
     g.add_argument("--seed", type=int, default=0, help="seed for --random-weights (default: 0)")
 
 
 def _model(args: argparse.Namespace):
+    """The module the arguments name (random weights, a checkpoint, a registered name, 'demo')."""
     if args.random_weights:
-        from .bench import random_weight_model
+        from liteseg_ros.engines.bench import random_weight_model
 
         return random_weight_model(args.backbone, args.num_classes, args.seed)
+    from liteseg_ros.engines import load_module
+    from liteseg_ros.model import CheckpointError
     from liteseg_ros.runtime import ModelLoadError, resolve_weights
-
-    from . import load_model
 
     try:
         path = resolve_weights(args.weights, allow_download=True, progress=True,
                                log=lambda m: print(m, file=sys.stderr))
-    except ModelLoadError as exc:
+        return load_module(path)
+    except (ModelLoadError, CheckpointError) as exc:
         raise EngineError(str(exc)) from None
-    return load_model(path)
 
 
 def add_export_parser(subparsers) -> argparse.ArgumentParser:
@@ -62,8 +93,8 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
                     "confidence uint8[, logits]). ONNX files are checked against PyTorch fp32 with ONNX Runtime.")
     _add_model_args(p)
     p.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx", help="default: %(default)s")
-    p.add_argument("--size", type=parse_size, default=(360, 640), metavar="HxW",
-                   help="network input size, height x width (default: 360x640)")
+    p.add_argument("--size", type=parse_size, default=NETWORK_SIZE, metavar="HxW",
+                   help=f"network input size, height x width (default: {_SIZE})")
     p.add_argument("--output", "-o", type=Path, help="output file (default: liteseg_<backbone>_<HxW>.onnx; "
                    "for tensorrt, a copy of the cached engine)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
@@ -76,7 +107,7 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
                         "with the fp16 tolerance, labels >= 99 %% equal)")
     p.add_argument("--device", default="cuda", help="tensorrt: cuda or cuda:N (default: %(default)s)")
     p.add_argument("--max-batch", type=int, default=1, help="tensorrt: largest batch (default: %(default)s)")
-    p.add_argument("--cache-dir", type=Path, help="tensorrt engine cache (default: ~/.cache/liteseg_ros/engines)")
+    p.add_argument("--cache-dir", type=Path, help="tensorrt engine cache (default: $LITESEG_CACHE_DIR or ~/.cache/liteseg_ros/engines)")
     p.add_argument("--rebuild", action="store_true", help="tensorrt: ignore a cached engine")
     p.set_defaults(func=run_export)
     return p
@@ -85,40 +116,43 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
 def run_export(args: argparse.Namespace) -> int:
     """Handler of ``liteseg export``."""
     try:
-        model = _model(args)
-        h, w = args.size
-        if args.format == "tensorrt":
-            from . import build_tensorrt_engine
+        model = _stage(EXIT_USAGE, lambda: _model(args))
+        return _stage(EXIT_FAILURE, lambda: _export(args, model))
+    except _Failed as exc:
+        return _report("export", exc)
 
-            plan = build_tensorrt_engine(model, (h, w), args.precision or "fp16", args.device, args.max_batch,
-                                         args.cache_dir, args.rebuild)
-            if args.output:
-                shutil.copyfile(plan, args.output)
-                print(f"engine: {args.output} (cached as {plan})")
-            else:
-                print(f"engine: {plan}")
-            return 0
-        from .export import export_onnx, verify_onnx
 
-        precision = args.precision or "fp32"
-        tag = "" if precision == "fp32" else f"_{precision}"
-        out = args.output or Path(f"liteseg_{getattr(model, 'backbone', 'model')}_{h}x{w}{tag}.onnx")
-        export_onnx(model, out, (h, w), dynamic=args.dynamic, opset=args.opset, with_logits=args.with_logits,
-                    precision=precision)
-        print(f"onnx: {out} ({precision}, opset {args.opset}, {'dynamic' if args.dynamic else 'fixed'} {h}x{w}, "
-              f"outputs label, confidence{', logits' if args.with_logits else ''})")
-        if not args.no_verify:
-            sizes = [(h, w)] + ([(h + 32, w + 64)] if args.dynamic else [])
-            # fp16 is held to the fp16 tolerance on labels; its confidence difference is printed, not enforced
-            tol = {} if precision == "fp32" else {"min_agreement": 0.99, "max_conf_diff": 255}
-            for rep in verify_onnx(model, out, sizes=sizes, batch=1, **tol):
-                logit = "" if rep.logits_max_abs_diff is None else f", logits max |diff| {rep.logits_max_abs_diff:.2e}"
-                print(f"verified at {rep.size[0]}x{rep.size[1]}: labels identical on {rep.label_agreement:.4%} "
-                      f"of pixels, confidence max diff {rep.confidence_max_diff}{logit}")
-        return 0
-    except (EngineError, ValueError, FileNotFoundError) as exc:
-        print(f"liteseg export: error: {exc}", file=sys.stderr)
-        return 1
+def _export(args: argparse.Namespace, model) -> int:
+    h, w = args.size
+    if args.format == "tensorrt":
+        from liteseg_ros.engines import build_tensorrt_engine
+
+        plan = build_tensorrt_engine(model, (h, w), args.precision or "fp16", args.device, args.max_batch,
+                                     args.cache_dir, args.rebuild)
+        if args.output:
+            shutil.copyfile(plan, args.output)
+            print(f"engine: {args.output} (cached as {plan})")
+        else:
+            print(f"engine: {plan}")
+        return EXIT_OK
+    from liteseg_ros.engines.export import FP16_MIN_LABEL_AGREEMENT, export_onnx, verify_onnx
+
+    precision = args.precision or "fp32"
+    tag = "" if precision == "fp32" else f"_{precision}"
+    out = args.output or Path(f"liteseg_{getattr(model, 'backbone', 'model')}_{h}x{w}{tag}.onnx")
+    export_onnx(model, out, (h, w), dynamic=args.dynamic, opset=args.opset, with_logits=args.with_logits,
+                precision=precision)
+    print(f"onnx: {out} ({precision}, opset {args.opset}, {'dynamic' if args.dynamic else 'fixed'} {h}x{w}, "
+          f"outputs label, confidence{', logits' if args.with_logits else ''})")
+    if not args.no_verify:
+        sizes = [(h, w)] + ([(h + 32, w + 64)] if args.dynamic else [])
+        # fp16 is held to the fp16 tolerance on labels; its confidence difference is printed, not enforced
+        tol = {} if precision == "fp32" else {"min_agreement": FP16_MIN_LABEL_AGREEMENT, "max_conf_diff": 255}
+        for rep in verify_onnx(model, out, sizes=sizes, batch=1, **tol):
+            logit = "" if rep.logits_max_abs_diff is None else f", logits max |diff| {rep.logits_max_abs_diff:.2e}"
+            print(f"verified at {rep.size[0]}x{rep.size[1]}: labels identical on {rep.label_agreement:.4%} "
+                  f"of pixels, confidence max diff {rep.confidence_max_diff}{logit}")
+    return EXIT_OK
 
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
@@ -133,7 +167,7 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--precisions", default="fp32", help="comma list of fp32,fp16,bf16,int8 (default: fp32)")
     p.add_argument("--size", type=parse_size, action="append", metavar="HxW",
-                   help="network size; repeat for several (default: 360x640)")
+                   help=f"network size; repeat for several (default: {_SIZE})")
     p.add_argument("--image-size", default="720x1280", metavar="HxW|none",
                    help="camera frame size for end-to-end rows, or 'none' (default: %(default)s)")
     p.add_argument("--batch", type=int, default=1, help="batch size (default: %(default)s)")
@@ -149,44 +183,55 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    """Handler of ``liteseg bench``."""
-    from . import BACKENDS, available_backends, create_engine
-    from .bench import bench_engine, format_table, write_json
-    from .cpu_tuning import tune_malloc
+    """Handler of ``liteseg bench``; exit 1 when no backend could be timed."""
+    from liteseg_ros.engines import BACKENDS, available_backends
+
+    def inputs():
+        names = None if args.backends == "all" else args.backends.split(",")
+        for n in names or ():
+            if n not in BACKENDS or n == "auto":
+                raise EngineError(f"--backends: {n!r} is not one of {', '.join(BACKENDS[1:])}")
+        image = None if args.image_size.lower() == "none" else parse_size(args.image_size)
+        return _model(args), names, image
 
     try:
         if args.tune_malloc:
+            from liteseg_ros.engines.cpu_tuning import tune_malloc
+
             print(f"tune_malloc applied: {tune_malloc()}")
-        model = _model(args)
-        avail = available_backends()
-        names = [n for n in avail if avail[n] == "ok"] if args.backends == "all" else args.backends.split(",")
-        for n in names:
-            if n not in BACKENDS or n == "auto":
-                raise EngineError(f"--backends: {n!r} is not one of pytorch, onnxruntime, openvino, tensorrt")
-        image = None if args.image_size.lower() == "none" else parse_size(args.image_size)
-        rows, skipped = [], []
-        for size in args.size or [(360, 640)]:
-            for backend in names:
-                for precision in args.precisions.split(","):
-                    try:
-                        engine = create_engine(model, backend, args.device, precision, size, args.threads,
-                                               args.cache_dir, args.compile, log=lambda m: None,
-                                               max_batch=args.batch, warmup=False)
-                    except EngineError as exc:
-                        skipped.append(f"{backend} {precision} {size[0]}x{size[1]}: {exc}")
-                        continue
-                    rows += bench_engine(engine, size, args.batch, args.warmup, args.iters, image)
-                    engine.close()
-        if rows:
-            print(format_table(rows))
-        for s in skipped:
-            print(f"skipped: {s}")
-        path = write_json(rows, args.json, skipped=skipped, device=args.device, threads=args.threads)
-        print(f"json: {path}")
-        return 0 if rows else 1
-    except (EngineError, ValueError, FileNotFoundError, argparse.ArgumentTypeError) as exc:
-        print(f"liteseg bench: error: {exc}", file=sys.stderr)
-        return 1
+        model, names, image = _stage(EXIT_USAGE, inputs)
+        if names is None:
+            avail = available_backends()
+            names = [n for n in avail if avail[n] == "ok"]
+        return _stage(EXIT_FAILURE, lambda: _bench(args, model, names, image))
+    except _Failed as exc:
+        return _report("bench", exc)
+
+
+def _bench(args: argparse.Namespace, model, names: list[str], image) -> int:
+    from liteseg_ros.engines import create_engine
+    from liteseg_ros.engines.bench import bench_engine, format_table, write_json
+
+    rows, skipped = [], []
+    for size in args.size or [NETWORK_SIZE]:
+        for backend in names:
+            for precision in args.precisions.split(","):
+                try:
+                    engine = create_engine(model, backend, args.device, precision, size, args.threads,
+                                           args.cache_dir, args.compile, log=lambda m: None,
+                                           max_batch=args.batch, warmup=False)
+                except EngineError as exc:
+                    skipped.append(f"{backend} {precision} {size[0]}x{size[1]}: {exc}")
+                    continue
+                rows += bench_engine(engine, size, args.batch, args.warmup, args.iters, image)
+                engine.close()
+    if rows:
+        print(format_table(rows))
+    for s in skipped:
+        print(f"skipped: {s}")
+    path = write_json(rows, args.json, skipped=skipped, device=args.device, threads=args.threads)
+    print(f"json: {path}")
+    return EXIT_OK if rows else EXIT_FAILURE
 
 
 def add_quantize_parser(subparsers) -> argparse.ArgumentParser:
@@ -206,8 +251,8 @@ def add_quantize_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("onnxruntime", "openvino", "all"), default="onnxruntime",
                    help="runtime the report is measured with (the file runs in both; default: %(default)s)")
     p.add_argument("--out", type=Path, help="output .onnx (default: the engine cache entry for these weights)")
-    p.add_argument("--size", type=parse_size, default=(360, 640), metavar="HxW",
-                   help="network input size (default: 360x640)")
+    p.add_argument("--size", type=parse_size, default=NETWORK_SIZE, metavar="HxW",
+                   help=f"network input size (default: {_SIZE})")
     p.add_argument("--holdout", type=int, default=16, metavar="N",
                    help="generated held-out scenes (seeds 10000..) when --calib has fewer than 5 images or "
                         "with --synthetic (default: %(default)s)")
@@ -234,30 +279,24 @@ def add_quantize_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_quantize(args: argparse.Namespace) -> int:
     """Handler of ``liteseg quantize``."""
-    from .cpu_tuning import set_num_threads
-    from .quantize import (
+    from liteseg_ros.engines.cpu_tuning import set_num_threads
+    from liteseg_ros.engines.quantize import (
         DEFAULT_FLOAT_INPUT_CONVS,
         HOLDOUT_SEED,
-        QUANT_BACKENDS,
         folder_samples,
-        format_report,
-        format_sensitivity,
-        int8_path,
-        layer_sensitivity,
-        quantize_model,
-        report_paths,
         split_folder,
         synthetic_samples,
     )
 
-    try:
-        if args.threads:
-            set_num_threads(args.threads)
+    def inputs():
         if args.synthetic is not None and args.synthetic < 1:
             raise EngineError(f"--synthetic must be >= 1, got {args.synthetic}")
         if args.holdout < 1:
             raise EngineError(f"--holdout must be >= 1, got {args.holdout}")
-        model = _model(args)
+        if (args.float_node or args.float_input_convs != DEFAULT_FLOAT_INPUT_CONVS) and args.out is None \
+                and not args.sensitivity:
+            raise EngineError("--float-node / --float-input-convs change the recipe: write the model with --out "
+                              "(the engine cache entry is the default recipe's)")
         size = args.size
         if args.calib is not None:
             calib, held = split_folder(folder_samples(args.calib))
@@ -268,36 +307,53 @@ def run_quantize(args: argparse.Namespace) -> int:
             calib, calib_src = synthetic_samples(args.synthetic, size, 0), "generated scenes (seeds 0..)"
             held = synthetic_samples(args.holdout, size, HOLDOUT_SEED)
             held_src = f"generated scenes (seeds {HOLDOUT_SEED}..)"
-        if args.sensitivity:
-            res = layer_sensitivity(model, size, calib, held, args.method, args.threads, args.float_input_convs,
-                                    args.float_node, args.sensitivity_limit, log=lambda m: print(m, file=sys.stderr))
-            print(format_sensitivity(res), end="")
-            return 0
-        if (args.float_node or args.float_input_convs != DEFAULT_FLOAT_INPUT_CONVS) and args.out is None:
-            raise EngineError("--float-node / --float-input-convs change the recipe: write the model with --out "
-                              "(the engine cache entry is the default recipe's)")
-        # keyed like the node's look-up: by the checkpoint file when there is one
-        out = args.out or int8_path(args.weights or model, size, args.cache_dir)
-        backends = list(QUANT_BACKENDS) if args.backend == "all" else [args.backend]
-        path, reports = quantize_model(model, out, size, calib, held, backends, args.threads, args.method,
-                                       calib_src, held_src, float_input_convs=args.float_input_convs,
-                                       float_nodes=args.float_node)
-        for b, rep in reports.items():
-            print(format_report(rep), end="")
-            jpath, tpath = report_paths(path, b)
-            print(f"report: {jpath} and {tpath}\n")
-        print(f"int8 model: {path}")
-        return 0
-    except (EngineError, ValueError, FileNotFoundError) as exc:
-        print(f"liteseg quantize: error: {exc}", file=sys.stderr)
-        return 1
+        return _model(args), (calib, calib_src), (held, held_src)
+
+    try:
+        if args.threads:
+            set_num_threads(args.threads)
+        model, calib, held = _stage(EXIT_USAGE, inputs)
+        return _stage(EXIT_FAILURE, lambda: _quantize(args, model, calib, held))
+    except _Failed as exc:
+        return _report("quantize", exc)
+
+
+def _quantize(args: argparse.Namespace, model, calib: tuple, held: tuple) -> int:
+    from liteseg_ros.engines.quantize import (
+        QUANT_BACKENDS,
+        format_report,
+        format_sensitivity,
+        int8_path,
+        layer_sensitivity,
+        quantize_model,
+        report_paths,
+    )
+
+    size = args.size
+    if args.sensitivity:
+        res = layer_sensitivity(model, size, calib[0], held[0], args.method, args.threads, args.float_input_convs,
+                                args.float_node, args.sensitivity_limit, log=lambda m: print(m, file=sys.stderr))
+        print(format_sensitivity(res), end="")
+        return EXIT_OK
+    # keyed like the node's look-up: by the checkpoint file when there is one
+    out = args.out or int8_path(args.weights or model, size, args.cache_dir)
+    backends = list(QUANT_BACKENDS) if args.backend == "all" else [args.backend]
+    path, reports = quantize_model(model, out, size, calib[0], held[0], backends, args.threads, args.method,
+                                   calib[1], held[1], float_input_convs=args.float_input_convs,
+                                   float_nodes=args.float_node)
+    for b, rep in reports.items():
+        print(format_report(rep), end="")
+        jpath, tpath = report_paths(path, b)
+        print(f"report: {jpath} and {tpath}\n")
+    print(f"int8 model: {path}")
+    return EXIT_OK
 
 
 def add_interleaved_timing_args(ap: argparse.ArgumentParser) -> None:
     """The options every round-robin CPU benchmark takes (``benchmarks/bench_engines.py``,
     ``bench_cpu_paths.py``): --size, --threads, --warmup, --iters and --block (see
     :func:`time_interleaved`)."""
-    ap.add_argument("--size", type=parse_size, default=(360, 640), metavar="HxW")
+    ap.add_argument("--size", type=parse_size, default=NETWORK_SIZE, metavar="HxW")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)

@@ -1,0 +1,49 @@
+"""Every ``liteseg`` command tells bad input (exit 2) from a failure while working (exit 1).
+
+Runs the real console entry point in a subprocess, as a script would, with input that cannot work;
+the README's "Exit codes" table promises what is checked here.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from liteseg_ros.defaults import EXIT_FAILURE, EXIT_USAGE
+from liteseg_ros.engines.tensorrt import tensorrt_status
+
+
+def liteseg(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "liteseg_ros.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["export", "--weights", "/nonexistent/w.pt"], "/nonexistent/w.pt"),
+    (["quantize", "--random-weights", "--calib", "/nonexistent/calib"], "not a directory"),
+    (["bench", "--random-weights", "--backends", "magic"], "magic"),
+    (["info", "--weights", "/nonexistent/w.pt"], "/nonexistent/w.pt"),
+    (["export", "--random-weights", "--size", "big"], "HEIGHTxWIDTH"),  # argparse's own usage error
+])
+def test_bad_input_exits_2_with_one_message(args, says, tmp_path):
+    proc = liteseg(*args, cwd=tmp_path)
+    assert proc.returncode == EXIT_USAGE, proc.stderr
+    assert says in proc.stderr and "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing was written
+
+
+@pytest.mark.skipif(tensorrt_status() == "ok", reason="needs a machine without TensorRT")
+def test_a_failure_while_working_exits_1(tmp_path):
+    proc = liteseg("export", "--random-weights", "--format", "tensorrt", "--size", "64x128",
+                   "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
+    assert proc.returncode == EXIT_FAILURE, proc.stderr
+    assert "tensorrt unavailable" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_demo_refuses_an_empty_image_folder_before_starting_the_node(tmp_path):
+    (tmp_path / "frames").mkdir()
+    proc = liteseg("demo", "--images", str(tmp_path / "frames"), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == EXIT_USAGE, proc.stderr
+    assert "no images in" in proc.stderr and "starting the node" not in proc.stdout
+    assert not (tmp_path / "out").exists()
