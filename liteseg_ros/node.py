@@ -49,6 +49,7 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from liteseg_ros import contract, diagnostics, frames, image_codec, params, wire
+from liteseg_ros.defaults import EXIT_USAGE
 from liteseg_ros.frames import FrameSlot
 from liteseg_ros.pipeline import Segmentation, Wants
 
@@ -750,25 +751,25 @@ def main(args: list[str] | None = None) -> int:
     problem = _params_file_error(argv)
     if problem:
         log.fatal(problem)
-        return 2
+        return EXIT_USAGE
     tune_malloc_at_startup()  # before the model allocates anything (LITESEG_MALLOC_TUNING=0 turns it off)
     stop = _StopOnSignal()
     try:
         rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     except Exception as exc:  # rcl's own argument errors (a bad -p, --ros-args syntax)
         log.fatal(f"cannot start: {str(exc).splitlines()[0]}")
-        return 2
+        return EXIT_USAGE
     node = None
     try:
         try:
             node = LiteSegNode()
         except StartupError as exc:
             log.fatal(str(exc))
-            return 2
+            return EXIT_USAGE
         if node.values["autostart"] or node.values["build_only"]:
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().fatal("configuration failed (see the error above); exiting")
-                return 2
+                return EXIT_USAGE
             if node.values["build_only"]:
                 node.get_logger().info("build_only: engine ready; exiting")
                 return 0

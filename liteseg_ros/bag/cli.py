@@ -18,6 +18,7 @@ from liteseg_ros import params
 from liteseg_ros.bag.play import play_bag
 from liteseg_ros.bag.segment import segment_bag, settings_from
 from liteseg_ros.bag.store import STORAGES, BagError
+from liteseg_ros.defaults import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 
 def _param_override(text: str) -> tuple[str, Any]:
@@ -105,7 +106,7 @@ def _run_bag(args) -> int:
         values = settings_from(args.params_file, overrides, args.node_name)
     except params.ParameterError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     from liteseg_ros.interrupts import deferred_interrupts
 
     with deferred_interrupts() as pending:  # the heavy imports, before Ctrl-C means "stop after this batch"
@@ -115,14 +116,14 @@ def _run_bag(args) -> int:
         import liteseg_ros.runtime  # noqa: F401
     if pending:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     stop = threading.Event()
     restore = _install_stop_handler(stop)
     try:  # the handler stays until the result is printed: a late second Ctrl-C is no traceback
         return _bag_command(args, values, stop)
     except KeyboardInterrupt:
         print("interrupted (Ctrl-C twice): stopped at once", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         restore()
 
@@ -142,13 +143,13 @@ def _bag_command(args, values: Mapping[str, Any], stop: threading.Event) -> int:
                               log=lambda m: print(m, file=sys.stderr))
     except (BagError, ModelLoadError, EngineError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except Exception as exc:
         from rosbags.rosbag2 import ReaderError, WriterError
 
         if isinstance(exc, (ReaderError, WriterError)):
             print(f"error: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         raise
     for topic, root in summary.cameras.items():
         print(f"{topic} -> {root}/*")
@@ -158,19 +159,19 @@ def _bag_command(args, values: Mapping[str, Any], stop: threading.Event) -> int:
             f"(input {summary.input_bytes / 1e6:.1f} MB)")
     if summary.complete:
         print(f"wrote {summary.output}: {line}")
-        return 0
+        return EXIT_OK
     if summary.stop_reason == "rejected":
         print(f"error: every frame was rejected (see the warnings above); {summary.output} holds no "
               f"segmentation and is marked incomplete (custom_data liteseg_ros.complete: 'false'): {line}",
               file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     why = "stopped at --max-frames" if summary.stop_reason == "max_frames" else "interrupted"
     if summary.output is None:
         print(f"{why}: partial output removed ({line})", file=sys.stderr)
     else:
         print(f"{why}: {summary.output} is a valid but PARTIAL bag (custom_data liteseg_ros.complete: "
               f"'false'): {line}", file=sys.stderr)
-    return 0 if summary.stop_reason == "max_frames" else 130
+    return EXIT_OK if summary.stop_reason == "max_frames" else EXIT_INTERRUPTED
 
 
 def add_play_parser(sub) -> None:
@@ -204,6 +205,6 @@ def _run_play(args) -> int:
                      qos_mode=args.qos, start_delay=args.delay, log=lambda m: print(m, file=sys.stderr))
     except BagError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     print(f"published {n} messages in {time.monotonic() - t0:.1f} s")
-    return 0
+    return EXIT_OK
