@@ -111,16 +111,16 @@ def collect_logits(model: nn.Module, dataset: Any, size: tuple[int, int] | None 
 
 
 def _confusion(labels: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
-    import torch
+    """The (C, C+1) confusion of the sampled pixels, counted as ``liteseg eval`` counts them."""
+    from liteseg_ros.metrics import confusion_counts
 
-    return torch.bincount(labels * num_classes + pred, minlength=num_classes * num_classes).view(
-        num_classes, num_classes)
+    return confusion_counts(pred, labels, num_classes)
 
 
 def _miou(conf: torch.Tensor) -> tuple[float, list[float]]:
     import numpy as np
 
-    from liteseg_ros.train.metrics import iou_from_confusion
+    from liteseg_ros.metrics import iou_from_confusion
 
     iou = iou_from_confusion(conf.numpy())
     valid = iou[~np.isnan(iou)]
