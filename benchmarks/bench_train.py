@@ -7,6 +7,9 @@ Ring 4 (faces): never imports rclpy or message packages. Prints one table; write
 Ratios are what to compare across machines (the numbers are from shared, noisy CPUs):
 * augmentation: TrainTransform on a 1024x2048 Cityscapes-sized frame vs decoding that frame's PNG;
 * confusion matrix: ConfusionMatrix.update (bincount) vs a numpy ``np.add.at`` reference;
+* calibrate's scoring: ``liteseg_ros.metrics.confusion_counts`` on 1M sampled pixels (torch, CPU; the
+  fit scores ~1200 candidate offsets this way) vs a bare ``torch.bincount`` without the range checks
+  of the one rule (what calibrate counted with before it shared the rule);
 * train step: forward + backward + SGD step of LiteSeg-MobileNetV2 at the demo and test sizes.
 """
 from __future__ import annotations
@@ -67,6 +70,14 @@ def main() -> None:
 
     t_ref = timeit(ref, max(2, args.repeat // 2))
     rows.append(("confusion update 1024x2048, 19 classes", t_cm, t_ref, "np.add.at"))
+
+    from liteseg_ros.metrics import confusion_counts
+
+    cal_pred = torch.from_numpy(rng.integers(0, 19, 1 << 20))
+    cal_gt = torch.from_numpy(rng.integers(0, 19, 1 << 20))
+    t_cal = timeit(lambda: confusion_counts(cal_pred, cal_gt, 19), args.repeat)
+    t_bare = timeit(lambda: torch.bincount(cal_gt * 19 + cal_pred, minlength=19 * 19).view(19, 19), args.repeat)
+    rows.append(("calibrate confusion, 1M pixels, 19 classes", t_cal, t_bare, "bare torch.bincount"))
 
     from liteseg_ros.model import LiteSeg
 

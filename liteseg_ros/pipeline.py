@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -37,11 +37,36 @@ from liteseg_ros.segmentation import (  # noqa: F401 - re-exported: the pipeline
 )
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """One config together with every table derived from it, made once per change and never mutated.
+
+    Why one object: a live parameter change must never meet a batch half-way. If the config and its
+    tables lived in two attributes, a change landing between the two assignments (or between two
+    frames of a batch) would let a frame mix, say, the old confidence threshold with the new mask
+    tables, a combination that no configuration ever asked for. The pipeline swaps this whole
+    object in one assignment and ``run`` reads it once per batch, so every frame of a batch sees
+    exactly one configuration.
+    """
+
+    cfg: PipelineConfig
+    #: per channel (RGB order): x_norm = x * scale + bias, with x in 0..255
+    scale: np.ndarray
+    bias: np.ndarray
+    #: B, G, R, 255 per label as one uint32 (little-endian byte order = memory order)
+    palette_bgra32: np.ndarray
+    #: label -> 0/255 lookup table of each mask group
+    group_luts: Mapping[str, np.ndarray]
+    #: the same tables as device tensors for the torch stages (None on the numpy path)
+    torch: dict | None = None
+
+
 class Pipeline:
     """Runs frames through an engine and turns labels into every published product.
 
     Thread-safe for one worker thread calling ``run`` while other threads call ``update`` (live
-    parameters): the config is swapped atomically and read once per batch.
+    parameters): each change builds a new :class:`Snapshot` (config + derived tables) that replaces
+    the old one in a single assignment, and ``run`` takes the snapshot once per batch.
 
     ``backend`` picks where pre/post-processing run: ``numpy`` (OpenCV on the host, the CPU path),
     ``torch`` (on the engine's ``tensor_device``, see ``pipeline_torch``; needs an engine that takes
@@ -54,7 +79,7 @@ class Pipeline:
         self.engine = engine
         self.classes = classes
         self._lock = threading.Lock()
-        self._config = config or PipelineConfig(mask_groups={})
+        config = config or PipelineConfig(mask_groups={})
         device = getattr(engine, "tensor_device", None)
         if backend == "auto":
             backend = "torch" if device is not None and getattr(device, "type", "") == "cuda" else "numpy"
@@ -69,21 +94,31 @@ class Pipeline:
 
             self._torch = TorchStages(device, classes)
         self.backend = backend
-        self._apply(self._config)
+        self._snap = self._snapshot(config)
 
     # ----------------------------------------------------------------- configuration
     @property
     def config(self) -> PipelineConfig:
-        return self._config
+        return self._snap.cfg
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The current config and its tables, as one consistent object (what the next batch will use)."""
+        return self._snap
 
     def update(self, **changes) -> PipelineConfig:
-        """Change live settings (overlay_alpha, confidence_threshold, mask_groups, output_resolution)."""
-        with self._lock:
-            cfg = replace(self._config, **changes)
-            self._apply(cfg)
-            return cfg
+        """Change live settings (overlay_alpha, confidence_threshold, mask_groups, output_resolution).
 
-    def _apply(self, cfg: PipelineConfig) -> None:
+        The new snapshot is built completely first (a bad value raises and changes nothing), then
+        swapped in with one assignment; a batch already running keeps the snapshot it started with.
+        """
+        with self._lock:
+            snap = self._snapshot(replace(self._snap.cfg, **changes))
+            self._snap = snap
+            return snap.cfg
+
+    def _snapshot(self, cfg: PipelineConfig) -> Snapshot:
+        """``cfg`` and every table derived from it, checked, as one immutable object."""
         for g, ids in cfg.mask_groups.items():
             bad = [i for i in ids if not 0 <= i < len(self.classes)]
             if bad:
@@ -93,27 +128,24 @@ class Pipeline:
         # Per channel (RGB order): x_norm = x * scale + bias, with x in 0..255.
         scale = 1.0 / (255.0 * std)
         bias = -mean / std
-        state = {
-            "scale": scale,
-            "bias": bias,
-            # B, G, R, 255 per label as one uint32 (little-endian byte order = memory order)
-            "palette_bgra32": _bgra32(self.classes.palette_lut(bgr=True)),
-            "group_luts": {g: self.classes.group_lut(ids) for g, ids in cfg.mask_groups.items()},
-        }
-        if self._torch is not None:
-            state["torch"] = self._torch.state(cfg, scale, bias)
-        self._state = state
-        self._config = cfg
+        return Snapshot(cfg=cfg, scale=scale, bias=bias,
+                        palette_bgra32=_bgra32(self.classes.palette_lut(bgr=True)),
+                        group_luts={g: self.classes.group_lut(ids) for g, ids in cfg.mask_groups.items()},
+                        torch=self._torch.state(cfg, scale, bias) if self._torch is not None else None)
 
     # ----------------------------------------------------------------- stages
     def preprocess(self, images: Sequence[np.ndarray], color_order: str = "bgr",
-                   cfg: PipelineConfig | None = None) -> tuple[np.ndarray, list[Geometry]]:
-        """uint8 (H, W, 3) frames -> one float32 (N, 3, h, w) RGB-normalised batch + their geometry."""
-        cfg = cfg or self._config
+                   snap: Snapshot | None = None) -> tuple[np.ndarray, list[Geometry]]:
+        """uint8 (H, W, 3) frames -> one float32 (N, 3, h, w) RGB-normalised batch + their geometry.
+
+        ``snap``: the snapshot to use (``run`` passes the one it took for the batch); default the current.
+        """
+        snap = snap or self._snap
+        cfg = snap.cfg
         nh, nw = cfg.network_size
         batch = np.empty((len(images), 3, nh, nw), np.float32)
         geoms = []
-        scale, bias = self._state["scale"], self._state["bias"]
+        scale, bias = snap.scale, snap.bias
         # channel c of the batch (R, G, B) comes from source channel src[c]
         src = (2, 1, 0) if color_order == "bgr" else (0, 1, 2)
         for i, img in enumerate(images):
@@ -138,7 +170,7 @@ class Pipeline:
 
     def postprocess(self, label: np.ndarray, confidence: np.ndarray | None, geom: Geometry,
                     image: np.ndarray | None, color_order: str = "bgr", wants: Wants = Wants(),
-                    cfg: PipelineConfig | None = None) -> Segmentation:
+                    snap: Snapshot | None = None) -> Segmentation:
         """Network-size label/confidence of one frame -> every product at the configured resolution.
 
         Every product is a per-pixel function of the label, and a nearest-neighbour upsample only
@@ -151,9 +183,11 @@ class Pipeline:
         index maps (:func:`nearest_maps`), also exactly. The masks are one LUT each on the
         upsampled label (as cheap as upsampling a network-size mask). Only the confidence is
         resampled bilinearly, at output resolution, as before.
+
+        ``snap``: the snapshot to use (``run`` passes the one it took for the batch); default the current.
         """
-        cfg = cfg or self._config
-        st = self._state
+        snap = snap or self._snap
+        cfg = snap.cfg
         if cfg.confidence_threshold > 0.0 and confidence is not None:
             label = label.copy()
             label[confidence < round(cfg.confidence_threshold * 255)] = self.classes.ignore_label
@@ -170,7 +204,7 @@ class Pipeline:
         want_overlay = wants.overlay and image is not None
         if wants.color or want_overlay:
             # (h, w, 4) B, G, R, 255 at network size; np.take on the uint32 view is one gather.
-            bgra_net = np.take(st["palette_bgra32"], label_net).view(np.uint8).reshape(*label_net.shape, 4)
+            bgra_net = np.take(snap.palette_bgra32, label_net).view(np.uint8).reshape(*label_net.shape, 4)
             bgra = _resize_nearest(bgra_net, (out_h, out_w)) if wants.color else None
             if wants.color:
                 seg.color = cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGB)
@@ -181,7 +215,7 @@ class Pipeline:
                 bgr = cv2.cvtColor(bgra, cv2.COLOR_BGRA2BGR)
                 src = image if color_order == "bgr" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
                 seg.overlay = cv2.addWeighted(src, 1.0 - cfg.overlay_alpha, bgr, cfg.overlay_alpha, 0.0)
-        groups = st["group_luts"]
+        groups = snap.group_luts
         names = groups.keys() if wants.masks is None else [g for g in groups if g in wants.masks]
         for g in names:
             seg.masks[g] = cv2.LUT(label, groups[g])
@@ -205,11 +239,12 @@ class Pipeline:
         per_frame = [wants] * len(images) if isinstance(wants, Wants) else list(wants)
         if len(per_frame) != len(images):
             raise ValueError(f"{len(images)} images but {len(per_frame)} Wants")
-        cfg = self._config  # one consistent config for the whole batch
+        snap = self._snap  # read once: every frame of the batch uses this one config and its tables
+        cfg = snap.cfg
         if self._torch is not None:
-            return self._run_torch(images, color_order, per_frame, cfg)
+            return self._run_torch(images, color_order, per_frame, snap)
         t0 = time.perf_counter()
-        batch, geoms = self.preprocess(images, color_order, cfg)
+        batch, geoms = self.preprocess(images, color_order, snap)
         t1 = time.perf_counter()
         need_conf = any(w.confidence for w in per_frame) or cfg.confidence_threshold > 0.0
         out = self.engine.infer(batch, want_confidence=need_conf)
@@ -217,19 +252,18 @@ class Pipeline:
         results = []
         for i, (img, g) in enumerate(zip(images, geoms, strict=True)):
             conf = out.confidence[i] if out.confidence is not None else None
-            results.append(self.postprocess(out.label[i], conf, g, img, color_order, per_frame[i], cfg))
+            results.append(self.postprocess(out.label[i], conf, g, img, color_order, per_frame[i], snap))
         t3 = time.perf_counter()
         return _with_timings(results, t0, t1, t2, t3)
 
     def _run_torch(self, images: Sequence[np.ndarray], color_order: str, per_frame: list[Wants],
-                   cfg: PipelineConfig) -> list[Segmentation]:
+                   snap: Snapshot) -> list[Segmentation]:
         """``run`` on the engine's device: upload uint8, pre/post-process there, download what is wanted.
 
         On CUDA each stage ends with a stream synchronisation so the per-stage timings are true
         (the node publishes them); it costs microseconds, the frame has to be complete anyway.
         """
-        stages, st = self._torch, self._state  # one state for the batch, as cfg
-        tst = st["torch"]
+        stages, cfg, tst = self._torch, snap.cfg, snap.torch  # the batch's one snapshot
         sync = stages.device.type == "cuda"
         import torch
 

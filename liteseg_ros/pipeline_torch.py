@@ -48,7 +48,7 @@ class TorchStages:
     """Preprocess a batch and post-process each frame with torch on ``device``.
 
     ``state(cfg)`` makes the per-config tensors (palette, mask tables, normalisation) on the device;
-    the pipeline keeps it next to its numpy state so a live config change swaps both at once.
+    the pipeline keeps it in the same ``Snapshot`` as its numpy tables, so a live change swaps both at once.
     """
 
     def __init__(self, device: torch.device | str, classes: ClassTable) -> None:

@@ -166,3 +166,30 @@ def test_calibrate_cli_on_a_folder_dataset_at_a_network_size(tmp_path, capsys):
     assert f"calibration set: {root} [val], 2 images at 36x64, {2 * 72 * 128} pixels" in text and out.is_file()
     assert main(["calibrate", "--weights", "demo", "--data", str(root), "--split", "test", "-o", str(out)]) == 2
     assert "split 'test' not found" in capsys.readouterr().err
+
+
+def test_node_protocol_logits_decide_the_labels_the_node_publishes():
+    """By default the fit sees, for every label pixel, the logits whose argmax is the label the node
+    publishes there (network-size logits, nearest upsampling), so its offsets are tuned for the
+    node's output; the paper protocol's bilinear logits decide a visibly different labelling when the
+    network is smaller than the images."""
+    from liteseg_ros.model import load_checkpoint
+    from liteseg_ros.pipeline import Wants
+    from liteseg_ros.runtime import demo_weights_path
+    from liteseg_ros.train.datasets import SyntheticDataset
+    from liteseg_ros.train.evaluate import node_pipeline
+
+    model = load_checkpoint(demo_weights_path(), map_location="cpu")
+    ds = SyntheticDataset(2, first_seed=9000, size=(72, 128))
+    node = collect_logits(model, ds, size=(36, 64), device="cpu")
+    paper = collect_logits(model, ds, size=(36, 64), device="cpu", protocol="paper")
+    pipe = node_pipeline(model, (36, 64))
+    published = torch.cat([torch.from_numpy(pipe.run([ds.load(i)[0]], "rgb", Wants.only_label())[0].label)
+                           .reshape(-1).long() for i in range(2)])
+    assert node.labels.numel() == published.numel() == 2 * 72 * 128  # every pixel is labelled here
+    agree_node = (node.logits.float().argmax(0) == published).float().mean().item()
+    agree_paper = (paper.logits.float().argmax(0) == published).float().mean().item()
+    assert agree_node >= 0.999  # fp16 storage and BN folding may flip a near-tie or two
+    assert agree_paper < agree_node - 0.005
+    with pytest.raises(ValueError, match="protocol"):
+        collect_logits(model, ds, protocol="exact")

@@ -50,7 +50,7 @@ def test_official_legacy_file_loads_strictly(official_files, backbone):
     assert isinstance(model, LiteSeg) and model.backbone == backbone and model.num_classes == 19
     assert not model.training
     assert model.meta.source == "official" and model.meta.classes == ClassTable.cityscapes()
-    assert model.meta.color_order == "rgb" and model.meta.mean == (0.485, 0.456, 0.406)
+    assert model.meta.mean == (0.485, 0.456, 0.406)
     exported = official_state_dict(model)
     for k, v in sd.items():  # every used tensor arrives under its official name, bit for bit
         if "classifier" in k or ".fc." in k:
@@ -174,6 +174,25 @@ def test_meta_dict_round_trip_and_unknown_fields():
     assert CheckpointMeta.from_dict(meta.to_dict()) == meta
     with pytest.raises(ValueError, match="unknown metadata fields"):
         CheckpointMeta.from_dict({**meta.to_dict(), "colour": 1})
+
+
+
+def test_colour_order_is_not_stored_and_old_files_load(tmp_path):
+    """Every model here takes RGB, so the metadata has no colour-order field: saving writes none, a
+    file written when the field existed ("rgb") loads as before, and one that declares BGR input is
+    refused with a message saying why, instead of being fed RGB and segmenting wrongly."""
+    model = LiteSeg("shufflenet", num_classes=3).eval()
+    path = save_checkpoint(model, tmp_path / "new.pt")
+    obj = torch.load(path, weights_only=True)
+    assert "color_order" not in obj["meta"]
+    assert not hasattr(load_checkpoint(path).meta, "color_order")
+    obj["meta"]["color_order"] = "rgb"  # what every file written before looks like
+    torch.save(obj, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt").meta == load_checkpoint(path).meta
+    obj["meta"]["color_order"] = "bgr"
+    torch.save(obj, tmp_path / "bgr.pt")
+    err = _error(tmp_path / "bgr.pt")
+    assert "bgr.pt" in err and "color_order 'bgr'" in err and "RGB" in err
 
 
 # ----------------------------------------------------------------------------------- encoder init

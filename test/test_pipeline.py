@@ -1,6 +1,8 @@
 """The per-frame pipeline: normalisation, geometry (stretch/letterbox and back), products, boundary."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -315,7 +317,7 @@ def test_torch_postprocess_matches_the_numpy_path(net, size, mode, res, threshol
                          overlay_alpha=0.37, confidence_threshold=threshold)
     pipe = Pipeline(DominantChannelEngine(), CLASSES, cfg)
     stages = TorchStages("cpu", CLASSES)
-    tst = stages.state(cfg, pipe._state["scale"], pipe._state["bias"])
+    tst = stages.state(cfg, pipe.snapshot.scale, pipe.snapshot.bias)
     geom = Geometry.fit(size, net, mode)
     label, conf = scene_label(*net, rng), rng.integers(0, 256, net, dtype=np.uint8)
     img = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
@@ -345,7 +347,7 @@ def test_torch_preprocess_matches_the_numpy_path(size, mode):
     cfg = PipelineConfig(network_size=(36, 64), resize_mode=mode)
     pipe = Pipeline(DominantChannelEngine(), CLASSES, cfg)
     stages = TorchStages("cpu", CLASSES)
-    tst = stages.state(cfg, pipe._state["scale"], pipe._state["bias"])
+    tst = stages.state(cfg, pipe.snapshot.scale, pipe.snapshot.bias)
     img = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
     for order in ("bgr", "rgb"):
         want, wg = pipe.preprocess([img], order)
@@ -408,7 +410,7 @@ def test_torch_stages_on_cuda_match_the_numpy_path():
     cfg = PipelineConfig(network_size=net, mask_groups=groups, overlay_alpha=0.5)
     pipe = Pipeline(DominantChannelEngine(), CLASSES, cfg)
     stages = TorchStages("cuda", CLASSES)
-    tst = stages.state(cfg, pipe._state["scale"], pipe._state["bias"])
+    tst = stages.state(cfg, pipe.snapshot.scale, pipe.snapshot.bias)
     geom = Geometry.fit(size, net, "stretch")
     label, conf = scene_label(*net, rng), rng.integers(0, 256, net, dtype=np.uint8)
     img = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
@@ -421,3 +423,124 @@ def test_torch_stages_on_cuda_match_the_numpy_path():
     assert np.abs(got.confidence.astype(int) - want.confidence.astype(int)).max() <= 1
     got.overlay, got.confidence = want.overlay, want.confidence
     assert_same_products(got, want)
+
+
+# ------------------------------------------------------------------ live changes never meet a batch half-way
+RACE_A = {"confidence_threshold": 0.0, "overlay_alpha": 0.2,
+          "mask_groups": CLASSES.resolve_groups({"drivable": ["road"], "vehicles": ["car", "bus"]})}
+RACE_B = {"confidence_threshold": 0.09, "overlay_alpha": 0.8,
+          "mask_groups": CLASSES.resolve_groups({"built": ["building", "wall"]})}
+
+
+def _race_setup(backend: str):
+    """A real (random-weight) LiteSeg, four frames, and what each frame gives under config A and B alone."""
+    from liteseg_ros.engines import create_engine
+    from liteseg_ros.model import LiteSeg
+
+    torch.manual_seed(0)
+    model = LiteSeg("mobilenetv2", 19).eval()
+    engine = create_engine(model, backend="pytorch", device="cpu", precision="fp32", input_size=(32, 48),
+                           log=lambda s: None)
+    rng = np.random.default_rng(7)
+    frames = [rng.integers(0, 256, (64, 96, 3), np.uint8) for _ in range(4)]
+    base = PipelineConfig(network_size=(32, 48), mask_groups={})
+    expected = {}
+    for name, cfg in (("A", RACE_A), ("B", RACE_B)):
+        fixed = Pipeline(engine, CLASSES, base, backend=backend)
+        fixed.update(**cfg)
+        expected[name] = [_products(s) for s in fixed.run(frames)]
+    for a, b in zip(expected["A"], expected["B"], strict=True):
+        assert a != b  # every frame tells the two configs apart (threshold, overlay and masks all differ)
+    pipe = Pipeline(engine, CLASSES, base, backend=backend)
+    pipe.update(**RACE_A)
+    return pipe, frames, expected
+
+
+def _products(seg) -> tuple:
+    return (seg.label.tobytes(), seg.overlay.tobytes(),
+            tuple(sorted((g, m.tobytes()) for g, m in seg.masks.items())))
+
+
+def _config_of(batch, expected) -> str:
+    """'A' or 'B' when every frame of ``batch`` is exactly that config's output; fails otherwise."""
+    got = [_products(s) for s in batch]
+    matches = [name for name, want in expected.items() if got == want]
+    per_frame = [[n for n, want in expected.items() if g == want[i]] for i, g in enumerate(got)]
+    assert len(matches) == 1, f"a batch mixed configurations (frame -> matching configs: {per_frame})"
+    return matches[0]
+
+
+class _Updater(threading.Thread):
+    """Applies the other config when asked and says when it is done: a real second thread, on cue."""
+
+    def __init__(self, pipe):
+        super().__init__(daemon=True)
+        self.pipe, self.go, self.done, self.applied = pipe, threading.Event(), threading.Event(), []
+
+    def run(self):
+        while self.go.wait(10):
+            self.go.clear()
+            nxt = "B" if not self.applied or self.applied[-1] == "A" else "A"
+            self.pipe.update(**(RACE_B if nxt == "B" else RACE_A))
+            self.applied.append(nxt)
+            self.done.set()
+
+    def change_now(self):
+        self.done.clear()
+        self.go.set()
+        assert self.done.wait(10), "the updater thread did not apply the change"
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_a_live_change_mid_batch_never_mixes_two_configs(backend):
+    """A change applied by another thread while a batch runs (between its frames on the numpy path,
+    after run() began on the torch path) leaves the batch on the config it started with; the next
+    batch gets the new one."""
+    pipe, frames, expected = _race_setup(backend)
+    updater = _Updater(pipe)
+    updater.start()
+    fired = []
+    if backend == "numpy":
+        original = pipe.postprocess
+
+        def postprocess_then_change(*args, **kw):
+            out = original(*args, **kw)
+            if len(fired) < 1:  # after the first frame of the batch
+                fired.append(1)
+                updater.change_now()
+            return out
+
+        pipe.postprocess = postprocess_then_change
+    else:
+        original = pipe._run_torch
+
+        def change_then_run(*args, **kw):
+            if len(fired) < 1:  # run() has begun: the change lands before the torch stages read anything
+                fired.append(1)
+                updater.change_now()
+            return original(*args, **kw)
+
+        pipe._run_torch = change_then_run
+    assert _config_of(pipe.run(frames, wants=Wants.all()), expected) == "A"
+    assert fired and updater.applied == ["B"]
+    assert _config_of(pipe.run(frames, wants=Wants.all()), expected) == "B"
+
+
+def test_free_running_live_changes_keep_every_batch_consistent():
+    """One thread flips between two configs as fast as it can while another runs batches."""
+    pipe, frames, expected = _race_setup("numpy")
+    stop = threading.Event()
+
+    def flip():
+        while not stop.is_set():
+            pipe.update(**RACE_B)
+            pipe.update(**RACE_A)
+
+    t = threading.Thread(target=flip, daemon=True)
+    t.start()
+    try:
+        seen = [_config_of(pipe.run(frames, wants=Wants.all()), expected) for _ in range(12)]
+    finally:
+        stop.set()
+        t.join(10)
+    assert set(seen) <= {"A", "B"}

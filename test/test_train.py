@@ -368,7 +368,7 @@ def test_eval_matches_hand_confusion(tmp_path):
     # a model: evaluate() equals a hand-run forward + confusion at a reduced input size
     torch.manual_seed(0)
     model = LiteSeg("mobilenetv2").eval()
-    rep = evaluate(model, root, (32, 64), "val")
+    rep = evaluate(model, root, (32, 64), "val", protocol="paper")  # the hand-run below is that protocol
     hand = np.zeros((19, 20), np.int64)
     ds.transform = EvalTransform((32, 64))
     with torch.no_grad():
@@ -431,6 +431,43 @@ def test_eval_cli_synthetic(tmp_path, capsys):
     assert "--synthetic needs N >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # --data and --synthetic are mutually exclusive
         main(["eval", "--synthetic", "2", "--data", str(tmp_path)])
+
+
+def test_eval_scores_the_labels_the_node_publishes(tmp_path, capsys):
+    """By default ``liteseg eval`` scores exactly what the node publishes: the labels of the node's own
+    pipeline (``runtime.build_pipeline`` with the node's default parameters) for the same images, on
+    scenes larger than the network so that the resize and the upsampling matter. ``--protocol paper``
+    keeps the research protocol (bilinear resize and logits), which scores these scenes differently."""
+    import json
+
+    from liteseg_ros import params
+    from liteseg_ros.runtime import build_pipeline
+    from liteseg_ros.synthetic import SceneConfig, generate_scene
+    from liteseg_ros.train.cli import main
+
+    args = ["eval", "--weights", "demo", "--synthetic", "2", "--synthetic-seed", "10003", "--synthetic-size", "96x160",
+            "--size", "48x80", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "node")]) == 0
+    assert main([*args, "--protocol", "paper", "--out", str(tmp_path / "paper")]) == 0
+    out = capsys.readouterr().out
+    assert "node protocol" in out and "paper protocol" in out
+    node = json.loads((tmp_path / "node" / "eval.json").read_text())
+    paper = json.loads((tmp_path / "paper" / "eval.json").read_text())
+    assert node["protocol"] == "node" and paper["protocol"] == "paper"
+
+    values = params.defaults()
+    values.update(weights="demo", backend="pytorch", device="cpu", precision="fp32", network_height=48,
+                  network_width=80, engine_cache_dir=str(tmp_path / "cache"), mask_groups={})
+    pipe, _ = build_pipeline(values, log=lambda m: None)
+    cm = ConfusionMatrix(19)
+    for seed in (10003, 10004):
+        scene = generate_scene(seed, SceneConfig(height=96, width=160))
+        seg = pipe.run([scene.image], color_order="bgr")[0]  # what the node does with a bgr8 camera frame
+        cm.update(seg.label, scene.label)
+    published = cm.compute()
+    assert node["miou"] == pytest.approx(published.miou, abs=1e-9)
+    assert node["pixel_acc"] == pytest.approx(published.pixel_acc, abs=1e-9)
+    assert paper["miou"] != pytest.approx(node["miou"], abs=1e-9)  # the two protocols really differ here
 
 
 def test_oracle_prediction_keeps_what_fills_a_cell_and_loses_what_does_not():

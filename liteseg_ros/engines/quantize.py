@@ -349,21 +349,6 @@ def format_sensitivity(res: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- report
-def _confusion(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
-    """(n, n) counts of rows a (reference / ground truth) and columns b; ids outside 0..n-1 dropped."""
-    a = a.reshape(-1).astype(np.int64)
-    b = b.reshape(-1).astype(np.int64)
-    keep = (a < n) & (b < n)
-    return np.bincount(a[keep] * n + b[keep], minlength=n * n).reshape(n, n)
-
-
-def _iou(mat: np.ndarray) -> np.ndarray:
-    tp = np.diag(mat).astype(np.float64)
-    denom = mat.sum(0) + mat.sum(1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, tp / np.where(denom > 0, denom, 1), np.nan)
-
-
 def _mean(v: np.ndarray) -> float | None:
     v = v[~np.isnan(v)]
     return float(v.mean()) if v.size else None
@@ -374,12 +359,15 @@ def compare_on_samples(engine, pipe, samples: Sequence[Sample]) -> dict[str, Any
     reference engine of ``pipe`` (PyTorch fp32) on ``samples``, at network resolution."""
     import cv2
 
+    from liteseg_ros.metrics import confusion_counts, iou_from_confusion
+
     n = len(pipe.classes)
     same = total = 0
     conf_diff = 0.0
-    m_vs_ref = np.zeros((n, n), np.int64)
-    m_ref_gt = np.zeros((n, n), np.int64)
-    m_q_gt = np.zeros((n, n), np.int64)
+    # (n, n+1): the last column counts labels outside the classes, wrong for the row's class
+    m_vs_ref = np.zeros((n, n + 1), np.int64)
+    m_ref_gt = np.zeros((n, n + 1), np.int64)
+    m_q_gt = np.zeros((n, n + 1), np.int64)
     has_gt = all(s.label is not None for s in samples) and bool(samples)
     for s in samples:
         batch, _ = pipe.preprocess([s.image], "bgr")
@@ -388,15 +376,15 @@ def compare_on_samples(engine, pipe, samples: Sequence[Sample]) -> dict[str, Any
         same += int(np.count_nonzero(out.label == ref.label))
         total += ref.label.size
         conf_diff += float(np.abs(out.confidence.astype(np.int16) - ref.confidence.astype(np.int16)).sum())
-        m_vs_ref += _confusion(ref.label, out.label, n)
+        m_vs_ref += confusion_counts(out.label, ref.label, n)
         if has_gt:
             h, w = ref.label.shape[-2:]
             gt = s.label if s.label.shape == (h, w) else cv2.resize(s.label, (w, h),
                                                                      interpolation=cv2.INTER_NEAREST)
-            m_ref_gt += _confusion(gt, ref.label[0], n)
-            m_q_gt += _confusion(gt, out.label[0], n)
-    iou_vs_ref = _iou(m_vs_ref)
-    iou_ref_gt, iou_q_gt = _iou(m_ref_gt), _iou(m_q_gt)
+            m_ref_gt += confusion_counts(ref.label[0], gt, n)
+            m_q_gt += confusion_counts(out.label[0], gt, n)
+    iou_vs_ref = iou_from_confusion(m_vs_ref)
+    iou_ref_gt, iou_q_gt = iou_from_confusion(m_ref_gt), iou_from_confusion(m_q_gt)
     per_class = []
     for c, name in enumerate(pipe.classes.names):
         px = int(m_vs_ref[c].sum())

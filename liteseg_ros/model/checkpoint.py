@@ -64,10 +64,10 @@ class CheckpointMeta:
     backbone: str = "mobilenetv2"
     num_classes: int = 19
     classes: ClassTable = field(default_factory=ClassTable)
-    #: per-channel normalisation of [0, 1] input, in ``color_order``
+    #: per-channel normalisation of [0, 1] input, in R, G, B order: every model here takes RGB
+    #: (the official weights, our training and every engine), so there is no colour-order field
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    color_order: str = "rgb"
     #: (height, width) the model was trained or fine-tuned at, if known
     train_size: tuple[int, int] | None = None
     model_name: str = "liteseg"
@@ -82,8 +82,6 @@ class CheckpointMeta:
                 f"CheckpointMeta: num_classes={self.num_classes} but the class table has "
                 f"{len(self.classes)} names"
             )
-        if self.color_order not in ("rgb", "bgr"):
-            raise ValueError(f"CheckpointMeta: color_order must be 'rgb' or 'bgr', got {self.color_order!r}")
         self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
@@ -110,18 +108,25 @@ class CheckpointMeta:
     def to_dict(self) -> dict[str, Any]:
         return {
             "backbone": self.backbone, "num_classes": self.num_classes, "classes": self.classes.to_dict(),
-            "mean": list(self.mean), "std": list(self.std), "color_order": self.color_order,
+            "mean": list(self.mean), "std": list(self.std),
             "train_size": list(self.train_size) if self.train_size is not None else None,
             "model_name": self.model_name, "source": self.source, "notes": self.notes,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CheckpointMeta:
+        kw = dict(d)
+        # Files written before the field was dropped say "color_order": "rgb", which is what every
+        # model here takes; one that says anything else was trained on another channel order and
+        # would segment wrongly without a word, so it is refused rather than fed RGB.
+        order = kw.pop("color_order", "rgb")
+        if order != "rgb":
+            raise ValueError(f"color_order {order!r}: this package feeds every model RGB input; convert the "
+                             "model to RGB input (swap the first convolution's input channels) and save it again")
         known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
+        unknown = set(kw) - known
         if unknown:
             raise ValueError(f"unknown metadata fields {sorted(unknown)}; known: {sorted(known)}")
-        kw = dict(d)
         if "classes" in kw:
             kw["classes"] = ClassTable.from_dict(kw["classes"])
         if kw.get("train_size") is not None:

@@ -9,8 +9,9 @@ so every engine (PyTorch, ONNX Runtime, OpenVINO, TensorRT, int8) runs them unch
 (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021) derives such offsets from class priors;
 here they are fitted to the mIoU of a calibration set directly.
 
-How: the logits of the calibration images are computed once (resized to the label as ``liteseg eval``
-does; at most ``pixels_per_image`` valid pixels per image, drawn uniformly, so a Cityscapes split fits in
+How: the logits of the calibration images are computed once (mapped to the label's pixels as ``liteseg
+eval`` does under the same ``--protocol``: by default as the node sees them, at the network size and
+upsampled nearest-neighbour; with ``paper`` resized bilinearly; at most ``pixels_per_image`` valid pixels per image, drawn uniformly, so a Cityscapes split fits in
 memory), then coordinate ascent: for each class in turn every offset on a grid around its current one is
 scored exactly (the best other class of each pixel is fixed while one class moves) and the best kept,
 with the grid halved each sweep. Only the IoUs of classes with at least ``min_pixels`` labelled pixels in
@@ -69,11 +70,15 @@ class BiasFit:
 
 
 def collect_logits(model: nn.Module, dataset: Any, size: tuple[int, int] | None = None, device: str = "cpu",
-                   pixels_per_image: int = 65536, max_images: int | None = None, seed: int = 0) -> CalibrationSet:
+                   pixels_per_image: int = 65536, max_images: int | None = None, seed: int = 0,
+                   protocol: str = "node") -> CalibrationSet:
     """Run ``model`` over ``dataset`` (a ``SegDataset``; its transform is replaced) and keep what the fit needs.
 
-    ``size``: network input (H, W), None = each image's own size; logits are resized bilinearly to the
-    label's size as ``liteseg eval`` does. Up to ``pixels_per_image`` labelled pixels per image are kept
+    ``size``: network input (H, W), None = each image's own size. Each kept label pixel gets the logits
+    that decide it under ``protocol``, as ``liteseg eval`` scores it: ``node`` preprocesses with the
+    node's pipeline and takes the network-size logit cell that the nearest-neighbour upsampling maps
+    to the pixel (so argmax of these logits is exactly the published label); ``paper`` resizes the
+    image and the logits bilinearly. Up to ``pixels_per_image`` labelled pixels per image are kept
     (uniformly drawn with ``seed``; all of them when fewer), which leaves every class's share, and so the
     IoUs, unbiased in expectation.
     """
@@ -81,10 +86,12 @@ def collect_logits(model: nn.Module, dataset: Any, size: tuple[int, int] | None 
     import torch
 
     from liteseg_ros.train.datasets import EvalTransform
-    from liteseg_ros.train.evaluate import logits_at, model_normalisation, resolve_device
+    from liteseg_ros.train.evaluate import PROTOCOLS, logits_at, model_normalisation, resolve_device
 
     if pixels_per_image < 1:
         raise ValueError(f"pixels_per_image must be >= 1, got {pixels_per_image}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
     dev = resolve_device(device)
     dataset.transform = EvalTransform(size, *model_normalisation(model))
     n = len(dataset) if max_images is None else min(int(max_images), len(dataset))
@@ -94,33 +101,73 @@ def collect_logits(model: nn.Module, dataset: Any, size: tuple[int, int] | None 
     rng = np.random.default_rng(seed)
     logits, labels = [], []
     model.to(dev).eval()
+    node = _NodeLogits(model, size, dev) if protocol == "node" else None
     with torch.no_grad():
         for i in range(n):
-            image, label = dataset[i]
-            out = logits_at(model, image[None].to(dev), tuple(label.shape))
-            if out.shape[1] != num_classes:
-                raise ValueError(f"model predicts {out.shape[1]} classes but the dataset has {num_classes}")
+            if node is not None:
+                rgb, label_np = dataset.load(i)
+                label = torch.from_numpy(np.ascontiguousarray(label_np)).long()
+            else:
+                image, label = dataset[i]
             flat = label.reshape(-1)
             keep = torch.nonzero((flat >= 0) & (flat < num_classes)).squeeze(1)
             if keep.numel() > pixels_per_image:
                 pick = rng.choice(keep.numel(), pixels_per_image, replace=False)
                 keep = keep[torch.from_numpy(np.sort(pick))]
-            logits.append(out[0].reshape(num_classes, -1)[:, keep.to(dev)].to("cpu", torch.float16))
+            if node is not None:
+                picked = node.at_pixels(rgb, keep, tuple(label.shape))
+            else:
+                out = logits_at(model, image[None].to(dev), tuple(label.shape))
+                picked = out[0].reshape(out.shape[1], -1)[:, keep.to(dev)]
+            if picked.shape[0] != num_classes:
+                raise ValueError(f"model predicts {picked.shape[0]} classes but the dataset has {num_classes}")
+            logits.append(picked.to("cpu", torch.float16))
             labels.append(flat[keep])
     return CalibrationSet(torch.cat(logits, 1), torch.cat(labels).long(), n)
 
 
-def _confusion(labels: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
-    import torch
+class _NodeLogits:
+    """The logits behind each published label pixel: the node's preprocessing, the model's forward at
+    the network size, then for every label pixel the network cell the nearest upsampling copies."""
 
-    return torch.bincount(labels * num_classes + pred, minlength=num_classes * num_classes).view(
-        num_classes, num_classes)
+    def __init__(self, model: nn.Module, size: tuple[int, int] | None, device: torch.device) -> None:
+        self.model, self.size, self.device = model, size, device
+        self.pipe = None
+
+    def at_pixels(self, rgb: Any, keep: torch.Tensor, label_size: tuple[int, int]) -> torch.Tensor:
+        """(C, len(keep)) logits for the flat label-pixel indices ``keep`` of one RGB image."""
+        import numpy as np
+        import torch
+
+        from liteseg_ros.segmentation import nearest_maps
+        from liteseg_ros.train.evaluate import node_pipeline
+
+        net = tuple(self.size) if self.size else tuple(rgb.shape[:2])
+        if self.pipe is None:
+            self.pipe = node_pipeline(self.model, net, "cpu")  # used for its preprocessing only
+        elif self.pipe.config.network_size != net:
+            self.pipe.update(network_size=net)
+        batch, (geom,) = self.pipe.preprocess([rgb], "rgb")
+        out = self.model(torch.from_numpy(batch).to(self.device))[0]
+        top, left, ch, cw = geom.content
+        out = out[:, top:top + ch, left:left + cw]
+        rows, cols = nearest_maps((ch, cw), label_size)
+        r = torch.from_numpy(rows.astype(np.int64))[keep // label_size[1]]
+        c = torch.from_numpy(cols.astype(np.int64))[keep % label_size[1]]
+        return out[:, r.to(out.device), c.to(out.device)]
+
+
+def _confusion(labels: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The (C, C+1) confusion of the sampled pixels, counted as ``liteseg eval`` counts them."""
+    from liteseg_ros.metrics import confusion_counts
+
+    return confusion_counts(pred, labels, num_classes)
 
 
 def _miou(conf: torch.Tensor) -> tuple[float, list[float]]:
     import numpy as np
 
-    from liteseg_ros.train.metrics import iou_from_confusion
+    from liteseg_ros.metrics import iou_from_confusion
 
     iou = iou_from_confusion(conf.numpy())
     valid = iou[~np.isnan(iou)]
@@ -223,7 +270,7 @@ def apply_class_bias(model: LiteSeg, bias: list[float], note: str = "") -> LiteS
 def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``calibrate`` on ``subparsers``; its func returns an exit code."""
     from liteseg_ros.cli import SUBCOMMANDS
-    from liteseg_ros.train.cli import _size
+    from liteseg_ros.train.cli import _size, add_protocol_argument
 
     help_text = SUBCOMMANDS["calibrate"][0]
     p = subparsers.add_parser("calibrate", help=help_text,
@@ -249,6 +296,7 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--min-pixels", type=int, default=500, help="classes with fewer pixels keep offset 0")
     p.add_argument("--sweeps", type=int, default=3, help="coordinate-ascent sweeps (default: 3)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_protocol_argument(p)
     p.add_argument("--out", "-o", required=True, help="where to write the calibrated checkpoint")
     p.set_defaults(func=run_calibrate)
     return p
@@ -287,14 +335,16 @@ def run_calibrate(args: argparse.Namespace) -> int:
             split = _split(args.split)
             ds = open_dataset(args.dataset, args.data, split)
             where = f"{args.data} [{split or '-'}]"
-        data = collect_logits(model, ds, args.size, args.device, args.pixels_per_image, args.max_images)
+        data = collect_logits(model, ds, args.size, args.device, args.pixels_per_image, args.max_images,
+                              protocol=args.protocol)
         fit = fit_class_bias(data, sweeps=args.sweeps, min_pixels=args.min_pixels)
     except (CheckpointError, DatasetError, FileNotFoundError, ValueError) as exc:
         print(f"liteseg calibrate: {exc}", file=sys.stderr)
         return 2
     names = list(model.meta.classes.names)
     size = f"{args.size[0]}x{args.size[1]}" if args.size else "full resolution"
-    print(f"calibration set: {where}, {data.images} images at {size}, {data.labels.numel()} pixels")
+    print(f"calibration set: {where}, {data.images} images at {size}, {data.labels.numel()} pixels "
+          f"({args.protocol} protocol)")
     width = max(len(n) for n in names)
     print(f"{'class':<{width}}  {'offset':>7}  {'IoU % before':>12}  {'after':>6}")
 
@@ -305,7 +355,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         off = f"{fit.bias[i]:+.3f}" if fit.fitted[i] else "-"
         print(f"{name:<{width}}  {off:>7}  {pct(fit.iou_before[i]):>12}  {pct(fit.iou_after[i]):>6}")
     print(f"mIoU on the calibration set: {pct(fit.miou_before)} -> {pct(fit.miou_after)} %")
-    note = f"Class offsets fitted by liteseg calibrate on {where} at {size}."
+    note = f"Class offsets fitted by liteseg calibrate on {where} at {size} ({args.protocol} protocol)."
     out = save_checkpoint(apply_class_bias(model, fit.bias, note), args.out)
     print(f"wrote {out}")
     print(f"score it on other images: liteseg eval --weights {out} --synthetic 16   (or --data ...)")

@@ -39,6 +39,14 @@ examples:
 """
 
 
+def add_protocol_argument(p: argparse.ArgumentParser) -> None:
+    """``--protocol node|paper``, shared by ``eval`` and ``calibrate`` so both score the same way."""
+    p.add_argument("--protocol", default="node", choices=("node", "paper"),
+                   help="node (default): through the node's pipeline (INTER_AREA resize, argmax at the network "
+                        "size, nearest upsample), i.e. the labels the node publishes; paper: bilinear resize and "
+                        "bilinear logits at the label's resolution, the usual research protocol")
+
+
 def _split(text: str) -> str | None:
     """``--split``: 'none' (or 'null', '') means a dataset without splits."""
     return None if str(text).lower() in ("none", "null", "") else text
@@ -84,6 +92,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     g = p.add_mutually_exclusive_group()
     g.add_argument("--size", type=_size, help="network input size HxW (labels stay full resolution)")
     g.add_argument("--full-res", action="store_true", help="run the network at full resolution (default)")
+    add_protocol_argument(p)
     p.add_argument("--predictions", help="score this folder of prediction PNGs instead of running a model")
     p.add_argument("--oracle-stride", type=int, metavar="S",
                    help="no model: score ideal logits at 1/S of the network input (LiteSeg: 4, ShuffleNet 8), "
@@ -164,7 +173,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 return 2
             report = evaluate(weights, args.data, None if args.full_res else args.size, split,
                               args.dataset, args.device, args.amp, args.num_workers, args.out,
-                              args.max_images)
+                              args.max_images, protocol=args.protocol)
     except (DatasetError, FileNotFoundError, ValueError) as exc:
         print(f"liteseg eval: {exc}", file=sys.stderr)
         return 2
@@ -185,7 +194,7 @@ def _eval_synthetic(args: argparse.Namespace, weights: str) -> EvalReport:
         raise ValueError("--predictions scores files of a --data dataset, not --synthetic")
     ds, where = _synthetic_dataset(args)
     return evaluate(weights, where, None if args.full_res else args.size, None, "synthetic", args.device,
-                    args.amp, 0, args.out, args.max_images, dataset_obj=ds)
+                    args.amp, 0, args.out, args.max_images, dataset_obj=ds, protocol=args.protocol)
 
 
 def _synthetic_dataset(args: argparse.Namespace, cache: bool = True) -> tuple[Any, str]:

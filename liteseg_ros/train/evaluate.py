@@ -4,10 +4,21 @@ Ring 4 (faces): imports torch, numpy, OpenCV, matplotlib (optional) and ``litese
 ``liteseg_ros.classes`` / ``liteseg_ros.train``; never rclpy, message packages or ``liteseg_ros.node`` /
 ``liteseg_ros.bag`` / ``liteseg_ros.image_codec``.
 
-Protocol: the image is resized to ``size`` (or kept at full resolution), the logits are resized
-bilinearly back to the label's full resolution, argmax gives the prediction, and the confusion matrix
-is accumulated over all labelled pixels (``liteseg_ros.train.metrics``). ``fps`` times the forward pass
-only (synchronised on CUDA), at batch 1.
+Two protocols (``PROTOCOLS``), because a score is only useful if it scores what is shipped:
+
+* ``node`` (the default): every image goes through the same ``liteseg_ros.pipeline.Pipeline`` the
+  node runs, with the node's default settings: resized to ``size`` with INTER_AREA when shrinking
+  (INTER_LINEAR otherwise), argmax at the network size, the label upsampled nearest-neighbour back
+  to the input. So the mIoU is the mIoU of the labels the node publishes. ``fps`` times the whole
+  pipeline (pre-processing, forward, post-processing) at batch 1.
+* ``paper``: the usual research protocol (and the one training's validation uses): the image resized
+  bilinearly to ``size``, the logits resized bilinearly back to the label's full resolution, argmax
+  there. Smoother boundaries, so usually a little higher than ``node`` when ``size`` is smaller than
+  the images. ``fps`` times the forward pass only (synchronised on CUDA), at batch 1.
+
+With ``size`` None (full resolution) the network runs at each image's own size and the two protocols
+differ only in floating-point detail. Both accumulate one confusion matrix over all labelled pixels
+(``liteseg_ros.metrics``).
 """
 from __future__ import annotations
 
@@ -35,6 +46,8 @@ from liteseg_ros.train.datasets import DatasetError, EvalTransform, SegDataset, 
 from liteseg_ros.train.metrics import ConfusionMatrix, SegMetrics
 
 PRED_FORMATS = ("trainid", "labelid")
+#: how an image becomes a prediction; see the module docstring
+PROTOCOLS = ("node", "paper")
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -108,6 +121,57 @@ def validate(model: nn.Module, dataset: Dataset, num_classes: int, device: torch
     return cm.compute(class_names, categories)
 
 
+def node_pipeline(model: nn.Module, size: tuple[int, int], device: torch.device | str = "cpu",
+                  precision: str = "fp32"):
+    """The node's per-frame path around ``model``: a ``Pipeline`` with the node's default settings
+    (stretch to ``size``, labels at the input resolution, no confidence threshold) on the PyTorch
+    engine, with the checkpoint's classes and normalisation."""
+    from liteseg_ros.classes import ClassTable
+    from liteseg_ros.engines.pytorch import PyTorchEngine
+    from liteseg_ros.pipeline import Pipeline, PipelineConfig
+
+    meta = getattr(model, "meta", None)
+    num_classes = _num_outputs(model) or 19
+    classes = getattr(meta, "classes", None) or ClassTable.generic(num_classes)
+    mean, std = model_normalisation(model)
+    engine = PyTorchEngine(model, str(device), precision, log=lambda m: None)
+    return Pipeline(engine, classes, PipelineConfig(network_size=tuple(size), mask_groups={}, mean=mean, std=std),
+                    backend="numpy")
+
+
+@torch.no_grad()
+def validate_node(model: nn.Module, dataset: SegDataset, size: tuple[int, int] | None, device: torch.device,
+                  amp: bool = False, max_images: int | None = None,
+                  timing: dict[str, float] | None = None) -> SegMetrics:
+    """Metrics of the labels the node would publish for ``dataset``'s images (the ``node`` protocol).
+
+    ``size`` None: the network runs at each image's own size. ``timing``, if given, receives
+    ``forward_s`` (summed time of whole pipeline runs) and ``images``.
+    """
+    from liteseg_ros.pipeline import Wants
+
+    n = len(dataset) if max_images is None else min(int(max_images), len(dataset))
+    num_classes = len(dataset.classes)
+    cm = ConfusionMatrix(num_classes)
+    pipe = None
+    total = 0.0
+    for i in range(n):
+        rgb, label = dataset.load(i)
+        net = tuple(size) if size else tuple(rgb.shape[:2])
+        if pipe is None:
+            pipe = node_pipeline(model, net, device, "fp16" if amp else "fp32")
+        elif pipe.config.network_size != net:  # full resolution: images of another size
+            pipe.update(network_size=net)
+        t0 = time.perf_counter()
+        seg = pipe.run([rgb], color_order="rgb", wants=Wants.only_label())[0]
+        total += time.perf_counter() - t0
+        cm.update(seg.label, label)
+    if timing is not None:
+        timing["forward_s"] = total
+        timing["images"] = n
+    return cm.compute(dataset.classes.names, _categories_for(dataset.classes.names))
+
+
 @dataclass
 class EvalReport:
     """What ``liteseg eval`` prints and writes: metrics plus where and how they were measured."""
@@ -120,19 +184,23 @@ class EvalReport:
     data_dir: str
     split: str | None
     files: dict[str, str] = field(default_factory=dict)
+    protocol: str = ""                    #: 'node' | 'paper' for a model; '' for scored files and the oracle
 
     def to_dict(self) -> dict[str, Any]:
         d = self.metrics.to_dict()
         d.update({"images": self.images, "size": list(self.size) if self.size else "full",
                   "fps": None if np.isnan(self.fps) else self.fps, "source": self.source,
-                  "data_dir": self.data_dir, "split": self.split})
+                  "data_dir": self.data_dir, "split": self.split, "protocol": self.protocol or None})
         return d
 
     def format(self) -> str:
         size = f"{self.size[0]}x{self.size[1]}" if self.size else "full resolution"
         head = f"{self.source} on {self.data_dir} [{self.split or '-'}]: {self.images} images at {size}"
+        if self.protocol:
+            head += f", {self.protocol} protocol"
         if not np.isnan(self.fps):
-            head += f", {self.fps:.1f} fps (forward only, batch 1)"
+            timed = "pre/post-processing included" if self.protocol == "node" else "forward only"
+            head += f", {self.fps:.1f} fps ({timed}, batch 1)"
         return head + "\n\n" + self.metrics.table()
 
 
@@ -186,13 +254,17 @@ def evaluate(model_or_weights: nn.Module | str | Path, data_dir: str | Path | No
              size: tuple[int, int] | None = None, split: str | None = "val", dataset: str = "auto",
              device: str | torch.device = "auto", amp: bool = False, num_workers: int = 0,
              out_dir: str | Path | None = None, max_images: int | None = None,
-             dataset_obj: SegDataset | None = None) -> EvalReport:
+             dataset_obj: SegDataset | None = None, protocol: str = "node") -> EvalReport:
     """Evaluate a model (an ``nn.Module`` or a checkpoint path) on one split of a labelled dataset.
 
     ``size``: network input (H, W), or None for full resolution. ``dataset``: cityscapes | folder |
     synthetic | auto. ``dataset_obj`` replaces ``data_dir``/``split``/``dataset`` with a ready dataset
-    (its transform is replaced). Writes eval.json / eval.txt / confusion.png into ``out_dir`` if given.
+    (its transform is replaced). ``protocol``: ``node`` (the node's pipeline) or ``paper`` (bilinear
+    logits at full resolution), see the module docstring. Writes eval.json / eval.txt / confusion.png
+    into ``out_dir`` if given.
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     if isinstance(model_or_weights, nn.Module):
         model, source = model_or_weights, type(model_or_weights).__name__
@@ -220,12 +292,15 @@ def evaluate(model_or_weights: nn.Module | str | Path, data_dir: str | Path | No
         ds_eval = ds
     model.to(dev)
     timing: dict[str, float] = {}
-    metrics = validate(model, ds_eval, num_classes, dev, ds.classes.names, _categories_for(ds.classes.names),
-                       amp=amp and dev.type == "cuda", num_workers=num_workers, timing=timing)
+    if protocol == "node":
+        metrics = validate_node(model, ds, size, dev, amp and dev.type == "cuda", max_images, timing)
+    else:
+        metrics = validate(model, ds_eval, num_classes, dev, ds.classes.names, _categories_for(ds.classes.names),
+                           amp=amp and dev.type == "cuda", num_workers=num_workers, timing=timing)
     n = int(timing.get("images", 0))
     fps = n / timing["forward_s"] if n and timing.get("forward_s", 0) > 0 else float("nan")
     report = EvalReport(metrics, n, tuple(size) if size else None, fps, source,
-                        str(data_dir) if data_dir is not None else "-", split)
+                        str(data_dir) if data_dir is not None else "-", split, protocol=protocol)
     _write_outputs(report, out_dir)
     return report
 

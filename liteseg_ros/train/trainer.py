@@ -25,7 +25,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -293,9 +293,108 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 
 def _train(cfg: TrainConfig, info: DistInfo) -> TrainResult:
-    from liteseg_ros.model import LiteSeg, load_checkpoint, load_encoder_weights, read_extra, save_checkpoint
-
+    """The run in the four steps of torchvision's reference scripts: build, resume, then per epoch
+    one pass over the data followed by validation and checkpoints."""
     t_start = time.perf_counter()
+    run = _build(cfg, info, t_start)
+    if cfg.resume:
+        _resume(run)
+    run.start_log()
+    for epoch in range(run.step // run.steps_per_epoch, cfg.epochs):
+        if run.step >= run.total_steps:
+            break
+        _train_one_epoch(run, epoch)
+        if _validate_and_save(run, epoch):
+            break
+    return _finish(run)
+
+
+@dataclass
+class _Run:
+    """One training run's parts and progress: what the steps share, and what a checkpoint restores.
+
+    Built by :func:`_build`, moved forward by :func:`_train_one_epoch`; ``step``, ``best_miou`` and
+    ``history`` together with the optimizer, scheduler and scaler are the state ``resume`` brings back.
+    """
+
+    cfg: TrainConfig
+    info: DistInfo
+    t_start: float
+    out_dir: Path
+    ckpt_dir: Path
+    classes: Any
+    train_ds: SegDataset
+    val_ds: SegDataset | None
+    model: nn.Module
+    sampler: DistributedSampler
+    loader: DataLoader
+    steps_per_epoch: int
+    total_steps: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    loss_weight: torch.Tensor | None
+    step: int = 0
+    best_miou: float = float("nan")
+    history: list[dict[str, Any]] = field(default_factory=list)
+    bar: Any = None
+    last_path: Path | None = None
+    best_path: Path | None = None
+    run_steps: int = 0       #: optimizer steps taken by this process (not counting resumed ones)
+    run_time: float = 0.0    #: seconds spent in those steps (for it/s)
+    t_last: float = 0.0      #: when last.pt was last written
+
+    @property
+    def csv_path(self) -> Path:
+        return self.out_dir / "metrics.csv"
+
+    def start_log(self) -> None:
+        """metrics.csv from the history so far (rows after a resumed step dropped), the progress bar,
+        and the best.pt a resumed run already has."""
+        if self.info.is_main:
+            keep = [r for r in self.history if int(r["step"]) <= self.step]
+            with self.csv_path.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+                w.writeheader()
+                w.writerows(keep)
+            self.history = keep
+            if self.cfg.progress:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=self.total_steps, initial=self.step, unit="it", dynamic_ncols=True,
+                                desc="train")
+        best = self.ckpt_dir / "best.pt"
+        self.best_path = best if best.exists() and self.cfg.resume else None
+        self.t_last = time.perf_counter()
+
+    def log_row(self, row: dict[str, Any]) -> None:
+        if not self.info.is_main:
+            return
+        full = {k: row.get(k, "") for k in CSV_FIELDS}
+        self.history.append(full)
+        with self.csv_path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(full)
+
+    def say(self, msg: str) -> None:
+        if self.info.is_main:
+            (self.bar.write if self.bar is not None else print)(msg)
+
+    def save(self, name: str, epoch: int, miou: float | None) -> Path:
+        from liteseg_ros.model import save_checkpoint
+
+        path = self.ckpt_dir / name
+        extra = {
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "epoch": epoch, "step": self.step, "total_steps": self.total_steps,
+            "best_miou": self.best_miou, "rng": rng_state(), "config": self.cfg.to_dict(), "history": self.history,
+        }
+        save_checkpoint(_unwrap(self.model), path, _meta(self.cfg, self.classes, miou), extra=extra)
+        return path
+
+
+def _build(cfg: TrainConfig, info: DistInfo, t_start: float) -> _Run:
+    """Seeds, output folder, datasets, model (DDP-wrapped when distributed), loader and optimisation."""
     device = info.device
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
@@ -313,9 +412,47 @@ def _train(cfg: TrainConfig, info: DistInfo) -> TrainResult:
     classes = train_ds.classes
     if val_ds is not None and tuple(val_ds.classes.names) != tuple(classes.names):
         raise ValueError("training and validation datasets have different class lists")
+    model = _build_model(cfg, info, len(classes))
 
-    # ---- model (same init on every rank: seeded above, and DDP broadcasts rank 0's weights)
-    model = LiteSeg(backbone=cfg.backbone, num_classes=len(classes))
+    sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=True)
+    loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                        drop_last=True, pin_memory=device.type == "cuda",
+                        worker_init_fn=_worker_init if cfg.num_workers > 0 else None)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_ds)} training samples over {info.world_size} process(es) do not fill "
+                         f"one batch of {cfg.batch_size}: lower batch_size")
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))
+    use_amp = cfg.amp and device.type == "cuda"
+    class_weights = resolve_class_weights(cfg, train_ds, len(classes))
+    warning = cfg.held_out_warning()
+    if warning and info.is_main:
+        print(warning)
+    loss_weight = None
+    if class_weights is not None:
+        loss_weight = torch.as_tensor(class_weights, dtype=torch.float32, device=device)
+        if info.is_main:
+            print("class weights: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(classes.names, class_weights)))
+            (out_dir / "class_weights.json").write_text(json.dumps(
+                dict(zip(classes.names, [round(float(w), 6) for w in class_weights])), indent=1) + "\n")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    return _Run(cfg, info, t_start, out_dir, ckpt_dir, classes, train_ds, val_ds, model, sampler, loader,
+                steps_per_epoch, total_steps, optimizer, scheduler, scaler, use_amp, loss_weight)
+
+
+def _build_model(cfg: TrainConfig, info: DistInfo, num_classes: int) -> nn.Module:
+    """LiteSeg with its encoder / init weights, on the device; the same init on every rank (seeded
+    before, and DDP broadcasts rank 0's weights)."""
+    from liteseg_ros.model import LiteSeg, load_checkpoint, load_encoder_weights
+
+    device = info.device
+    model = LiteSeg(backbone=cfg.backbone, num_classes=num_classes)
     if cfg.encoder_weights:
         from liteseg_ros import weights
 
@@ -341,190 +478,135 @@ def _train(cfg: TrainConfig, info: DistInfo) -> TrainResult:
     if info.distributed:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model
 
-    # ---- data
-    sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=cfg.seed, drop_last=True)
-    loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        drop_last=True, pin_memory=device.type == "cuda",
-                        worker_init_fn=_worker_init if cfg.num_workers > 0 else None)
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_ds)} training samples over {info.world_size} process(es) do not fill "
-                         f"one batch of {cfg.batch_size}: lower batch_size")
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
 
-    # ---- optimisation
-    optimizer = build_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))
-    use_amp = cfg.amp and device.type == "cuda"
-    class_weights = resolve_class_weights(cfg, train_ds, len(classes))
-    warning = cfg.held_out_warning()
-    if warning and info.is_main:
-        print(warning)
-    loss_weight = None
-    if class_weights is not None:
-        loss_weight = torch.as_tensor(class_weights, dtype=torch.float32, device=device)
-        if info.is_main:
-            print("class weights: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(classes.names, class_weights)))
-            (out_dir / "class_weights.json").write_text(json.dumps(
-                dict(zip(classes.names, [round(float(w), 6) for w in class_weights])), indent=1) + "\n")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+def _resume(run: _Run) -> None:
+    """Weights, optimizer, scheduler, scaler, step, best mIoU, history and RNG from ``cfg.resume``."""
+    from liteseg_ros.model import load_checkpoint, read_extra
 
-    step, best_miou, history = 0, float("nan"), []
-    if cfg.resume:
-        extra = read_extra(cfg.resume, map_location="cpu")
-        if "optimizer" not in extra:
-            raise ValueError(f"resume: {cfg.resume} holds no training state (optimizer/step); "
-                             "use init_weights to start from its weights instead")
-        resumed = load_checkpoint(cfg.resume, map_location="cpu")
-        _unwrap(model).load_state_dict(resumed.state_dict())
-        optimizer.load_state_dict(extra["optimizer"])
-        scheduler.load_state_dict(extra["scheduler"])
-        scaler.load_state_dict(extra["scaler"])
-        step = int(extra["step"])
-        best_miou = float(extra.get("best_miou", float("nan")))
-        history = list(extra.get("history", []))
-        if "rng" in extra:
-            set_rng_state(extra["rng"])
-        if extra.get("total_steps") not in (None, total_steps) and info.is_main:
-            print(f"resume: total steps changed {extra['total_steps']} -> {total_steps}; "
-                  "the LR schedule follows the new total")
-        if info.is_main:
-            print(f"resumed from {cfg.resume} at step {step}")
-
-    csv_path = out_dir / "metrics.csv"
+    cfg, info = run.cfg, run.info
+    extra = read_extra(cfg.resume, map_location="cpu")
+    if "optimizer" not in extra:
+        raise ValueError(f"resume: {cfg.resume} holds no training state (optimizer/step); "
+                         "use init_weights to start from its weights instead")
+    resumed = load_checkpoint(cfg.resume, map_location="cpu")
+    _unwrap(run.model).load_state_dict(resumed.state_dict())
+    run.optimizer.load_state_dict(extra["optimizer"])
+    run.scheduler.load_state_dict(extra["scheduler"])
+    run.scaler.load_state_dict(extra["scaler"])
+    run.step = int(extra["step"])
+    run.best_miou = float(extra.get("best_miou", float("nan")))
+    run.history = list(extra.get("history", []))
+    if "rng" in extra:
+        set_rng_state(extra["rng"])
+    if extra.get("total_steps") not in (None, run.total_steps) and info.is_main:
+        print(f"resume: total steps changed {extra['total_steps']} -> {run.total_steps}; "
+              "the LR schedule follows the new total")
     if info.is_main:
-        keep = [r for r in history if int(r["step"]) <= step]
-        with csv_path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-            w.writeheader()
-            w.writerows(keep)
-        history = keep
+        print(f"resumed from {cfg.resume} at step {run.step}")
 
-    def log_row(row: dict[str, Any]) -> None:
-        if not info.is_main:
-            return
-        full = {k: row.get(k, "") for k in CSV_FIELDS}
-        history.append(full)
-        with csv_path.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(full)
 
-    def save(name: str, epoch: int, miou: float | None) -> Path:
-        path = ckpt_dir / name
-        extra = {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "total_steps": total_steps,
-            "best_miou": best_miou, "rng": rng_state(), "config": cfg.to_dict(), "history": history,
-        }
-        save_checkpoint(_unwrap(model), path, _meta(cfg, classes, miou), extra=extra)
-        return path
-
-    bar = None
-    if info.is_main and cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total_steps, initial=step, unit="it", dynamic_ncols=True, desc="train")
-
-    last_path: Path | None = None
-    best_path: Path | None = (ckpt_dir / "best.pt") if (ckpt_dir / "best.pt").exists() and cfg.resume else None
-    run_steps, run_time = 0, 0.0
-    t_last = time.perf_counter()
-    start_epoch = step // steps_per_epoch
-    for epoch in range(start_epoch, cfg.epochs):
-        if step >= total_steps:
+def _train_one_epoch(run: _Run, epoch: int) -> None:
+    """One pass over the training data (or what is left of it after a mid-epoch resume, or before
+    ``max_steps``), logging the mean loss every ``log_every`` steps."""
+    cfg, device = run.cfg, run.info.device
+    run.model.train()
+    run.train_ds.set_epoch(epoch)
+    run.sampler.set_epoch(epoch)
+    skip = run.step - epoch * run.steps_per_epoch  # batches already done in this epoch (resume mid-epoch)
+    win_loss, win_n, t_win = 0.0, 0, time.perf_counter()
+    for i, (images, targets) in enumerate(run.loader):
+        if i < skip:
+            continue
+        if run.step >= run.total_steps:
             break
-        model.train()
-        train_ds.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        skip = step - epoch * steps_per_epoch  # batches already done in this epoch (resume mid-epoch)
-        win_loss, win_n, t_win = 0.0, 0, time.perf_counter()
-        for i, (images, targets) in enumerate(loader):
-            if i < skip:
-                continue
-            if step >= total_steps:
-                break
-            t0 = time.perf_counter()
-            images = images.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(images)
-            loss = segmentation_loss(logits, targets, cfg.label_smoothing, loss_weight)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            lr_used = optimizer.param_groups[0]["lr"]
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            loss_v = float(loss.detach())
-            if not math.isfinite(loss_v):
-                raise FloatingPointError(f"loss is {loss_v} at step {step}: lower lr or enable grad_clip")
-            win_loss += loss_v
-            win_n += 1
-            run_steps += 1
-            run_time += time.perf_counter() - t0
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{loss_v:.4f}", lr=f"{lr_used:.2e}")
-            if step % cfg.log_every == 0 or step == total_steps:
-                dt = time.perf_counter() - t_win
-                log_row({"epoch": epoch, "step": step, "loss": f"{win_loss / win_n:.6f}", "lr": f"{lr_used:.8g}",
-                         "it_per_s": f"{win_n / dt:.3f}", "time_s": f"{time.perf_counter() - t_start:.1f}"})
-                win_loss, win_n, t_win = 0.0, 0, time.perf_counter()
+        t0 = time.perf_counter()
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=run.use_amp):
+            logits = run.model(images)
+        loss = segmentation_loss(logits, targets, cfg.label_smoothing, run.loss_weight)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            run.scaler.unscale_(run.optimizer)
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+        lr_used = run.optimizer.param_groups[0]["lr"]
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        run.step += 1
+        loss_v = float(loss.detach())
+        if not math.isfinite(loss_v):
+            raise FloatingPointError(f"loss is {loss_v} at step {run.step}: lower lr or enable grad_clip")
+        win_loss += loss_v
+        win_n += 1
+        run.run_steps += 1
+        run.run_time += time.perf_counter() - t0
+        if run.bar is not None:
+            run.bar.update(1)
+            run.bar.set_postfix(epoch=epoch, loss=f"{loss_v:.4f}", lr=f"{lr_used:.2e}")
+        if run.step % cfg.log_every == 0 or run.step == run.total_steps:
+            dt = time.perf_counter() - t_win
+            run.log_row({"epoch": epoch, "step": run.step, "loss": f"{win_loss / win_n:.6f}", "lr": f"{lr_used:.8g}",
+                         "it_per_s": f"{win_n / dt:.3f}", "time_s": f"{time.perf_counter() - run.t_start:.1f}"})
+            win_loss, win_n, t_win = 0.0, 0, time.perf_counter()
 
-        epoch_done = step >= (epoch + 1) * steps_per_epoch
-        finished = step >= total_steps
-        miou = None
-        if val_ds is not None and cfg.val_every and ((epoch + 1) % cfg.val_every == 0 or finished):
-            shard = Subset(val_ds, list(range(info.rank, len(val_ds), info.world_size)))
-            metrics = validate(_unwrap(model), shard, len(classes), device, classes.names,
-                               categories=_categories(classes.names), amp=use_amp,
-                               num_workers=min(cfg.num_workers, 2))
-            miou = metrics.miou
-            log_row({"epoch": epoch, "step": step, "miou": f"{miou:.6f}", "pixel_acc": f"{metrics.pixel_acc:.6f}",
+
+def _validate_and_save(run: _Run, epoch: int) -> bool:
+    """After an epoch's pass: validate when due, write best.pt / epoch_NNN.pt / last.pt (rank 0), wait
+    for every rank; True when the run has taken all its steps."""
+    cfg, info = run.cfg, run.info
+    epoch_done = run.step >= (epoch + 1) * run.steps_per_epoch
+    finished = run.step >= run.total_steps
+    next_epoch = epoch + 1 if epoch_done else epoch
+    miou = None
+    if run.val_ds is not None and cfg.val_every and ((epoch + 1) % cfg.val_every == 0 or finished):
+        shard = Subset(run.val_ds, list(range(info.rank, len(run.val_ds), info.world_size)))
+        metrics = validate(_unwrap(run.model), shard, len(run.classes), info.device, run.classes.names,
+                           categories=_categories(run.classes.names), amp=run.use_amp,
+                           num_workers=min(cfg.num_workers, 2))
+        miou = metrics.miou
+        run.log_row({"epoch": epoch, "step": run.step, "miou": f"{miou:.6f}", "pixel_acc": f"{metrics.pixel_acc:.6f}",
                      "category_miou": "" if math.isnan(metrics.category_miou) else f"{metrics.category_miou:.6f}",
-                     "time_s": f"{time.perf_counter() - t_start:.1f}"})
+                     "time_s": f"{time.perf_counter() - run.t_start:.1f}"})
+        run.say(f"epoch {epoch}: val mIoU {100 * miou:.2f}%  pixel acc {100 * metrics.pixel_acc:.2f}%")
+        if not math.isnan(miou) and (math.isnan(run.best_miou) or miou > run.best_miou):
+            run.best_miou = miou
             if info.is_main:
-                msg = f"epoch {epoch}: val mIoU {100 * miou:.2f}%  pixel acc {100 * metrics.pixel_acc:.2f}%"
-                (bar.write if bar is not None else print)(msg)
-            if not math.isnan(miou) and (math.isnan(best_miou) or miou > best_miou):
-                best_miou = miou
-                if info.is_main:
-                    best_path = save("best.pt", epoch + 1 if epoch_done else epoch, miou)
-        if info.is_main:
-            next_epoch = epoch + 1 if epoch_done else epoch
-            numbered = bool(cfg.checkpoint_every and epoch_done and (epoch + 1) % cfg.checkpoint_every == 0)
-            if numbered:
-                save(f"epoch_{epoch + 1:03d}.pt", next_epoch, miou)
-            # last.pt: at numbered checkpoints, at the end, and at least every LAST_EVERY_S seconds
-            if numbered or finished or epoch + 1 >= cfg.epochs or time.perf_counter() - t_last >= LAST_EVERY_S:
-                last_path = save("last.pt", next_epoch, miou)
-                t_last = time.perf_counter()
-        if info.distributed:
-            dist.barrier()
-        if finished:
-            break
-
-    if bar is not None:
-        bar.close()
-    seconds = time.perf_counter() - t_start
-    it_s = run_steps / run_time if run_time > 0 else float("nan")
+                run.best_path = run.save("best.pt", next_epoch, miou)
     if info.is_main:
-        summary = {"steps": step, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
-                   "world_size": info.world_size, "best_miou": None if math.isnan(best_miou) else best_miou,
-                   "seconds": seconds, "train_it_per_s": it_s, "images_per_s": it_s * cfg.batch_size * info.world_size,
-                   "last_checkpoint": str(last_path) if last_path else None,
-                   "best_checkpoint": str(best_path) if best_path else None}
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        numbered = bool(cfg.checkpoint_every and epoch_done and (epoch + 1) % cfg.checkpoint_every == 0)
+        if numbered:
+            run.save(f"epoch_{epoch + 1:03d}.pt", next_epoch, miou)
+        # last.pt: at numbered checkpoints, at the end, and at least every LAST_EVERY_S seconds
+        if numbered or finished or epoch + 1 >= cfg.epochs or time.perf_counter() - run.t_last >= LAST_EVERY_S:
+            run.last_path = run.save("last.pt", next_epoch, miou)
+            run.t_last = time.perf_counter()
+    if info.distributed:
+        dist.barrier()
+    return finished
+
+
+def _finish(run: _Run) -> TrainResult:
+    """Close the bar, write summary.json and the plots (rank 0); the numbers for the caller."""
+    cfg, info = run.cfg, run.info
+    if run.bar is not None:
+        run.bar.close()
+    seconds = time.perf_counter() - run.t_start
+    it_s = run.run_steps / run.run_time if run.run_time > 0 else float("nan")
+    if info.is_main:
+        summary = {"steps": run.step, "total_steps": run.total_steps, "steps_per_epoch": run.steps_per_epoch,
+                   "world_size": info.world_size, "best_miou": None if math.isnan(run.best_miou) else run.best_miou,
+                   "seconds": seconds, "train_it_per_s": it_s,
+                   "images_per_s": it_s * cfg.batch_size * info.world_size,
+                   "last_checkpoint": str(run.last_path) if run.last_path else None,
+                   "best_checkpoint": str(run.best_path) if run.best_path else None}
+        (run.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         if cfg.plots:
-            write_plots(history, out_dir)
-    return TrainResult(out_dir, last_path, best_path, best_miou, step, seconds, it_s)
+            write_plots(run.history, run.out_dir)
+    return TrainResult(run.out_dir, run.last_path, run.best_path, run.best_miou, run.step, seconds, it_s)
 
 
 def _categories(names: tuple[str, ...]) -> dict[str, tuple[int, ...]] | None:
