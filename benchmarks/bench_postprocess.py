@@ -69,7 +69,11 @@ def message_rows(pipe, label, conf, classes, repeat: int, nh: int, nw: int) -> l
     from rclpy.serialization import deserialize_message, serialize_message
     from sensor_msgs.msg import Image
 
-    from liteseg_ros import image_codec, wire
+    from liteseg_ros import contract, image_codec, wire
+    from liteseg_ros.node import rclpy_types
+    from liteseg_ros.segmentation import Wants
+
+    header = rclpy_types("std_msgs/msg/Header")(frame_id="camera")
 
     rows = []
     rng = np.random.default_rng(1)
@@ -85,6 +89,12 @@ def message_rows(pipe, label, conf, classes, repeat: int, nh: int, nw: int) -> l
             f"publish: build {len(outs)} msgs": {
                 "base": lambda outs=outs: [serialize_message(image_codec.fill_image(Image(), a, e)) for a, e in outs],
                 "new": lambda outs=outs: [wire.image_bytes(a, e) for a, e in outs]},
+            # what the contract adds on top of the bare serializer: base = wire directly, new = the
+            # contract's frame_messages with the node's factory (images + boundary, as published)
+            "publish: through the contract": {
+                "base": lambda outs=outs: [wire.image_bytes(a, e) for a, e in outs],
+                "new": lambda seg=seg: contract.frame_messages(rclpy_types, header, seg, Wants.all(),
+                                                               wire.image_bytes)},
         }
         for stage, calls in cases.items():
             times: dict[str, list[float]] = {k: [] for k in calls}
