@@ -672,27 +672,23 @@ class LiteSegNode(LifecycleNode):
                                 throttle_duration_sec=float(self.values["error_log_period"]))
 
     # ----------------------------------------------------------------------------- publishing
-    def _image_msg(self, arr, encoding: str, header) -> bytes:
-        """The serialized Image (publish() sends bytes as they are): one copy of the pixels, see wire."""
-        return wire.image_bytes(arr, encoding, header)
-
     def _publish(self, cam: Camera, header, seg: Segmentation, wants: Wants) -> None:
         """Every output carries the input header unchanged (stamp and frame_id)."""
         p = cam.pubs
         if wants.label:
-            p["label"].publish(self._image_msg(seg.label, "mono8", header))
+            wire.send_image(p["label"], seg.label, "mono8", header)
             if cam.camera_info is not None and p["label_camera_info"].get_subscription_count() > 0:
                 p["label_camera_info"].publish(self._scaled_camera_info(cam.camera_info, header, seg))
         if seg.confidence is not None and wants.confidence:
-            p["confidence"].publish(self._image_msg(seg.confidence, "mono8", header))
+            wire.send_image(p["confidence"], seg.confidence, "mono8", header)
         if seg.color is not None and wants.color:
-            p["color"].publish(self._image_msg(seg.color, "rgb8", header))
+            wire.send_image(p["color"], seg.color, "rgb8", header)
         if seg.overlay is not None and wants.overlay:
-            p["overlay"].publish(self._image_msg(seg.overlay, "bgr8", header))
+            wire.send_image(p["overlay"], seg.overlay, "bgr8", header)
         for g, m in seg.masks.items():
             pub = cam.mask_pubs.get(g)
             if pub is not None:
-                pub.publish(self._image_msg(m, "mono8", header))
+                wire.send_image(pub, m, "mono8", header)
         if seg.boundary is not None and wants.boundary and "boundary" in p:
             b = DrivableBoundary(header=header, width=seg.label.shape[1], height=seg.label.shape[0],
                                  drivable_fraction=seg.boundary.drivable_fraction)
