@@ -1,6 +1,7 @@
 """sensor_msgs/Image in its serialized (CDR) form: read and write frames with at most one pixel copy.
 
-Ring 3 (ROS edge): imports rclpy's serializer and sensor_msgs; no node, no pipeline.
+Ring 3 (ROS edge): imports rclpy's serializer and sensor_msgs, and calls rcl's own publish function
+(ctypes, see "sending" below); no node, no pipeline.
 
 Why: at camera resolution, going through rclpy's Python message objects copies every frame
 several times. Receiving: ``deserialize_message`` copies the pixels into the C message and again
@@ -9,8 +10,8 @@ serializer each copy (measured ~10 ms per 1080p rgb8 frame on Jazzy, benchmarks/
 --messages). But an Image's pixels are its last field, one length-prefixed
 byte sequence at the end of the CDR buffer. So this module lets rmw's own serializer write (or
 read) everything *before* the pixels, from a message whose ``data`` is empty, and puts the pixels
-after it with one ``bytes.join`` (or reads them as a zero-copy numpy view of the received
-buffer). ``Publisher.publish`` sends ``bytes`` as an already serialized message.
+after it with one ``bytes.join`` or one copy into a reused buffer (or reads them as a zero-copy
+numpy view of the received buffer), and hands that to rcl as an already serialized message.
 
 Both directions check, once per process, that the rmw's encoding has the layout this relies on
 (little-endian plain CDR, nothing after the pixels); anywhere it does not, they fall back to the
@@ -140,8 +141,8 @@ def parse_image(raw: bytes) -> RawImage:
 # before rcl sees it, and the call keeps the GIL for the whole DDS write, so the worker thread
 # cannot decode or post-process the next frame meanwhile. ``send`` calls the same C function
 # rclpy ends in, ``rcl_publish_serialized_message``, through ctypes: rcl reads the Python buffer
-# in place, and ctypes releases the GIL during the call. Fast DDS copies the sample into its own
-# history before ``write`` returns (synchronous and asynchronous publishing alike), so the buffer
+# in place, and ctypes releases the GIL during the call. The rmw copies the sample into a Fast DDS
+# payload inside ``write``, before the call returns (in either publication mode), so the buffer
 # may be reused once the call is back: ``send_image`` keeps one buffer per publisher and copies the
 # pixels into it with the GIL released too (a fresh 6 MB ``bytes`` per image and frame costs page
 # faults on every frame; a reused buffer's pages are already mapped).
@@ -228,7 +229,6 @@ def send(publisher: Any, data: bytes) -> None:
         publisher.publish(data)
 
 
-
 class _Outbox:
     """One publisher's reusable serialized-Image buffer (and the lock that serialises its use)."""
 
@@ -255,7 +255,7 @@ def send_image(publisher: Any, arr: np.ndarray, encoding: str, header: Any = Non
     ``publisher.publish(image_bytes(arr, encoding, header))``, with the pixels copied once, into
     a buffer this publisher reuses, and both that copy and the DDS write outside the GIL.
 
-    Memory: one buffer per publisher, the size of its last message, freed with the publisher.
+    Memory: one buffer per publisher, the size of its last message, freed when the publisher object is.
     """
     fields, pixels = image_codec.image_layout(arr, encoding)
     fn = _publish_function()
