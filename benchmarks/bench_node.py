@@ -7,8 +7,11 @@ frame, from the received serialized message to the last ``publish()`` returned (
 preprocess, postprocess, publish: building and sending every output message), is the overhead.
 Every output topic has a subscriber in this process (raw subscriptions: they count, they do not
 deserialize, so this process does not compete with the node for the CPU more than DDS needs). The
-dds_floor column is what publishing already-serialized messages of the same sizes costs from this
-process after the node has stopped: the part of "publish" that is Fast DDS, not the node.
+dds_floor column is what publishing already-serialized messages of the same sizes costs from another
+process to subscribers in this one (the node's topology, QoS and Fast DDS profile) after the node has
+stopped: the part of "publish" that is DDS, not the node (floor_cpu: the publishing thread's CPU time
+for it). The JSON also has rclpy's ``publish(bytes)`` for the same messages and the in-process figure
+this benchmark used to call the floor (no transport at all: a floor no separate node can reach).
 
 With ``--baseline DIR`` (a checkout of an older commit, e.g. ``git worktree add /tmp/base <commit>``)
 a second node runs that tree's code (PYTHONPATH) on the same frames, one node after the other in one
@@ -36,12 +39,17 @@ sys.path.insert(0, str(REPO / "test"))
 
 CAMERAS = "640x360,1280x720,1920x1080,2048x1024"
 TOPICS = ("label", "color", "overlay", "confidence", "masks/drivable", "masks/walkable", "masks/dynamic")
+STATS = {"median": statistics.median,
+         # on a machine others load, the low quartile of a stage is closer to what it costs undisturbed
+         "p25": lambda v: float(np.percentile(list(v), 25)),
+         "min": min}
 STAGES = ("decode_ms", "preprocess_ms", "infer_ms", "postprocess_ms", "publish_ms", "total_ms")
 
 
 def run_node(tree: Path | None, cameras: list[tuple[int, int]], frames: int, rate: float, network: tuple[int, int],
-             backend: str, precision: str, weights: str) -> dict[str, dict]:
-    """One node process (``tree``'s code, or this repository's): per camera (w, h), the median stages."""
+             backend: str, precision: str, weights: str, extra_env: dict[str, str] | None = None,
+             stat=statistics.median) -> dict[str, dict]:
+    """One node process (``tree``'s code, or this repository's): per camera (w, h), ``stat`` of each stage."""
     from conftest import (  # the test harness: isolated domain, large-SHM profile
         NodeProcess,
         RosHarness,
@@ -60,7 +68,7 @@ def run_node(tree: Path | None, cameras: list[tuple[int, int]], frames: int, rat
     params = {"network_width": w, "network_height": h, "backend": backend, "precision": precision}
     params.update({"weights": weights} if weights else {})
     pf.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
-    env = ros_env(**({"PYTHONPATH": str(tree)} if tree else {}))
+    env = ros_env(**({"PYTHONPATH": str(tree)} if tree else {}), **(extra_env or {}))
     node = NodeProcess(["--ros-args", "--params-file", str(pf)], env=env, log_path=tmp / "node.log")
     ros = RosHarness("bench_node")
     counts = {t: [0] for t in TOPICS}
@@ -99,33 +107,58 @@ def run_node(tree: Path | None, cameras: list[tuple[int, int]], frames: int, rat
     out = {}
     for cam, (lo, hi) in spans.items():
         rows = [s for s in stats if lo <= s.header.stamp.sec <= hi]
-        med = {k: statistics.median(getattr(s, k) for s in rows) for k in STAGES}
-        med["overhead_ms"] = med["total_ms"] - med["infer_ms"]
+        med = {k: stat(getattr(s, k) for s in rows) for k in STAGES}
+        med["overhead_ms"] = stat(s.total_ms - s.infer_ms for s in rows)
         med["overhead_over_forward"] = med["overhead_ms"] / med["infer_ms"]
-        out[cam] = {"frames": len(rows), "engine": engine, **med, "dds_floor_ms": floor[cam]}
+        f = floor[cam]
+        out[cam] = {"frames": len(rows), "engine": engine, **med, "dds_floor_ms": f["send"],
+                    "dds_floor_cpu_ms": f["send_cpu"], "dds_floor_publish_bytes_ms": f["publish"],
+                    "dds_inproc_ms": f["inproc"], "dds_floor_received_all": f["received_all"]}
     out["_dropped"] = {"dropped": stats[-1].dropped if stats else -1, "received_per_topic": {t: c[0] for t, c in counts.items()}}
     return out
 
 
-def dds_floor(ros, cameras: list[tuple[int, int]], n_topics: int, repeat: int = 10) -> dict[str, float]:
+def dds_floor(ros, cameras: list[tuple[int, int]], n_topics: int, repeat: int = 10) -> dict[str, dict[str, float]]:
     """What DDS alone costs per frame: publishing already serialized Images of the node's output
-    sizes (2 colour images, the rest mono8) to one raw subscriber each, from this process (median ms).
-    No implementation of the node can publish those outputs for less."""
+    sizes (2 colour images, the rest mono8), one topic each, from *another process* (as the node
+    is) to raw subscribers in this one, with the node's QoS and this environment's Fast DDS profile.
+
+    Per camera (median ms over ``repeat`` frames): ``send`` is :func:`wire.send` (what the node
+    uses), ``publish`` is rclpy's ``publish(bytes)``, both wall time, plus the publishing thread's
+    CPU time for ``send`` (``send_cpu``), which load from other processes inflates less. ``inproc``
+    is the same ``publish(bytes)`` to subscribers in the publishing process: Fast DDS then hands
+    samples over inside the process without any transport, so it is *not* a floor the node can
+    reach (this benchmark used to report it as the floor).
+    """
+    import subprocess
+
     from rclpy.qos import QoSProfile, QoSReliabilityPolicy
     from sensor_msgs.msg import Image
 
     from liteseg_ros import wire
 
     qos = QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE)
-    pubs = []
-    for k in range(n_topics):
-        ros.node.create_subscription(Image, f"/floor/t{k}", lambda _m: None, qos, raw=True)
-        pubs.append(ros.node.create_publisher(Image, f"/floor/t{k}", qos))
+    topics = [f"/floor/t{k}" for k in range(n_topics)]
+    received = [0] * n_topics
+    for k, t in enumerate(topics):
+        ros.node.create_subscription(Image, t, lambda _m, k=k: received.__setitem__(k, received[k] + 1), qos, raw=True)
+    cams = ",".join(f"{cw}x{ch}" for cw, ch in cameras)
+    child = subprocess.run([sys.executable, __file__, "--floor-publisher", "--cameras", cams,
+                            "--floor-topics", str(n_topics), "--floor-repeat", str(repeat)],
+                           capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    lines = [ln for ln in child.stdout.splitlines() if ln.startswith("{")]
+    if child.returncode != 0 or not lines:
+        raise RuntimeError(f"floor publisher failed ({child.returncode}): {child.stderr[-2000:]}")
+    out = json.loads(lines[-1])
+    expected = 2 * repeat * len(cameras)  # send and publish rounds go to the subscribers here
+    for cam in out:
+        out[cam]["received_all"] = min(received) == expected
+
+    # the old, in-process figure, for comparison only
+    pubs = [ros.node.create_publisher(Image, t, qos) for t in topics]
     ros.wait_for(lambda: all(p.get_subscription_count() > 0 for p in pubs), 30, "floor subscribers")
-    out = {}
     for cw, ch in cameras:
-        blobs = [wire.image_bytes(np.zeros((ch, cw, 3) if k < 2 else (ch, cw), np.uint8), "bgr8" if k < 2 else "mono8")
-                 for k in range(n_topics)]
+        blobs = _floor_blobs(wire, cw, ch, n_topics)
         times = []
         for _ in range(repeat):
             t0 = time.perf_counter()
@@ -133,8 +166,55 @@ def dds_floor(ros, cameras: list[tuple[int, int]], n_topics: int, repeat: int = 
                 p.publish(b)
             times.append((time.perf_counter() - t0) * 1e3)
             time.sleep(0.05)
-        out[f"{cw}x{ch}"] = statistics.median(times)
+        out[f"{cw}x{ch}"]["inproc"] = statistics.median(times)
     return out
+
+
+def _floor_blobs(wire, cw: int, ch: int, n_topics: int) -> list[bytes]:
+    return [wire.image_bytes(np.zeros((ch, cw, 3) if k < 2 else (ch, cw), np.uint8), "bgr8" if k < 2 else "mono8")
+            for k in range(n_topics)]
+
+
+def floor_publisher(cameras: list[tuple[int, int]], n_topics: int, repeat: int) -> int:
+    """The child of :func:`dds_floor`: publish, time, print one JSON line."""
+    import rclpy
+    from rclpy.qos import QoSProfile, QoSReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from liteseg_ros import wire
+
+    rclpy.init()
+    node = rclpy.create_node("bench_node_floor")
+    qos = QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE)
+    pubs = [node.create_publisher(Image, f"/floor/t{k}", qos) for k in range(n_topics)]
+    deadline = time.monotonic() + 60
+    while not all(p.get_subscription_count() > 0 for p in pubs):
+        if time.monotonic() > deadline:
+            raise SystemExit("floor publisher: no subscriber matched")
+        time.sleep(0.05)
+    time.sleep(1.0)
+    methods = {"send": wire.send, "publish": lambda p, b: p.publish(b)}
+    out = {}
+    for cw, ch in cameras:
+        blobs = _floor_blobs(wire, cw, ch, n_topics)
+        wall: dict[str, list[float]] = {m: [] for m in methods}
+        cpu: list[float] = []
+        for _ in range(repeat):
+            for name, fn in methods.items():  # alternate, so load from other processes hits both alike
+                c0, t0 = time.thread_time(), time.perf_counter()
+                for p, b in zip(pubs, blobs, strict=True):
+                    fn(p, b)
+                wall[name].append((time.perf_counter() - t0) * 1e3)
+                if name == "send":
+                    cpu.append((time.thread_time() - c0) * 1e3)
+                time.sleep(0.05)
+        out[f"{cw}x{ch}"] = {"send": statistics.median(wall["send"]), "publish": statistics.median(wall["publish"]),
+                             "send_cpu": statistics.median(cpu)}
+    time.sleep(1.0)  # let the last samples reach the subscribers before the writers go
+    print(json.dumps(out), flush=True)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
 
 
 def best_of(runs: list[dict]) -> dict:
@@ -144,7 +224,7 @@ def best_of(runs: list[dict]) -> dict:
     out = {"_dropped": [r["_dropped"] for r in runs]}
     for cam in (k for k in runs[0] if not k.startswith("_")):
         best = dict(min((r[cam] for r in runs), key=lambda v: v["total_ms"]))  # the least disturbed run
-        for k in (*STAGES, "dds_floor_ms"):
+        for k in (*STAGES, "dds_floor_ms", "dds_floor_cpu_ms", "dds_floor_publish_bytes_ms", "dds_inproc_ms"):
             best[f"{k}_runs"] = [r[cam][k] for r in runs]
         out[cam] = best
     return out
@@ -164,22 +244,35 @@ def main() -> int:
     ap.add_argument("--baseline", type=Path, help="an older source tree: run its node too, report ratios")
     ap.add_argument("--rounds", type=int, default=1, help="node runs per tree, alternating; per camera and "
                     "stage the lowest median is reported (load from other processes only adds)")
+    ap.add_argument("--stat", choices=list(STATS), default="median",
+                    help="per stage over the frames (overhead: per frame total - infer)")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment for the new tree's node only (repeatable), e.g. "
+                         "RMW_FASTRTPS_PUBLICATION_MODE=ASYNCHRONOUS to weigh a DDS setting against --baseline")
     ap.add_argument("--json", default="/tmp/bench_node.json")
+    ap.add_argument("--floor-publisher", action="store_true", help=argparse.SUPPRESS)  # dds_floor's child
+    ap.add_argument("--floor-topics", type=int, default=len(TOPICS), help=argparse.SUPPRESS)
+    ap.add_argument("--floor-repeat", type=int, default=10, help=argparse.SUPPRESS)
     a = ap.parse_args()
     network = tuple(int(v) for v in a.size.split("x"))
     cameras = [tuple(int(v) for v in c.split("x")) for c in a.cameras.split(",")]
+    if a.floor_publisher:
+        return floor_publisher(cameras, a.floor_topics, a.floor_repeat)
     os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
     trees = {"new": None} | ({"base": a.baseline.resolve()} if a.baseline else {})
+    new_env = dict(kv.split("=", 1) for kv in a.env)
     runs: dict[str, list[dict]] = {k: [] for k in trees}
     for _ in range(a.rounds):  # alternate the trees, so load on a shared machine hits both alike
         for name, tree in trees.items():
-            runs[name].append(run_node(tree, cameras, a.frames, a.rate, network, a.backend, a.precision, a.weights))
+            runs[name].append(run_node(tree, cameras, a.frames, a.rate, network, a.backend, a.precision, a.weights,
+                                       new_env if name == "new" else None, STATS[a.stat]))
     results = {name: best_of(r) for name, r in runs.items()}
-    print(f"node per-frame cost, network {network[1]}x{network[0]}, median of {a.frames} frames per camera, "
+    print(f"node per-frame cost, network {network[1]}x{network[0]}, {a.stat} of {a.frames} frames per camera, "
           f"camera {a.rate:g} Hz, all {len(TOPICS)} image outputs + boundary subscribed; "
           f"engine {results['new'][f'{cameras[0][0]}x{cameras[0][1]}']['engine']}")
-    cols = ("decode_ms", "preprocess_ms", "postprocess_ms", "publish_ms", "dds_floor_ms", "infer_ms", "overhead_ms")
-    head = f"{'camera':>10} {'tree':>5} " + " ".join(f"{c[:-3]:>11}" for c in cols) + f" {'overhead/fwd':>13}"
+    cols = ("decode_ms", "preprocess_ms", "postprocess_ms", "publish_ms", "dds_floor_ms", "dds_floor_cpu_ms",
+            "infer_ms", "overhead_ms")
+    head = f"{'camera':>10} {'tree':>5} " + " ".join(f"{c[:-3].replace('dds_', ''):>11}" for c in cols) + f" {'overhead/fwd':>13}"
     print(head)
     for cw, ch in cameras:
         cam = f"{cw}x{ch}"

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -71,6 +71,14 @@ try:  # vision_msgs/LabelInfo: what Nav2's semantic_segmentation_layer consumes 
     HAVE_VISION_MSGS = True
 except ImportError:
     HAVE_VISION_MSGS = False
+
+
+class _ImageToSend(NamedTuple):
+    """An image output as the contract hands it to the node: sent by ``wire.send_image``, never a message."""
+
+    pixels: Any
+    encoding: str
+    header: Any
 
 
 @functools.cache
@@ -629,12 +637,17 @@ class LiteSegNode(LifecycleNode):
     def _publish(self, cam: Camera, header, seg: Segmentation, wants: Wants) -> None:
         """Every output carries the input header unchanged (stamp and frame_id).
 
-        Images go out pre-serialized (``wire.image_bytes``: one copy of the pixels); the messages
-        themselves are the contract's, the same ones ``liteseg bag`` writes.
+        The messages are the contract's, the same ones ``liteseg bag`` writes. Images are not built
+        as messages at all: the contract hands back what to send, and ``wire.send_image`` serializes
+        the pixels into a buffer the publisher reuses and sends it through rcl with the GIL released.
         """
-        for suffix, msg in contract.frame_messages(rclpy_types, header, seg, wants, wire.image_bytes):
+        for suffix, msg in contract.frame_messages(rclpy_types, header, seg, wants, _ImageToSend):
             pub = cam.pubs.get(suffix)
-            if pub is not None:
+            if pub is None:
+                continue
+            if isinstance(msg, _ImageToSend):
+                wire.send_image(pub, msg.pixels, msg.encoding, msg.header)
+            else:
                 pub.publish(msg)
         if wants.label and cam.camera_info is not None and cam.listening("label/camera_info"):
             cam.pubs["label/camera_info"].publish(self._scaled_camera_info(cam.camera_info, header, seg))

@@ -100,3 +100,67 @@ def test_published_bytes_arrive_as_the_message(ros):
     m = got[0]
     assert m.header == header("cam") and m.encoding == "rgb8" and (m.height, m.width, m.step) == (7, 9, 27)
     assert np.array_equal(image_codec.decode_image(m, "rgb8"), arr)
+
+
+def test_send_reaches_a_subscriber_as_the_message_without_rclpys_copy(ros):
+    """wire.send goes through rcl directly (the fast path is really taken here) and a plain
+    subscriber gets exactly the Image rclpy would have sent, large frames included."""
+    import time
+
+    from rclpy.qos import QoSProfile, QoSReliabilityPolicy
+
+    assert wire._publish_function(), "rcl_publish_serialized_message not found: send() would fall back"
+    qos = QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE)
+    got = ros.collect(Image, "/wire_send", qos)
+    pub = ros.node.create_publisher(Image, "/wire_send", qos)
+    ros.wait_for(lambda: pub.get_subscription_count() > 0, 10, "subscriber")
+    rng = np.random.default_rng(4)
+    frames = [(rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8), "bgr8"),
+              (rng.integers(0, 256, (5, 7), dtype=np.uint8), "mono8")]
+    for k, (arr, enc) in enumerate(frames):
+        wire.send(pub, wire.image_bytes(arr, enc, header(f"cam{k}")))
+    ros.wait_for(lambda: len(got) == len(frames), 20, "messages")
+    time.sleep(0.05)
+    for m, (k, (arr, enc)) in zip(got, enumerate(frames), strict=True):
+        assert m.header == header(f"cam{k}") and m.encoding == enc and m.step == arr.shape[1] * arr[0, 0].size
+        assert np.array_equal(np.frombuffer(bytes(m.data), np.uint8).reshape(arr.shape), arr)
+
+
+def test_send_image_reuses_one_buffer_and_sends_each_frame_whole(ros):
+    """send_image publishes the same Images as publish(image_bytes(...)), frame after frame through
+    one reused buffer per publisher (a frame never carries the previous one's bytes, a size change
+    makes a new buffer), strided arrays and 16-bit pixels included."""
+    import time
+
+    from rclpy.qos import QoSProfile, QoSReliabilityPolicy
+
+    qos = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
+    got = ros.collect(Image, "/wire_send_image", qos)
+    pub = ros.node.create_publisher(Image, "/wire_send_image", qos)
+    ros.wait_for(lambda: pub.get_subscription_count() > 0, 10, "subscriber")
+    rng = np.random.default_rng(5)
+    big = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
+    frames = [(big, "rgb8", "a"), (255 - big, "bgr8", "bb"), (big[::2, ::3], "rgb8", "c"),
+              (rng.integers(0, 65536, (9, 11), dtype=np.uint16), "mono16", "front_camera"),
+              (rng.integers(0, 256, (9, 11), dtype=np.uint8), "mono8", "")]
+    for arr, enc, fid in frames:
+        wire.send_image(pub, arr, enc, header(fid))
+    ros.wait_for(lambda: len(got) == len(frames), 20, "messages")
+    time.sleep(0.05)
+    for m, (arr, enc, fid) in zip(got, frames, strict=True):
+        assert m == image_codec.fill_image(Image(), arr, enc, header=header(fid))
+    assert len(wire._outboxes[pub].buf) == len(wire.image_bytes(frames[-1][0], "mono8", header("")))
+
+
+def test_send_on_a_destroyed_publisher_raises_like_publish(ros):
+    """The rclpy handle guards the call: a destroyed publisher fails loudly, never touches freed memory."""
+    pub = ros.node.create_publisher(Image, "/wire_gone", 1)
+    data = wire.image_bytes(np.zeros((2, 2), np.uint8), "mono8")
+    ros.node.destroy_publisher(pub)
+    with pytest.raises(Exception) as theirs:
+        pub.publish(data)
+    with pytest.raises(Exception) as ours:
+        wire.send(pub, data)
+    with pytest.raises(Exception) as ours_image:
+        wire.send_image(pub, np.zeros((2, 2), np.uint8), "mono8")
+    assert type(ours.value) is type(theirs.value) is type(ours_image.value)

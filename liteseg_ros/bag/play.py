@@ -49,6 +49,8 @@ def play_bag(bag: str | Path, *, rate: float = 1.0, clock: bool = False, clock_h
     from rosbags.interfaces import QosDurability, QosReliability
     from rosbags.rosbag2 import Reader
 
+    from liteseg_ros import wire
+
     if rate <= 0:
         raise BagError(f"--rate must be > 0, got {rate}")
     src = resolve_input(Path(bag))
@@ -131,7 +133,7 @@ def play_bag(bag: str | Path, *, rate: float = 1.0, clock: bool = False, clock_h
                             time.sleep(min(d, 0.1))
                     if clock_pub is not None:
                         publish_clock(t)
-                    by_conn[conn.id].publish(bytes(raw))
+                    wire.send(by_conn[conn.id], bytes(raw))  # rcl directly: no second copy, GIL released
                     published += 1
                 if not loop or published == 0:
                     break
