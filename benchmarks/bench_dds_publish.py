@@ -85,6 +85,7 @@ def subscriber(tag: str, quiet_s: float = 4.0) -> int:
 def publisher(tag: str, method: str, w: int, h: int, frames: int, rate: float) -> int:
     """Publish ``frames`` frames of the seven outputs; print the medians as JSON."""
     import rclpy
+    from bench_node import wait_subscribed  # this script's folder is on sys.path (run as a script)
     from sensor_msgs.msg import Image
 
     from liteseg_ros import wire
@@ -92,12 +93,7 @@ def publisher(tag: str, method: str, w: int, h: int, frames: int, rate: float) -
     rclpy.init()
     node = rclpy.create_node("bench_dds_pub")
     pubs = [node.create_publisher(Image, f"/bench_dds/{tag}/t{k}", _qos()) for k in range(N_TOPICS)]
-    deadline = time.monotonic() + 60
-    while not all(p.get_subscription_count() > 0 for p in pubs):
-        if time.monotonic() > deadline:
-            raise SystemExit("no subscriber matched")
-        time.sleep(0.05)
-    time.sleep(1.0)
+    wait_subscribed(pubs, "bench_dds_publish")
     blobs = [wire.image_bytes(np.zeros((h, w, 3) if k < 2 else (h, w), np.uint8), "bgr8" if k < 2 else "mono8")
              for k in range(N_TOPICS)]
     fn = wire.send if method == "send" else (lambda p, b: p.publish(b))

@@ -46,6 +46,16 @@ STATS = {"median": statistics.median,
 STAGES = ("decode_ms", "preprocess_ms", "infer_ms", "postprocess_ms", "publish_ms", "total_ms")
 
 
+def wait_subscribed(pubs, who: str, timeout: float = 60.0) -> None:
+    """Until every publisher has a subscriber, then a second more for the other side's matching."""
+    deadline = time.monotonic() + timeout
+    while not all(p.get_subscription_count() > 0 for p in pubs):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{who}: no subscriber matched")
+        time.sleep(0.05)
+    time.sleep(1.0)
+
+
 def run_node(tree: Path | None, cameras: list[tuple[int, int]], frames: int, rate: float, network: tuple[int, int],
              backend: str, precision: str, weights: str, extra_env: dict[str, str] | None = None,
              stat=statistics.median) -> dict[str, dict]:
@@ -187,12 +197,7 @@ def floor_publisher(cameras: list[tuple[int, int]], n_topics: int, repeat: int) 
     node = rclpy.create_node("bench_node_floor")
     qos = QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE)
     pubs = [node.create_publisher(Image, f"/floor/t{k}", qos) for k in range(n_topics)]
-    deadline = time.monotonic() + 60
-    while not all(p.get_subscription_count() > 0 for p in pubs):
-        if time.monotonic() > deadline:
-            raise SystemExit("floor publisher: no subscriber matched")
-        time.sleep(0.05)
-    time.sleep(1.0)
+    wait_subscribed(pubs, "floor publisher")
     methods = {"send": wire.send, "publish": lambda p, b: p.publish(b)}
     out = {}
     for cw, ch in cameras:
