@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from liteseg_ros.classes import IMAGENET_MEAN, IMAGENET_STD
+from liteseg_ros.defaults import NETWORK_SIZE
 
 RESIZE_MODES = ("stretch", "letterbox")
 OUTPUT_RESOLUTIONS = ("input", "network")
@@ -28,7 +29,7 @@ BOUNDARY_GROUP = "drivable"
 class PipelineConfig:
     """Everything that shapes the outputs. Frozen: live changes swap in a new config atomically."""
 
-    network_size: tuple[int, int] = (360, 640)  # (height, width)
+    network_size: tuple[int, int] = NETWORK_SIZE  # (height, width)
     resize_mode: str = "stretch"
     output_resolution: str = "input"
     overlay_alpha: float = 0.5

@@ -371,9 +371,9 @@ def _measured_agreement(weights: WeightsSource, engine: Engine, choice: Choice) 
             return float(json.loads(cache.read_text())["label_agreement"]), "start-up check, cached"
         except (OSError, ValueError, KeyError):
             pass
-    from .quantize import HOLDOUT_SEED, _reference_pipeline, compare_on_samples, synthetic_samples
+    from .quantize import HOLDOUT_SEED, compare_on_samples, reference_pipeline, synthetic_samples
 
-    res = compare_on_samples(engine, _reference_pipeline(weights.model, weights.input_size),
+    res = compare_on_samples(engine, reference_pipeline(weights.model, weights.input_size),
                              synthetic_samples(2, weights.input_size, HOLDOUT_SEED))
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"label_agreement": res["label_agreement"], "file": str(path)}))

@@ -108,7 +108,7 @@ def split_folder(samples: Sequence[Sample]) -> tuple[list[Sample], list[Sample]]
     return ([s for i, s in enumerate(samples) if i % 5 != 4], [s for i, s in enumerate(samples) if i % 5 == 4])
 
 
-def _reference_pipeline(model: nn.Module, size: tuple[int, int]):
+def reference_pipeline(model: nn.Module, size: tuple[int, int]):
     """A Pipeline around exact PyTorch fp32 (no BN folding, NCHW): its preprocess makes the batches and
     its engine gives the reference labels."""
     from liteseg_ros.classes import IMAGENET_MEAN, IMAGENET_STD, ClassTable
@@ -303,7 +303,7 @@ def layer_sensitivity(model: nn.Module, input_size: tuple[int, int], calibration
         raise EngineError("the sensitivity sweep needs calibration and held-out images")
     h, w = (int(v) for v in input_size)
     model = model.eval()
-    pipe = _reference_pipeline(model, (h, w))
+    pipe = reference_pipeline(model, (h, w))
     batches = [pipe.preprocess([s.image], "bgr")[0] for s in holdout]
     with torch.inference_mode():
         refs = [model(torch.from_numpy(b)).argmax(1).numpy() for b in batches]
@@ -456,7 +456,7 @@ def evaluate_int8(model: nn.Module, onnx_path: str | os.PathLike, backend: str, 
         raise EngineError("no held-out images to evaluate the quantized model on")
     path = Path(onnx_path)
     meta_size = _meta_size(path)
-    pipe = _reference_pipeline(model, meta_size)
+    pipe = reference_pipeline(model, meta_size)
     engine = _runtime_engine(path, backend, num_threads)
     res = compare_on_samples(engine, pipe, holdout)
     rep = {"model": str(path), "model_mtime_ns": path.stat().st_mtime_ns, "backend": backend,
@@ -522,7 +522,7 @@ def quantize_model(model: nn.Module, out: str | os.PathLike, input_size: tuple[i
     temps = [tmp.with_suffix(x) for x in (".raw.onnx", ".q.onnx", ".q.pre.onnx", ".part.onnx")]
     try:
         raw = export_onnx(model, tmp.with_suffix(".raw.onnx"), (h, w), postprocess=False)
-        pipe = _reference_pipeline(model, (h, w))
+        pipe = reference_pipeline(model, (h, w))
         log(f"quantize: calibrating on {len(calibration)} images ({method})")
         q, kept = quantize_logits_onnx(raw, tmp.with_suffix(".q.onnx"), _Reader(pipe, calibration, "input"),
                                        method=method, float_input_convs=float_input_convs, float_nodes=float_nodes)

@@ -51,9 +51,16 @@ PROTOCOLS = ("node", "paper")
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda:LOCAL_RANK if CUDA is available, else cpu; 'cuda' -> cuda:LOCAL_RANK."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+    """The engines' device rule (``auto``, ``cpu``, ``cuda``, ``cuda:N``), plus training's one addition:
+    a bare ``cuda`` means this process's GPU, ``cuda:LOCAL_RANK``, under torchrun."""
+    from liteseg_ros.engines.base import EngineError
+    from liteseg_ros.engines.selection import parse_device
+    from liteseg_ros.engines.selection import resolve_device as engine_device
+
+    try:
+        name, _ = engine_device(name if name == "auto" else parse_device(name), "fp32")
+    except EngineError as exc:
+        raise RuntimeError(str(exc)) from None
     if name == "cuda":
         name = f"cuda:{local_rank}"
     dev = torch.device(name)
