@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     from liteseg_ros.engines.openvino import cpu_capabilities
     from liteseg_ros.engines.quantize import (
         HOLDOUT_SEED,
-        _reference_pipeline,
         compare_on_samples,
         quantize_model,
+        reference_pipeline,
         synthetic_samples,
     )
     from liteseg_ros.model import load_checkpoint
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     times = time_interleaved(fns, args.warmup, args.iters, log=lambda m: None, block=args.block)
     eager_ms = summarize(times[0])["median_ms"]
 
-    ref = _reference_pipeline(model, (h, w))
+    ref = reference_pipeline(model, (h, w))
     held = synthetic_samples(args.holdout, (h, w), HOLDOUT_SEED)
     rows = [{"name": "pytorch eager fp32 forward (logits only)", "backend": "pytorch", "precision": "fp32",
              "mode": "model", **summarize(times[0])}]

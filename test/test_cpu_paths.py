@@ -22,11 +22,11 @@ from liteseg_ros.engines.export import export_onnx, reference_outputs
 from liteseg_ros.engines.openvino import CAPS_ENV, OpenVinoEngine, cpu_capabilities, has_bf16, openvino_status
 from liteseg_ros.engines.quantize import (
     HOLDOUT_SEED,
-    _reference_pipeline,
     compare_on_samples,
     int8_path,
     load_report,
     quantize_model,
+    reference_pipeline,
     report_paths,
     synthetic_samples,
 )
@@ -305,7 +305,7 @@ def demo(tmp_path_factory):
 @needs_demo
 def test_demo_weights_every_cpu_path_agrees_with_pytorch_fp32(demo, record_property):
     m, size, q, d = demo
-    pipe = _reference_pipeline(m, size)
+    pipe = reference_pipeline(m, size)
     held = synthetic_samples(6, size, HOLDOUT_SEED)
     paths = [("pytorch", "fp32", m), ("onnxruntime", "fp32", m), ("openvino", "fp32", m),
              ("onnxruntime", "int8", q), ("openvino", "int8", q)]
