@@ -50,7 +50,8 @@ class Output:
     suffix: the name under the camera's prefix (``label`` -> ``~/label`` or ``~/front/label``);
     toggle: the boolean parameter that switches it on (None: always, while someone listens);
     custom: needs our own messages (built by colcon or scripts/setup_venv.sh);
-    live_input: needs a live input besides the image (camera_info), so a bag cannot make it.
+    live_input: needs a live input besides the image (camera_info), so a bag cannot make it;
+    group: needs this mask group to be configured (the boundary is drawn from the drivable mask).
     """
 
     suffix: str
@@ -58,6 +59,7 @@ class Output:
     toggle: str | None
     custom: bool = False
     live_input: bool = False
+    group: str | None = None
 
 
 #: The fixed per-camera outputs, in publishing order; ``masks/<group>`` follow, one per mask group.
@@ -67,7 +69,7 @@ OUTPUTS: tuple[Output, ...] = (
     Output("color", IMAGE, "publish_color"),
     Output("overlay", IMAGE, "publish_overlay"),
     Output("confidence", IMAGE, "publish_confidence"),
-    Output("drivable_boundary", BOUNDARY, "publish_boundary", custom=True),
+    Output("drivable_boundary", BOUNDARY, "publish_boundary", custom=True, group=BOUNDARY_GROUP),
     Output("stats", STATS, None, custom=True),
 )
 #: Node-wide latched outputs (one per node, not per camera).
@@ -95,8 +97,7 @@ def camera_outputs(groups: Iterable[str], have_custom: bool, values: Mapping[str
     outs += [mask_output(g) for g in groups]
     if values is None:
         return outs
-    return [o for o in outs if (o.toggle is None or values[o.toggle])
-            and (o.suffix != "drivable_boundary" or BOUNDARY_GROUP in groups)]
+    return [o for o in outs if (o.toggle is None or values[o.toggle]) and (o.group is None or o.group in groups)]
 
 
 def wants(values: Mapping[str, Any], groups: Iterable[str], have_custom: bool,
@@ -213,12 +214,11 @@ def info_message(types: TypeFactory, stamp_ns: int, pipeline, source):
 
 def label_info_message(types: TypeFactory, stamp_ns: int, pipeline):
     """vision_msgs/LabelInfo (latched ~/label_info): what Nav2's semantic segmentation layer reads."""
-    li = types(LABEL_INFO)(
+    return types(LABEL_INFO)(
         header=types("std_msgs/msg/Header")(stamp=stamp(types, stamp_ns), frame_id=""),
         class_map=[types("vision_msgs/msg/VisionClass")(class_id=i, class_name=n)
                    for i, n in enumerate(pipeline.classes.names)],
         threshold=float(pipeline.config.confidence_threshold))
-    return li
 
 
 def scaled_intrinsics(k: Sequence[float], p: Sequence[float], sx: float, sy: float) -> tuple[list[float], list[float]]:

@@ -43,7 +43,7 @@ def _percentile(sorted_ms: list[float], q: float) -> str:
     return f"{sorted_ms[min(len(sorted_ms) - 1, int(len(sorted_ms) * q))]:.1f}" if sorted_ms else ""
 
 
-def camera_status(node_name: str, state: str, cam: CameraView | None, engine_info: Any = None,
+def camera_status(node_name: str, state: str, cam: CameraView | None, info: Any = None,
                   source: Any = None, now: float | None = None) -> Status:
     """The status of one camera (``cam=None``: the node while it has no cameras, e.g. unconfigured).
 
@@ -69,7 +69,6 @@ def camera_status(node_name: str, state: str, cam: CameraView | None, engine_inf
     else:
         level, message = OK, f"{out_rate:.1f} Hz"
     lat = sorted(c.latency_ms)
-    info = engine_info
     values = {
         "state": state, "camera": cam.name if cam else "", "input_topic": topic,
         "backend": info.backend if info else "", "device": info.device if info else "",

@@ -88,6 +88,7 @@ def rclpy_types(msgtype: str):
 
     return get_message(msgtype)
 
+
 NODE_NAME = "liteseg"
 
 

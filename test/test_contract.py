@@ -124,8 +124,6 @@ def _fields(msg) -> dict:
 
 def test_one_builder_makes_the_same_messages_from_rclpy_and_rosbags_types():
     pytest.importorskip("rclpy")
-    from rosbags.typesys import Stores, get_typestore
-
     from liteseg_ros import image_codec
     from liteseg_ros.bag.store import make_typestore
     from liteseg_ros.node import rclpy_types
@@ -167,7 +165,6 @@ def test_one_builder_makes_the_same_messages_from_rclpy_and_rosbags_types():
     for _s, mb in got_b:
         ts.serialize_cdr(mb, mb.__msgtype__)
     ts.serialize_cdr(ib, ib.__msgtype__)
-    assert get_typestore(Stores.ROS2_JAZZY)  # the Jazzy store the bag tool extends
 
 
 # ------------------------------------------------------------------------------------------ node == bag
