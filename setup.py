@@ -30,6 +30,7 @@ setup(
     entry_points={
         "console_scripts": [
             "liteseg_node = liteseg_ros.node:main",
+            "liteseg_free_space = liteseg_ros.free_space_node:main",
             "liteseg = liteseg_ros.cli:main",
         ],
     },

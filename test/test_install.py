@@ -38,7 +38,7 @@ def test_install_reads_nothing_from_the_source_tree():
         assert any(p in share.share_dir().parents for p in prefixes), share.share_dir()
     lib = prefixes[0] / "lib" / "liteseg_ros"
     lib = next((p / "lib" / "liteseg_ros" for p in prefixes if (p / "lib" / "liteseg_ros").is_dir()), lib)
-    for exe in ("liteseg_node", "liteseg"):
+    for exe in ("liteseg_node", "liteseg", "liteseg_free_space"):
         assert os.access(lib / exe, os.X_OK), lib / exe
 
 
