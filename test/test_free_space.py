@@ -330,3 +330,44 @@ def test_scan_and_grid_match_the_synthetic_world_s_road(seed):
     truth_grid = np.where(on_road(world, gx, gy), FREE, OCCUPIED)
     assert seen.sum() > 5000 and (grid[seen] == FREE).sum() > 1000
     assert np.mean(grid[seen] == truth_grid[seen]) >= 0.98
+
+
+# ------------------------------------------------------------------------------------------ parameters, status
+def test_parameters_are_checked_together_and_every_bad_key_is_named():
+    from liteseg_ros import free_space_params as fsp
+    from liteseg_ros.params import ParameterError
+
+    assert fsp.validate({})["base_frame"] == "base_footprint"
+    assert fsp.validate({"range_max": 30})["range_max"] == 30.0  # an int for a float is fine
+    with pytest.raises(ParameterError) as err:
+        fsp.validate({"range_max": -1.0, "base_frame": "/odom", "grid_resolution": "fine", "tf_timout": 1.0})
+    assert len(err.value.errors) == 4 and "tf_timout" in str(err.value) and "base_frame" in str(err.value)
+    with pytest.raises(ParameterError, match="range_min .* must be less than range_max"):
+        fsp.validate({"range_min": 5.0, "range_max": 5.0})
+    with pytest.raises(ParameterError, match="more than"):
+        fsp.validate({"grid_resolution": 0.01, "grid_size_x": 2000.0, "grid_size_y": 2000.0})
+    with pytest.raises(ParameterError, match="finite"):
+        fsp.validate({"range_max": float("nan")})
+    # a live change is checked against the values in force, not the defaults
+    live = fsp.validate({"range_max": 8.0})
+    with pytest.raises(ParameterError, match=r"range_min \(9.0\) must be less than range_max \(8.0\)"):
+        fsp.validate({"range_min": 9.0}, live)
+
+
+def test_diagnostics_say_what_to_fix_first():
+    from liteseg_ros import free_space_params as fsp
+    from liteseg_ros.diagnostics import OK, WARN
+
+    def say(state="active", now=100.0, **kw):
+        c = fsp.FreeSpaceCounters(**kw)
+        return fsp.status("fs", state, c, "/seg/masks/drivable", "/seg/label/camera_info", "base_footprint", now)
+
+    assert say("inactive").message == "node is inactive"
+    assert "no mask received on /seg/masks/drivable" in say().message and say().level == WARN
+    assert "(stale)" in say(last_mask=90.0).message
+    assert "remap camera_info:=" in say(last_mask=99.0, problem_kind="no_camera_info").message
+    no_tf = say(last_mask=99.0, problem_kind="no_tf", problem="LookupException: camera_optical")
+    assert no_tf.level == WARN and "static_transform_publisher" in no_tf.message and "camera_optical" in no_tf.message
+    assert "320x180" in say(last_mask=99.0, problem_kind="rejected", problem="the mask is 320x180").message
+    ok = say(last_mask=99.9, times=[99.0, 99.5, 99.9], published=3, received=3)
+    assert ok.level == OK and ok.message == "2.2 Hz" and ok.values["published"] == "3"

@@ -241,6 +241,11 @@ def test_live_parameters_and_refusals(start_free_space, ros):
         ros.wait_for(fut.done, 20, "set_parameters")
         return [(r.successful, r.reason) for r in fut.result().results]
 
+    fut = client.describe_parameters(["range_max", "autostart"])
+    ros.wait_for(fut.done, 20, "describe_parameters")
+    rmax, auto = fut.result().descriptors
+    assert (rmax.floating_point_range[0].from_value, rmax.floating_point_range[0].to_value) == (0.5, 1000.0)
+    assert "range_max" in rmax.name and rmax.description and auto.read_only and not rmax.read_only
     ok, reason = set_params(Parameter("range_min", value=30.0))[0]
     assert not ok and "range_min (30.0) must be less than range_max (20.0)" in reason
     assert not set_params(Parameter("grid_resolution", value=-1.0))[0][0]
