@@ -24,7 +24,7 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/liteseg_ros"]),
         ("share/liteseg_ros", ["package.xml"]),
         ("share/liteseg_ros/launch", ["launch/segment.launch.py"]),
-        ("share/liteseg_ros/config", ["config/liteseg.yaml", "config/liteseg.rviz",
+        ("share/liteseg_ros/config", ["config/liteseg.yaml", "config/liteseg.rviz", "config/nav2_free_space.yaml",
                                       "config/fastdds_large_shm.xml"]),
     ],
     entry_points={

@@ -371,3 +371,30 @@ def test_diagnostics_say_what_to_fix_first():
     assert "320x180" in say(last_mask=99.0, problem_kind="rejected", problem="the mask is 320x180").message
     ok = say(last_mask=99.9, times=[99.0, 99.5, 99.9], published=3, received=3)
     assert ok.level == OK and ok.message == "2.2 Hz" and ok.values["published"] == "3"
+
+
+def test_the_nav2_example_names_the_node_s_real_topic_frame_and_ranges():
+    """config/nav2_free_space.yaml: an obstacle layer observing ~/scan, marking and clearing, inf valid."""
+    from pathlib import Path
+
+    import yaml
+
+    from liteseg_ros import free_space_params as fsp
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "nav2_free_space.yaml").read_text())
+    costmap = doc["local_costmap"]["local_costmap"]["ros__parameters"]
+    defaults = fsp.validate({})
+    assert costmap["robot_base_frame"] == defaults["base_frame"]
+    layers = {name: costmap[name] for name in costmap["plugins"]}
+    obstacle = [lay for lay in layers.values() if lay["plugin"] == "nav2_costmap_2d::ObstacleLayer"]
+    assert len(obstacle) == 1
+    layer = obstacle[0]
+    sources = [layer[s] for s in layer["observation_sources"].split()]
+    assert len(sources) == 1
+    src = sources[0]
+    assert src["topic"] == f"/{fsp.NODE_NAME}/scan" and src["data_type"] == "LaserScan"
+    assert src["marking"] is True and src["clearing"] is True and src["inf_is_valid"] is True
+    # +inf becomes a ray of range_max: it must clear (raytrace reaches it) and not mark (obstacle range below it)
+    assert src["obstacle_max_range"] < defaults["range_max"] <= src["raytrace_max_range"]
+    # the scan's points lie at z = 0 of base_frame
+    assert src["min_obstacle_height"] < 0 < src["max_obstacle_height"] and layer["min_obstacle_height"] < 0

@@ -285,3 +285,62 @@ def test_bad_parameters_exit_2_naming_every_key(start_free_space):
     node = start_free_space({"range_min": 50.0})
     assert node.proc.wait(60) == 2
     assert "range_min (50.0) must be less than range_max (20.0)" in node.output()
+
+
+def test_launch_free_space_true_wires_it_to_the_segmentation_node(ros_ws, ros, tmp_path):
+    """`ros2 launch ... free_space:=true` with the demo weights on generated scenes: scans and grids come
+    from the segmentation node's own drivable masks and label camera_info, in the launch's namespace."""
+    import signal
+
+    from test_launch import no_trouble
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "liteseg.yaml").read_text())
+    params["/**"]["ros__parameters"].update(weights="demo", backend="pytorch", precision="fp32",
+                                            network_width=160, network_height=96)
+    pf = tmp_path / "params.yaml"
+    pf.write_text(yaml.safe_dump(params))
+    s = generate_scene(4, SceneConfig(height=H, width=W))
+    _, info, height = scene(4)
+    info.header.frame_id = "cam_optical"
+    b = static_tf(ros, height, child="cam_optical")  # noqa: F841 (kept alive while the launch runs)
+    img_pub = ros.node.create_publisher(Image, "/cam/image_raw", RELIABLE)
+    info_pub = ros.node.create_publisher(CameraInfo, "/cam/camera_info", RELIABLE)
+    scans = ros.collect(LaserScan, "/robot/liteseg_free_space/scan")
+    grids = ros.collect(OccupancyGrid, "/robot/liteseg_free_space/grid")
+    masks = ros.collect(Image, "/robot/liteseg/masks/drivable")
+    infos = ros.collect(CameraInfo, "/robot/liteseg/label/camera_info")
+    launch = ros_ws.start(f"ros2 launch liteseg_ros segment.launch.py namespace:=robot free_space:=true "
+                          f"image:=/cam/image_raw camera_info:=/cam/camera_info params_file:={pf}",
+                          tmp_path / "launch.log")
+    try:
+        launch.wait_for_output("active: segmenting /cam/image_raw", timeout=180)
+        launch.wait_for_output("active: /robot/liteseg/masks/drivable + /robot/liteseg/label/camera_info -> "
+                               "/robot/liteseg_free_space/scan, /robot/liteseg_free_space/grid in base_footprint")
+        end, k = time.monotonic() + 120, 0
+        while len(scans) < 3 and time.monotonic() < end:
+            msg = Image(height=H, width=W, encoding="bgr8", step=3 * W, data=s.image.tobytes())
+            msg.header.frame_id, msg.header.stamp.sec = "cam_optical", 2000 + k
+            info.header.stamp.sec = 2000 + k
+            info_pub.publish(info)
+            img_pub.publish(msg)
+            k += 1
+            time.sleep(0.3)
+        assert len(scans) >= 3, launch.output()[-4000:]
+        scan = scans[-1]
+        mask_msg_ = next(m for m in masks if m.header.stamp.sec == scan.header.stamp.sec)
+        grid = next(g for g in grids if g.header.stamp.sec == scan.header.stamp.sec)
+        label_info = infos[-1]
+        assert scan.header.frame_id == grid.header.frame_id == "base_footprint"
+        assert (label_info.width, label_info.height) == (W, H)
+        mask = np.frombuffer(bytes(mask_msg_.data), np.uint8).reshape(H, W)
+        want = FreeSpace(Intrinsics.from_camera_info(label_info.k, label_info.d, label_info.distortion_model, W, H),
+                         Pose.from_quaternion((0.0, 0.0, height), OPTICAL_Q),
+                         fsp.scan_spec(fsp.validate({})), fsp.grid_spec(fsp.validate({})))
+        np.testing.assert_array_equal(np.asarray(scan.ranges, np.float32), want.scan(mask))
+        np.testing.assert_array_equal(np.asarray(grid.data, np.int8).reshape(200, 200), want.grid(mask))
+        assert (mask > 0).mean() > 0.05 and np.isfinite(np.asarray(scan.ranges)).any()  # the demo model sees road
+        code = launch.signal_group(signal.SIGINT)
+    finally:
+        launch.kill()
+    assert code == 0, launch.output()[-4000:]
+    no_trouble(launch.output())
