@@ -398,3 +398,14 @@ def test_the_nav2_example_names_the_node_s_real_topic_frame_and_ranges():
     assert src["obstacle_max_range"] < defaults["range_max"] <= src["raytrace_max_range"]
     # the scan's points lie at z = 0 of base_frame
     assert src["min_obstacle_height"] < 0 < src["max_obstacle_height"] and layer["min_obstacle_height"] < 0
+
+
+def test_the_readme_documents_every_free_space_parameter():
+    from pathlib import Path
+
+    from liteseg_ros import free_space_params as fsp
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Free space for planners"):readme.index("## Bags")]
+    missing = [p.name for p in fsp.FREE_SPACE_PARAMS if f"`{p.name}`" not in section]
+    assert not missing, f"README's free-space section does not document {missing}"

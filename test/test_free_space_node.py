@@ -295,7 +295,7 @@ def test_launch_free_space_true_wires_it_to_the_segmentation_node(ros_ws, ros, t
     from test_launch import no_trouble
 
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "liteseg.yaml").read_text())
-    params["/**"]["ros__parameters"].update(weights="demo", backend="pytorch", precision="fp32",
+    params["/**"]["ros__parameters"].update(backend="pytorch", precision="fp32",
                                             network_width=160, network_height=96)
     pf = tmp_path / "params.yaml"
     pf.write_text(yaml.safe_dump(params))
@@ -303,17 +303,18 @@ def test_launch_free_space_true_wires_it_to_the_segmentation_node(ros_ws, ros, t
     _, info, height = scene(4)
     info.header.frame_id = "cam_optical"
     b = static_tf(ros, height, child="cam_optical")  # noqa: F841 (kept alive while the launch runs)
-    img_pub = ros.node.create_publisher(Image, "/cam/image_raw", RELIABLE)
-    info_pub = ros.node.create_publisher(CameraInfo, "/cam/camera_info", RELIABLE)
+    img_pub = ros.node.create_publisher(Image, "/camera/image_raw", RELIABLE)
+    info_pub = ros.node.create_publisher(CameraInfo, "/camera/camera_info", RELIABLE)
     scans = ros.collect(LaserScan, "/robot/liteseg_free_space/scan")
     grids = ros.collect(OccupancyGrid, "/robot/liteseg_free_space/grid")
     masks = ros.collect(Image, "/robot/liteseg/masks/drivable")
     infos = ros.collect(CameraInfo, "/robot/liteseg/label/camera_info")
-    launch = ros_ws.start(f"ros2 launch liteseg_ros segment.launch.py namespace:=robot free_space:=true "
-                          f"image:=/cam/image_raw camera_info:=/cam/camera_info params_file:={pf}",
-                          tmp_path / "launch.log")
+    # the README's line, namespaced, with a params file that keeps the demo network small
+    launch = ros_ws.start("ros2 launch liteseg_ros segment.launch.py image:=/camera/image_raw "
+                          "camera_info:=/camera/camera_info weights:=demo free_space:=true "
+                          f"namespace:=robot params_file:={pf}", tmp_path / "launch.log")
     try:
-        launch.wait_for_output("active: segmenting /cam/image_raw", timeout=180)
+        launch.wait_for_output("active: segmenting /camera/image_raw", timeout=180)
         launch.wait_for_output("active: /robot/liteseg/masks/drivable + /robot/liteseg/label/camera_info -> "
                                "/robot/liteseg_free_space/scan, /robot/liteseg_free_space/grid in base_footprint")
         end, k = time.monotonic() + 120, 0
@@ -344,3 +345,18 @@ def test_launch_free_space_true_wires_it_to_the_segmentation_node(ros_ws, ros, t
         launch.kill()
     assert code == 0, launch.output()[-4000:]
     no_trouble(launch.output())
+
+
+def test_ros2_run_line_of_the_readme_then_ctrl_c(ros_ws, tmp_path):
+    import signal
+
+    run = ros_ws.start("ros2 run liteseg_ros liteseg_free_space --ros-args -r mask:=/liteseg/masks/drivable "
+                       "-r camera_info:=/liteseg/label/camera_info", tmp_path / "run.log")
+    try:
+        run.wait_for_output("active: /liteseg/masks/drivable + /liteseg/label/camera_info -> "
+                            "/liteseg_free_space/scan, /liteseg_free_space/grid in base_footprint", timeout=60)
+        code = run.signal_group(signal.SIGINT)
+    finally:
+        run.kill()
+    assert code == 0, run.output()
+    assert "Traceback" not in run.output()
