@@ -138,10 +138,22 @@ def _node_and_helpers(context):
     return actions
 
 
+def free_space_wiring(name: str, cameras: list[str]) -> list[tuple[str, str, str]]:
+    """(node name, mask topic, camera_info topic) of each free-space node: one per camera, on the segmentation
+    node ``name``'s drivable mask and label camera_info (relative names: they resolve in the namespace)."""
+    from liteseg_ros import contract
+    from liteseg_ros.free_space_params import NODE_NAME
+    from liteseg_ros.segmentation import BOUNDARY_GROUP
+
+    return [(f"{NODE_NAME}_{cam}" if cam else NODE_NAME,
+             f"{contract.camera_prefix(name, cam)}/{contract.MASK_PREFIX}{BOUNDARY_GROUP}",
+             f"{contract.camera_prefix(name, cam)}/label/camera_info") for cam in cameras or [""]]
+
+
 def _free_space_nodes(context, name: str, namespace: str, cameras: list[str], use_sim_time: bool) -> list:
     """liteseg_free_space beside the segmentation node (same namespace), one per camera, wired to its
     drivable mask and the camera_info of the mask's resolution; it ends the launch like the node does."""
-    from liteseg_ros.free_space_params import NODE_NAME, check_value
+    from liteseg_ros.free_space_params import check_value
 
     base_frame = _arg(context, "base_frame")
     try:
@@ -149,14 +161,11 @@ def _free_space_nodes(context, name: str, namespace: str, cameras: list[str], us
     except ValueError as exc:
         raise RuntimeError(f"launch argument base_frame:={base_frame!r}: {exc}") from None
     actions = []
-    for cam in cameras or [""]:
-        outputs = f"{name}/{cam}" if cam else name  # the segmentation node's ~/ (relative: in the namespace)
-        node_name = f"{NODE_NAME}_{cam}" if cam else NODE_NAME
+    for node_name, mask, camera_info in free_space_wiring(name, cameras):
         node = LifecycleNode(package="liteseg_ros", executable="liteseg_free_space", name=node_name,
                              namespace=namespace, output="screen", emulate_tty=True,
                              parameters=[{"base_frame": base_frame, "use_sim_time": use_sim_time}],
-                             remappings=[("mask", f"{outputs}/masks/drivable"),
-                                         ("camera_info", f"{outputs}/label/camera_info")])
+                             remappings=[("mask", mask), ("camera_info", camera_info)])
 
         def on_exit(event_context, node_name=node_name):
             if not event_context.is_shutdown and event_context.locals.event.returncode != 0:

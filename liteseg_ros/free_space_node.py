@@ -68,7 +68,6 @@ class FreeSpaceNode(LifecycleNode):
         self._intr: Intrinsics | CameraModelError | None = None
         self._fs_key: tuple | None = None
         self._fs: FreeSpace | None = None
-        self._lock = threading.Lock()
         self.tf_buffer = None
         self.tf_listener = None
         self._pubs: dict[str, Any] = {}

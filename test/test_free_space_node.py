@@ -360,3 +360,32 @@ def test_ros2_run_line_of_the_readme_then_ctrl_c(ros_ws, tmp_path):
         run.kill()
     assert code == 0, run.output()
     assert "Traceback" not in run.output()
+
+
+def test_the_launch_wires_one_free_space_node_per_camera_to_its_outputs():
+    """What free_space:=true subscribes, by the segmentation node's own output names (contract.py)."""
+    import importlib.util
+
+    from liteseg_ros import contract
+
+    spec = importlib.util.spec_from_file_location("segment_launch", Path(__file__).resolve().parents[1] / "launch" /
+                                                  "segment.launch.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.free_space_wiring("liteseg", []) == [
+        ("liteseg_free_space", "liteseg/masks/drivable", "liteseg/label/camera_info")]
+    wired = mod.free_space_wiring("seg", ["front", "left"])
+    assert [w[0] for w in wired] == ["liteseg_free_space_front", "liteseg_free_space_left"]
+    outputs = {o.suffix for o in contract.camera_outputs(["drivable"], True)}
+    for (_, mask, info), cam in zip(wired, ("front", "left")):
+        assert mask == f"seg/{cam}/masks/drivable" and info == f"seg/{cam}/label/camera_info"
+        assert mask.split(f"seg/{cam}/")[1] in outputs and info.split(f"seg/{cam}/")[1] in outputs
+    assert {"free_space", "base_frame"} <= {a.name for a in mod.generate_launch_description().get_launch_arguments()}
+
+
+def test_a_bad_base_frame_stops_the_launch_before_anything_starts(ros_ws):
+    out = ros_ws.run("ros2 launch liteseg_ros segment.launch.py free_space:=true base_frame:=/odom", timeout=120)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "base_frame:='/odom'" in text and "not a frame name" in text, text[-3000:]
+    assert "liteseg_node" not in text or "process started" not in text

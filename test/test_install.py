@@ -77,5 +77,5 @@ def test_launch_file_declares_an_argument_for_what_users_set():
     declared = {a.name for a in ld.get_launch_arguments()}
     assert declared >= {"params_file", "weights", "image", "camera_info", "namespace", "node_name", "use_sim_time",
                         "log_level", "cameras", "rviz", "bag", "autostart", "backend", "device", "precision",
-                        "network_width", "network_height"}
+                        "network_width", "network_height", "free_space", "base_frame"}
     assert set(mod.PARAMETER_ARGUMENTS) <= set(params.PARAMS_BY_NAME)
