@@ -24,12 +24,13 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/liteseg_ros"]),
         ("share/liteseg_ros", ["package.xml"]),
         ("share/liteseg_ros/launch", ["launch/segment.launch.py"]),
-        ("share/liteseg_ros/config", ["config/liteseg.yaml", "config/liteseg.rviz",
+        ("share/liteseg_ros/config", ["config/liteseg.yaml", "config/liteseg.rviz", "config/nav2_free_space.yaml",
                                       "config/fastdds_large_shm.xml"]),
     ],
     entry_points={
         "console_scripts": [
             "liteseg_node = liteseg_ros.node:main",
+            "liteseg_free_space = liteseg_ros.free_space_node:main",
             "liteseg = liteseg_ros.cli:main",
         ],
     },

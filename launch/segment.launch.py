@@ -119,6 +119,8 @@ def _node_and_helpers(context):
 
     actions = [node, RegisterEventHandler(OnProcessExit(target_action=node,
                                                         on_exit=[OpaqueFunction(function=on_node_exit)]))]
+    if _is_true(_arg(context, "free_space")):
+        actions += _free_space_nodes(context, name, namespace, cameras, overrides["use_sim_time"])
     if bag:
         actions.append(RegisterEventHandler(OnStateTransition(
             target_lifecycle_node=node, goal_state="active", handle_once=True,
@@ -133,6 +135,46 @@ def _node_and_helpers(context):
         except PackageNotFoundError:
             actions.append(LogInfo(msg="[WARN] rviz:=true but rviz2 is not installed (apt install "
                                        "ros-$ROS_DISTRO-rviz2); the node runs without it"))
+    return actions
+
+
+def free_space_wiring(name: str, cameras: list[str]) -> list[tuple[str, str, str]]:
+    """(node name, mask topic, camera_info topic) of each free-space node: one per camera, on the segmentation
+    node ``name``'s drivable mask and label camera_info (relative names: they resolve in the namespace)."""
+    from liteseg_ros import contract
+    from liteseg_ros.free_space_params import NODE_NAME
+    from liteseg_ros.segmentation import BOUNDARY_GROUP
+
+    return [(f"{NODE_NAME}_{cam}" if cam else NODE_NAME,
+             f"{contract.camera_prefix(name, cam)}/{contract.MASK_PREFIX}{BOUNDARY_GROUP}",
+             f"{contract.camera_prefix(name, cam)}/label/camera_info") for cam in cameras or [""]]
+
+
+def _free_space_nodes(context, name: str, namespace: str, cameras: list[str], use_sim_time: bool) -> list:
+    """liteseg_free_space beside the segmentation node (same namespace), one per camera, wired to its
+    drivable mask and the camera_info of the mask's resolution; it ends the launch like the node does."""
+    from liteseg_ros.free_space_params import check_value
+
+    base_frame = _arg(context, "base_frame")
+    try:
+        check_value("base_frame", base_frame)
+    except ValueError as exc:
+        raise RuntimeError(f"launch argument base_frame:={base_frame!r}: {exc}") from None
+    actions = []
+    for node_name, mask, camera_info in free_space_wiring(name, cameras):
+        node = LifecycleNode(package="liteseg_ros", executable="liteseg_free_space", name=node_name,
+                             namespace=namespace, output="screen", emulate_tty=True,
+                             parameters=[{"base_frame": base_frame, "use_sim_time": use_sim_time}],
+                             remappings=[("mask", mask), ("camera_info", camera_info)])
+
+        def on_exit(event_context, node_name=node_name):
+            if not event_context.is_shutdown and event_context.locals.event.returncode != 0:
+                raise RuntimeError(f"{node_name} exited with code {event_context.locals.event.returncode} "
+                                   "(its message is above); stopping the launch")
+            return []
+
+        actions += [node, RegisterEventHandler(OnProcessExit(target_action=node,
+                                                             on_exit=[OpaqueFunction(function=on_exit)]))]
     return actions
 
 
@@ -154,6 +196,11 @@ def generate_launch_description():
                               description="comma-separated camera names for one process serving several "
                                           "cameras (inputs <cam>/image); empty = one camera on `image`"),
         DeclareLaunchArgument("rviz", default_value="false", description="start rviz2 with the shipped view"),
+        DeclareLaunchArgument("free_space", default_value="false",
+                              description="also start liteseg_free_space on the drivable mask: ~/scan "
+                                          "(LaserScan) and ~/grid (OccupancyGrid) for Nav2; needs the camera's TF"),
+        DeclareLaunchArgument("base_frame", default_value="base_footprint",
+                              description="with free_space:=true: the ground frame of its scan and grid"),
         DeclareLaunchArgument("bag", default_value="",
                               description="play this rosbag (ros2 bag play --clock) once the node is active; "
                                           "turns on sim time"),

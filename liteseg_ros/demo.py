@@ -3,7 +3,10 @@
 Ring 4. Starts the real ``liteseg_node`` as its own process (demo weights unless ``--weights``), plays
 a camera into it over DDS (a generated drive, or ``--images DIR`` / ``--video FILE`` / ``--bag BAG``),
 subscribes to its outputs as a downstream user would, and writes an overlay video and a contact sheet
-(input | colour | overlay | drivable mask), then prints fps, latency percentiles and drop counts.
+(input | colour | overlay | drivable mask), then prints fps, latency percentiles and drop counts. On the
+generated drive, whose camera is known, it also starts ``liteseg_free_space`` on the node's drivable mask
+(with the drive's camera_info and a static TF of its camera pose) and adds the free-space grid and scan,
+seen from above, to the contact sheet.
 """
 from __future__ import annotations
 
@@ -60,11 +63,32 @@ def add_demo_parser(sub) -> None:
 
 
 # ------------------------------------------------------------------------------------------ sources
-def generated_drive(n: int, size: tuple[int, int], seed: int) -> Iterator[np.ndarray]:
+def generated_drive(n: int, size: tuple[int, int], seed: int, cameras: list | None = None) -> Iterator[np.ndarray]:
+    """The drive's frames; each frame's camera (``meta["camera"]``) is appended to ``cameras`` if given."""
     from liteseg_ros.synthetic import SceneConfig, drive
 
     for sample in drive(seed, n, SceneConfig(height=size[0], width=size[1])):
+        if cameras is not None:
+            cameras.append(sample.meta["camera"])
         yield sample.image
+
+
+def synthetic_camera_info(camera: dict, size: tuple[int, int], frame_id: str):
+    """A generated frame's camera as a CameraInfo: a pinhole with OpenCV pixel centres (the renderer's
+    are at +0.5), no distortion, its optical axis level (the horizon row is the principal point's)."""
+    from sensor_msgs.msg import CameraInfo
+
+    f, cx, cy = camera["f_px"], camera["cx"] - 0.5, camera["horizon_y"] - 0.5
+    info = CameraInfo(height=size[0], width=size[1], distortion_model="plumb_bob", d=[0.0] * 5)
+    info.k = [f, 0.0, cx, 0.0, f, cy, 0.0, 0.0, 1.0]
+    info.p = [f, 0.0, cx, 0.0, 0.0, f, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    info.header.frame_id = frame_id
+    return info
+
+
+#: The REP-103 optical frame (x right, y down, z forward) of a level camera in base_footprint, as (x, y, z, w).
+LEVEL_OPTICAL_QUATERNION = (-0.5, 0.5, -0.5, 0.5)
 
 
 def _input_error(message: str) -> SystemExit:
@@ -166,6 +190,38 @@ def contact_sheet(rows: list[list[np.ndarray]], labels: list[str], width: int = 
     return np.vstack([bar, *out_rows])
 
 
+def free_space_panel(grid_msg, scan_msg, size: tuple[int, int]) -> np.ndarray:
+    """The OccupancyGrid seen from above (forward up, left on the left) with the scan's points, fitted
+    into a BGR panel of ``size`` (h, w): free white, not drivable dark, unseen grey, scan ends red."""
+    info = grid_msg.info
+    g = np.asarray(grid_msg.data, np.int8).reshape(info.height, info.width)  # rows: y, columns: x
+    top = g.T[::-1, ::-1]  # rows: x (far at the top), columns: y (left at the left)
+    img = np.full(top.shape + (3,), 128, np.uint8)
+    img[top == 0] = 255
+    img[top == 100] = 40
+    res, ox, oy = info.resolution, info.origin.position.x, info.origin.position.y
+    n_x, n_y = info.width, info.height
+    if scan_msg is not None:
+        r = np.asarray(scan_msg.ranges, np.float64)
+        a = scan_msg.angle_min + np.arange(r.size) * scan_msg.angle_increment
+        ok = np.isfinite(r)
+        row = (n_x - 1 - np.floor((r[ok] * np.cos(a[ok]) - ox) / res)).astype(int)
+        col = (n_y - 1 - np.floor((r[ok] * np.sin(a[ok]) - oy) / res)).astype(int)
+        inside = (row >= 0) & (row < n_x) & (col >= 0) & (col < n_y)
+        for rr, cc in zip(row[inside], col[inside]):
+            cv2.circle(img, (int(cc), int(rr)), 1, (0, 0, 230), -1)
+    robot = (int(n_y - 1 - (0.0 - oy) / res), int(n_x - 1 - (0.0 - ox) / res))
+    cv2.drawMarker(img, robot, (0, 160, 0), cv2.MARKER_TRIANGLE_UP, 8, 2)
+    h, w = size
+    scale = min(h / img.shape[0], w / img.shape[1])
+    img = cv2.resize(img, (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))),
+                     interpolation=cv2.INTER_NEAREST)
+    panel = np.full((h, w, 3), 32, np.uint8)
+    y0, x0 = (h - img.shape[0]) // 2, (w - img.shape[1]) // 2
+    panel[y0:y0 + img.shape[0], x0:x0 + img.shape[1]] = img
+    return panel
+
+
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -206,8 +262,10 @@ def run_demo(args: argparse.Namespace) -> int:
         source = video_frames(args.video, args.frames)
     elif args.bag:
         source = bag_frames(args.bag, args.topic, args.frames)
-    else:
-        source = generated_drive(args.frames, args.size, args.seed)
+    cameras: list[dict] | None = None  # the generated drive's cameras: free space can be shown
+    if not (args.images or args.video or args.bag):
+        cameras = []
+        source = generated_drive(args.frames, args.size, args.seed, cameras)
 
     args.out.mkdir(parents=True, exist_ok=True)
     net = args.network_size
@@ -222,16 +280,25 @@ def run_demo(args: argparse.Namespace) -> int:
     params_path.write_text(yaml.safe_dump({"/**": {"ros__parameters": _nest(node_params)}}))
     exe = Path(sys.executable).parent / "liteseg_node"
     cmd = [str(exe) if exe.exists() else "liteseg_node", "--ros-args", "--params-file", str(params_path),
-           "-r", "image:=/demo/camera/image_raw", "-r", "__node:=liteseg"]
+           "-r", "image:=/demo/camera/image_raw", "-r", "camera_info:=/demo/camera/camera_info", "-r", "__node:=liteseg"]
     log_path = args.out / "node.log"
     print(f"[demo] starting the node: {shlex.join(cmd)}  (log: {log_path})", flush=True)
     log = open(log_path, "w")  # noqa: SIM115 - closed in finally
     node_proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    fs_proc = fs_log = None
+    if cameras is not None:  # the free-space node on the segmentation node's drivable mask
+        fs_exe = Path(sys.executable).parent / "liteseg_free_space"
+        fs_cmd = [str(fs_exe) if fs_exe.exists() else "liteseg_free_space", "--ros-args",
+                  "-r", "mask:=/liteseg/masks/drivable", "-r", "camera_info:=/liteseg/label/camera_info"]
+        fs_log_path = args.out / "free_space.log"
+        print(f"[demo] starting the free-space node: {shlex.join(fs_cmd)}  (log: {fs_log_path})", flush=True)
+        fs_log = open(fs_log_path, "w")  # noqa: SIM115 - closed in finally
+        fs_proc = subprocess.Popen(fs_cmd, stdout=fs_log, stderr=subprocess.STDOUT, start_new_session=True)
 
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import CameraInfo, Image
 
     rclpy.init(args=["liteseg_demo"])
     ros_node = rclpy.create_node("liteseg_demo")
@@ -262,6 +329,27 @@ def run_demo(args: argparse.Namespace) -> int:
         pass
     camera = ros_node.create_publisher(Image, "/demo/camera/image_raw",
                                        QoSProfile(depth=1, reliability=QoSReliabilityPolicy.BEST_EFFORT))
+    camera_info = ros_node.create_publisher(CameraInfo, "/demo/camera/camera_info", reliable)
+    tf_static = None  # kept while the drive plays: its latched /tf_static is the camera's mount
+    if cameras is not None:
+        from geometry_msgs.msg import TransformStamped
+        from nav_msgs.msg import OccupancyGrid
+        from sensor_msgs.msg import LaserScan
+        from tf2_ros import StaticTransformBroadcaster
+
+        for kind, msgtype in (("grid", OccupancyGrid), ("scan", LaserScan)):
+            ros_node.create_subscription(msgtype, f"/liteseg_free_space/{kind}", keep(kind), reliable)
+        from liteseg_ros.synthetic import SceneConfig, generate_scene
+
+        # the drive's camera rides at one height; the static TF says where it is mounted on the robot
+        height = generate_scene(args.seed, SceneConfig(height=args.size[0], width=args.size[1])).meta["camera"]["height_m"]
+        mount = TransformStamped()
+        mount.header.frame_id, mount.child_frame_id = "base_footprint", "demo_camera"
+        mount.transform.translation.z = height
+        (mount.transform.rotation.x, mount.transform.rotation.y, mount.transform.rotation.z,
+         mount.transform.rotation.w) = LEVEL_OPTICAL_QUATERNION
+        tf_static = StaticTransformBroadcaster(ros_node)
+        tf_static.sendTransform(mount)
     executor = SingleThreadedExecutor()
     executor.add_node(ros_node)
     stop = threading.Event()
@@ -307,6 +395,10 @@ def run_demo(args: argparse.Namespace) -> int:
             with col.lock:
                 col.sent_at[s] = time.monotonic()
                 col.inputs[s] = img
+            if cameras:
+                info = synthetic_camera_info(cameras[-1], img.shape[:2], msg.header.frame_id)
+                info.header.stamp = msg.header.stamp
+                camera_info.publish(info)
             camera.publish(msg)
             sent += 1
         play_s = time.monotonic() - start
@@ -324,13 +416,16 @@ def run_demo(args: argparse.Namespace) -> int:
         executor.shutdown()
         ros_node.destroy_node()
         rclpy.try_shutdown()
-        if node_proc.poll() is None:
-            node_proc.send_signal(signal.SIGINT)
-            try:
-                node_proc.wait(15)
-            except subprocess.TimeoutExpired:
-                node_proc.kill()
+        for proc in (node_proc, fs_proc):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         log.close()
+        if fs_log is not None:
+            fs_log.close()
     return code
 
 
@@ -350,14 +445,27 @@ def _report(args, col: Collected, sent: int, play_s: float) -> int:
     for s in done:
         writer.write(image_codec.decode_image(overlay[s]))
     writer.release()
-    picks = [done[round(k * (len(done) - 1) / 3)] for k in range(4)] if len(done) >= 4 else done
+    grids, scans = col.outputs.get("grid", {}), col.outputs.get("scan", {})
+    shown = [s for s in done if s in grids] or done  # the free-space node starts a frame or two late
+    picks = [shown[round(k * (len(shown) - 1) / 3)] for k in range(4)] if len(shown) >= 4 else shown
     rows = []
     for s in picks:
         rows.append([col.inputs[s], image_codec.decode_image(col.outputs["color"][s]),
                      image_codec.decode_image(overlay[s]),
                      image_codec.decode_image(col.outputs["drivable"][s])[:, :, 0]])
+        if grids:  # the free-space node ran (generated drive): its grid and scan of the same frame
+            size = col.inputs[s].shape[:2]
+            rows[-1].append(free_space_panel(grids[s], scans.get(s), size) if s in grids
+                            else np.full(size + (3,), 32, np.uint8))
     sheet_path = args.out / "contact_sheet.png"
-    cv2.imwrite(str(sheet_path), contact_sheet(rows, ["input", "colour (label)", "overlay", "drivable mask"]))
+    captions = ["input", "colour (label)", "overlay", "drivable mask"] + (["free space: grid + scan"] if grids else [])
+    cv2.imwrite(str(sheet_path), contact_sheet(rows, captions))
+    free_space_path = None
+    if grids and picks[-1] in grids:  # one frame's overlay beside what a planner gets from it
+        free_space_path = args.out / "free_space.png"
+        cv2.imwrite(str(free_space_path), contact_sheet([[rows[-1][2], rows[-1][4]]],
+                                                        ["overlay", "free space from above: grid + scan (red)"],
+                                                        width=480))
     lat = list(col.latency_ms.values())
     stats = col.last_stats
     span = (max(done) - min(done)) / 1e9 if len(done) > 1 else 0.0
@@ -372,7 +480,11 @@ def _report(args, col: Collected, sent: int, play_s: float) -> int:
         rows_out += [("node: received / processed / dropped / rejected",
                       f"{stats.received} / {stats.processed} / {stats.dropped} / {stats.rejected}"),
                      ("node: last frame infer / total", f"{stats.infer_ms:.1f} / {stats.total_ms:.1f} ms")]
+    if grids:
+        rows_out.append(("free space: grids / scans received", f"{len(grids)} / {len(scans)}"))
     rows_out += [("overlay video", str(video_path)), ("contact sheet", str(sheet_path))]
+    if free_space_path is not None:
+        rows_out.append(("free space picture", str(free_space_path)))
     width = max(len(k) for k, _ in rows_out)
     print()
     for k, v in rows_out:

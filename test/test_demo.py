@@ -20,8 +20,9 @@ def test_demo_command_end_to_end(tmp_path, tiny_checkpoint):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "frames segmented" in proc.stdout and "latency camera->overlay" in proc.stdout
+    assert "free space: grids / scans received" in proc.stdout and (out / "free_space.png").is_file()
     sheet = cv2.imread(str(out / "contact_sheet.png"))
-    assert sheet is not None and sheet.shape[1] == 4 * 320
+    assert sheet is not None and sheet.shape[1] == 5 * 320  # input, colour, overlay, mask, free space
     cap = cv2.VideoCapture(str(out / "overlay.mp4"))
     ok, frame = cap.read()
     assert ok and frame.shape[:2] == (90, 160)

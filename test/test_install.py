@@ -38,7 +38,7 @@ def test_install_reads_nothing_from_the_source_tree():
         assert any(p in share.share_dir().parents for p in prefixes), share.share_dir()
     lib = prefixes[0] / "lib" / "liteseg_ros"
     lib = next((p / "lib" / "liteseg_ros" for p in prefixes if (p / "lib" / "liteseg_ros").is_dir()), lib)
-    for exe in ("liteseg_node", "liteseg"):
+    for exe in ("liteseg_node", "liteseg", "liteseg_free_space"):
         assert os.access(lib / exe, os.X_OK), lib / exe
 
 
@@ -77,5 +77,5 @@ def test_launch_file_declares_an_argument_for_what_users_set():
     declared = {a.name for a in ld.get_launch_arguments()}
     assert declared >= {"params_file", "weights", "image", "camera_info", "namespace", "node_name", "use_sim_time",
                         "log_level", "cameras", "rviz", "bag", "autostart", "backend", "device", "precision",
-                        "network_width", "network_height"}
+                        "network_width", "network_height", "free_space", "base_frame"}
     assert set(mod.PARAMETER_ARGUMENTS) <= set(params.PARAMS_BY_NAME)

@@ -20,19 +20,20 @@ RINGS = {
     "liteseg_ros.segmentation": 2,
     "liteseg_ros.model": 1,
     "liteseg_ros.engines": 2, "liteseg_ros.pipeline": 2, "liteseg_ros.pipeline_torch": 2,
-    "liteseg_ros.runtime": 2,
+    "liteseg_ros.runtime": 2, "liteseg_ros.free_space": 2,
     "liteseg_ros.image_codec": 3, "liteseg_ros.params": 3, "liteseg_ros.wire": 3, "liteseg_ros.node": 3,
     "liteseg_ros.contract": 3, "liteseg_ros.frames": 3, "liteseg_ros.diagnostics": 3,
-    "liteseg_ros.bag": 3, "liteseg_ros.msg": 3,
+    "liteseg_ros.bag": 3, "liteseg_ros.msg": 3, "liteseg_ros.free_space_params": 3, "liteseg_ros.free_space_node": 3,
     "liteseg_ros.cli": 4, "liteseg_ros.commands": 4, "liteseg_ros.demo": 4, "liteseg_ros.train": 4,
 }
 #: ROS-edge modules that must work without ROS, with everything they import: the contract the node
 #: and ``liteseg bag`` share, the frame hand-over and /diagnostics wording (unit-tested without
 #: DDS), and every part of ``liteseg bag`` except the live player.
 ROS_FREE_EDGE = ("liteseg_ros.contract", "liteseg_ros.frames", "liteseg_ros.diagnostics", "liteseg_ros.bag.store",
-                 "liteseg_ros.bag.files", "liteseg_ros.bag.segment")
+                 "liteseg_ros.bag.files", "liteseg_ros.bag.segment", "liteseg_ros.free_space_params")
 ROS_MODULES = ("rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "vision_msgs", "rcl_interfaces",
-               "builtin_interfaces", "lifecycle_msgs", "rosgraph_msgs", "cv_bridge", "launch", "launch_ros")
+               "builtin_interfaces", "lifecycle_msgs", "rosgraph_msgs", "cv_bridge", "launch", "launch_ros",
+               "nav_msgs", "geometry_msgs", "tf2_ros", "tf2_msgs")
 
 
 def modules() -> dict[str, Path]:
