@@ -79,7 +79,7 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def model():
     """A seeded random-weight LiteSeg-MobileNetV2 whose BN statistics make labels vary over the image."""
-    from liteseg_ros.engines.bench import random_weight_model
+    from liteseg_ros.tools.bench import random_weight_model
 
     return random_weight_model("mobilenetv2", 19, seed=0)
 
@@ -89,7 +89,7 @@ def batch(request):
     """Two smooth-noise images of the requesting module's ``H`` x ``W`` (float32 NCHW)."""
     import torch
 
-    from liteseg_ros.engines.bench import smooth_noise
+    from liteseg_ros.tools.bench import smooth_noise
 
     return smooth_noise(2, request.module.H, request.module.W, torch.Generator().manual_seed(1)).numpy()
 

@@ -20,7 +20,8 @@ from liteseg_ros.commands.engines import add_quantize_parser
 from liteseg_ros.engines import EngineError, cpu_path_ranking, create_engine
 from liteseg_ros.engines.export import export_onnx, reference_outputs
 from liteseg_ros.engines.openvino import CAPS_ENV, OpenVinoEngine, cpu_capabilities, has_bf16, openvino_status
-from liteseg_ros.engines.quantize import (
+from liteseg_ros.runtime import demo_weights_path, resolve_device
+from liteseg_ros.tools.quantize import (
     HOLDOUT_SEED,
     compare_on_samples,
     int8_path,
@@ -30,7 +31,6 @@ from liteseg_ros.engines.quantize import (
     report_paths,
     synthetic_samples,
 )
-from liteseg_ros.runtime import demo_weights_path, resolve_device
 
 pytestmark = [pytest.mark.skipif(openvino_status() != "ok", reason=f"openvino unusable: {openvino_status()}"),
               pytest.mark.usefixtures("one_torch_thread")]

@@ -25,7 +25,6 @@ from liteseg_ros.engines import (
     available_backends,
     create_engine,
 )
-from liteseg_ros.engines.bench import bench_engine, format_table, random_weight_model, summarize
 from liteseg_ros.engines.cpu_tuning import get_num_threads, set_num_threads, tune_malloc
 from liteseg_ros.engines.export import export_onnx, onnx_metadata, reference_outputs, verify_onnx
 from liteseg_ros.engines.onnxruntime import OnnxRuntimeEngine
@@ -39,6 +38,7 @@ from liteseg_ros.engines.tensorrt import (
     tensorrt_status,
     write_plan,
 )
+from liteseg_ros.tools.bench import bench_engine, format_table, random_weight_model, summarize
 
 H, W = 96, 160  #: network input of the engine tests (conftest's ``batch`` reads it)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -455,7 +455,7 @@ def test_cpu_tuning_threads_and_malloc():
 def test_time_interleaved_blocks_discard_the_first_call_after_a_switch():
     import time as _time
 
-    from liteseg_ros.engines.bench import time_interleaved
+    from liteseg_ros.tools.bench import time_interleaved
 
     calls: list[str] = []
 

@@ -13,7 +13,9 @@ CUDA fp32 or fp16 with onnxruntime-gpu), ``openvino`` (CPU fp32, bf16 where the 
 - ``base``: the ``Engine`` interface every backend implements (and its one input check);
 - ``pytorch``, ``onnxruntime``, ``openvino``, ``tensorrt``: the backends;
 - ``cache``: where exported, quantized and compiled files live and how they are keyed;
-- ``export``, ``quantize``: making ONNX and int8 files; ``bench``, ``cpu_tuning``, ``outputs``: helpers.
+- ``export``: making ONNX files; ``cpu_tuning``, ``outputs``: helpers.
+
+The offline tools that make int8 files and time engines (``liteseg_ros.tools``) sit above the pipeline.
 """
 from __future__ import annotations
 

@@ -371,7 +371,12 @@ def _measured_agreement(weights: WeightsSource, engine: Engine, choice: Choice) 
             return float(json.loads(cache.read_text())["label_agreement"]), "start-up check, cached"
         except (OSError, ValueError, KeyError):
             pass
-    from .quantize import HOLDOUT_SEED, compare_on_samples, reference_pipeline, synthetic_samples
+    from liteseg_ros.tools.quantize import (
+        HOLDOUT_SEED,
+        compare_on_samples,
+        reference_pipeline,
+        synthetic_samples,
+    )
 
     res = compare_on_samples(engine, reference_pipeline(weights.model, weights.input_size),
                              synthetic_samples(2, weights.input_size, HOLDOUT_SEED))
@@ -385,7 +390,7 @@ def _onnx_file(choice: Choice, weights: WeightsSource, opts: BuildOptions) -> Pa
     if choice.file == "given":
         return Path(weights.source)
     if choice.file == "int8":
-        from .quantize import int8_for
+        from liteseg_ros.tools.quantize import int8_for
 
         return int8_for(lambda: weights.model, weights.input_size, weights.cache_dir, choice.backend,
                         opts.num_threads, log=weights.log, key=weights.key)
