@@ -131,7 +131,7 @@ def settings(params_file):
 
 @pytest.fixture(scope="module")
 def pipeline(settings):
-    """The same (Pipeline, ModelSource) the bag tool builds, built once for the API-level tests."""
+    """The same (Pipeline, ModelWeights) the bag tool builds, built once for the API-level tests."""
     from liteseg_ros import params
     from liteseg_ros.runtime import build_pipeline
 

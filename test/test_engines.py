@@ -26,7 +26,8 @@ from liteseg_ros.engines import (
     create_engine,
 )
 from liteseg_ros.engines.cpu_tuning import get_num_threads, set_num_threads, tune_malloc
-from liteseg_ros.engines.export import export_onnx, onnx_metadata, reference_outputs, verify_onnx
+from liteseg_ros.engines.export import export_onnx, reference_outputs, verify_onnx
+from liteseg_ros.engines.onnx_file import onnx_metadata
 from liteseg_ros.engines.onnxruntime import OnnxRuntimeEngine
 from liteseg_ros.engines.outputs import SegmentationOutputs, segmentation_outputs
 from liteseg_ros.engines.pytorch import PyTorchEngine

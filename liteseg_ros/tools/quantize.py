@@ -463,7 +463,7 @@ def evaluate_int8(model: nn.Module, onnx_path: str | os.PathLike, backend: str, 
            "machine": platform.machine(), "cpu_caps": engine.info.extra.get("cpu_caps", ""),
            **(extra or {}), **res}
     if "calibration" not in rep:
-        from liteseg_ros.engines.export import onnx_metadata
+        from liteseg_ros.engines.onnx_file import onnx_metadata
 
         cal = json.loads(onnx_metadata(path).get("liteseg.calibration", "{}") or "{}")
         rep["calibration"] = {"images": cal.get("images", 0), "source": cal.get("source", "unknown"),
@@ -478,7 +478,7 @@ def evaluate_int8(model: nn.Module, onnx_path: str | os.PathLike, backend: str, 
 
 
 def _meta_size(path: Path) -> tuple[int, int]:
-    from liteseg_ros.engines.export import onnx_metadata
+    from liteseg_ros.engines.onnx_file import onnx_metadata
 
     size = onnx_metadata(path).get("liteseg.input_size")
     if not size:
