@@ -315,7 +315,8 @@ class LiteSegNode(LifecycleNode):
         self.get_logger().debug(f"settings: {settings}")
         try:
             self.pipeline, self.source = build_pipeline(settings, log=self.get_logger().info,
-                                                        max_batch=max(1, len(self.values["cameras"])))
+                                                        max_batch=max(1, len(self.values["cameras"])),
+                                                        warn=self.get_logger().warning)
         except (ModelLoadError, ValueError) as exc:
             self.get_logger().error(f"cannot configure: {exc}")
             return TransitionCallbackReturn.FAILURE

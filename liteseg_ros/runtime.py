@@ -153,7 +153,8 @@ def load_model(weights: str, allow_random_weights: bool = False, backbone: str =
 
 
 def build_pipeline(values: Mapping, classes_override: ClassTable | None = None,
-                   log: Callable[[str], None] = print, max_batch: int = 1):
+                   log: Callable[[str], None] = print, max_batch: int = 1,
+                   warn: Callable[[str], None] | None = None):
     """Settings (the node's parameter names) -> (Pipeline, ModelWeights).
 
     ``values`` needs: weights, allow_random_weights, backbone, backend, device, precision,
@@ -162,8 +163,10 @@ def build_pipeline(values: Mapping, classes_override: ClassTable | None = None,
     ``min_label_agreement`` (default ``selection.DEFAULT_MIN_LABEL_AGREEMENT``) and ``allow_download`` (default false: a registered name
     must already be in the weights cache) are optional.
     ``max_batch``: the largest batch ``Pipeline.run`` will get (TensorRT profiles; the bag tool batches).
+    ``warn``: where a request the engine could not meet as asked is reported (default: ``log``).
     """
     from liteseg_ros.engines import create_engine
+    from liteseg_ros.tools.quantize import startup_agreement
 
     cache_dir = values.get("engine_cache_dir") or None
     source = resolve_model(values["weights"], values["backbone"], values["allow_random_weights"],
@@ -186,7 +189,8 @@ def build_pipeline(values: Mapping, classes_override: ClassTable | None = None,
                            num_threads=int(values["num_threads"]) or None, cache_dir=cache_dir, log=log,
                            max_batch=max(1, int(max_batch)),
                            min_label_agreement=float(values.get("min_label_agreement",
-                                                                DEFAULT_MIN_LABEL_AGREEMENT)))
+                                                                DEFAULT_MIN_LABEL_AGREEMENT)),
+                           agreement_check=startup_agreement, warn=warn)
     return Pipeline(engine, classes, cfg), source
 
 

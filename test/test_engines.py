@@ -302,6 +302,19 @@ def test_onnx_file_input_and_pytorch_backend_choice(model, onnx_fixed, batch, re
         create_engine(onnx_fixed, "pytorch", log=lambda m: None)
 
 
+def test_int8_without_a_cached_file_starts_on_another_path_and_warns(model, tmp_path):
+    """No quantization inside create_engine (it took most of a minute before the first frame): without
+    the int8 file the engine starts at once on the best non-int8 path and says how to make the file."""
+    warnings: list[str] = []
+    logs: list[str] = []
+    eng = create_engine(model, "onnxruntime", "cpu", "int8", (H, W), num_threads=1, cache_dir=tmp_path,
+                        log=logs.append, warn=warnings.append, warmup=False)
+    assert (eng.info.backend, eng.info.precision) == ("onnxruntime", "fp32")
+    assert len(warnings) == 1 and "run `liteseg quantize --weights" in warnings[0] and f"--size {H}x{W}" in warnings[0]
+    assert "no int8 model in the cache" in eng.info.reason
+    assert not (tmp_path / "int8").exists() and not any("quantizing" in m for m in logs)
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"backend": "openvino2"}, "auto, pytorch, onnxruntime, tensorrt"),
     ({"precision": "int4"}, "fp32, fp16"),

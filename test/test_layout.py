@@ -125,6 +125,19 @@ def test_no_import_cycles():
     assert not cycles, "modules that depend on each other: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 
+#: What the inference library (engines/) must never import, even lazily: it runs a network; the pipeline,
+#: the generated scenes, training and the offline tools (quantization, benchmarks) are built on top of it.
+ABOVE_ENGINES = ("liteseg_ros.pipeline", "liteseg_ros.pipeline_torch", "liteseg_ros.synthetic", "liteseg_ros.train",
+                 "liteseg_ros.tools", "liteseg_ros.runtime")
+
+
+def test_the_engines_import_nothing_built_on_them():
+    deps, _ = graph()
+    bad = [f"{m} imports {d}" for m, ds in deps.items() if m == "liteseg_ros.engines" or m.startswith("liteseg_ros.engines.")
+           for d in ds if any(d == a or d.startswith(a + ".") for a in ABOVE_ENGINES)]
+    assert not bad, "\n".join(sorted(bad))
+
+
 def test_the_core_imports_no_ros():
     _, external = graph()
     bad = [f"{m} imports {e}" for m, es in external.items() if ring(m) <= 2 for e in es if e in ROS_MODULES]

@@ -100,6 +100,17 @@ def test_weights_named_dot_upper_onnx_build_the_pipeline(onnx_file, tmp_path, ba
     assert np.array_equal(pipe.run([img])[0].label, lower.run([img])[0].label)
 
 
+def test_int8_without_a_cached_file_warns_through_the_callers_channel(tiny_checkpoint, tmp_path):
+    infos: list[str] = []
+    warnings: list[str] = []
+    pipe, _ = build_pipeline(_settings(weights=str(tiny_checkpoint), backend="onnxruntime", precision="int8",
+                                       engine_cache_dir=str(tmp_path)), log=infos.append, warn=warnings.append)
+    assert (pipe.engine.info.backend, pipe.engine.info.precision) == ("onnxruntime", "fp32")
+    assert len(warnings) == 1 and f"liteseg quantize --weights {tiny_checkpoint} --size {H}x{W}" in warnings[0]
+    assert not any("liteseg quantize" in m for m in infos if "using" not in m)
+    assert not (tmp_path / "int8").exists()
+
+
 # ----------------------------------------------------------------------------- what a start imports
 _START = """
 import json, sys

@@ -216,12 +216,17 @@ def _bench(args: argparse.Namespace, model, names: list[str], image) -> int:
     for size in args.size or [NETWORK_SIZE]:
         for backend in names:
             for precision in args.precisions.split(","):
+                unmet: list[str] = []  # e.g. int8 without a cached int8 file: the engine runs another precision
                 try:
                     engine = create_engine(model, backend, args.device, precision, size, args.threads,
                                            args.cache_dir, args.compile, log=lambda m: None,
-                                           max_batch=args.batch, warmup=False)
+                                           max_batch=args.batch, warmup=False, warn=unmet.append)
                 except EngineError as exc:
                     skipped.append(f"{backend} {precision} {size[0]}x{size[1]}: {exc}")
+                    continue
+                if unmet:
+                    skipped.append(f"{backend} {precision} {size[0]}x{size[1]}: {'; '.join(unmet)}")
+                    engine.close()
                     continue
                 rows += bench_engine(engine, size, args.batch, args.warmup, args.iters, image)
                 engine.close()

@@ -7,9 +7,13 @@ packages, or the node/bag/codec modules. Three steps, each with one job:
    engine cache only what the planner asks (importing openvino costs ~0.9 s, torch more: a warm CPU
    start pays for neither unless the plan uses them);
 2. the plan: ``selection.plan_engine``, pure;
-3. the build: the plan's choices in order. The CPU choice builds each candidate whose label
-   agreement is not known in advance, measures it (cached) and takes the first that meets the floor;
-   TensorRT under ``auto`` falls back to PyTorch CUDA if it fails.
+3. the build: the plan's choices in order, each through the backend table (:data:`BACKEND_TABLE`)
+   and the file table (:data:`FILE_TABLE`). The CPU choice builds each candidate whose label
+   agreement is not known in advance, measures it with the caller's check (cached) and takes the
+   first that meets the floor; TensorRT under ``auto`` falls back to PyTorch CUDA if it fails.
+
+Nothing here quantizes, renders test scenes or builds a pipeline: those are the offline tools'
+(``liteseg_ros.tools``), which sit above the pipeline; the agreement check comes in as a callable.
 
 Cached files (``cache.py``) are found by the checkpoint file's hash when the weights are a path, so
 a warm CPU start needs neither torch nor the checkpoint; a module is keyed by its state.
@@ -36,29 +40,40 @@ from .selection import (
     plan_engine,
 )
 
+#: How a caller measures a built engine's label agreement with PyTorch fp32: (engine, the fp32 module,
+#: network (h, w)) -> (agreement in [0, 1], where it comes from, for the reason). The engines hold no
+#: test images; ``liteseg_ros.tools.quantize.startup_agreement`` is the runtime's.
+AgreementCheck = Callable[[Engine, Any, tuple[int, int]], tuple[float, str]]
 
-def backend_status(name: str) -> str:
-    """'ok' or why ``name`` cannot run here (imports that runtime to find out)."""
-    if name == "pytorch":
-        return "ok"
-    if name == "onnxruntime":
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError as exc:
-            return f"onnxruntime not installed ({exc.msg})"
-        return "ok"
-    if name == "openvino":
-        from .openvino import openvino_status
 
-        return openvino_status()
+def _onnxruntime_status() -> str:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        return f"onnxruntime not installed ({exc.msg})"
+    return "ok"
+
+
+def _openvino_status() -> str:
+    from .openvino import openvino_status
+
+    return openvino_status()
+
+
+def _tensorrt_status() -> str:
     from .tensorrt import tensorrt_status
 
     return tensorrt_status()
 
 
+def backend_status(name: str) -> str:
+    """'ok' or why ``name`` cannot run here (imports that runtime to find out)."""
+    return BACKEND_TABLE[name].status()
+
+
 def available_backends() -> dict[str, str]:
     """Backend name -> 'ok' or why it cannot run here (for logs, diagnostics and ``liteseg bench``)."""
-    return {name: backend_status(name) for name in ("pytorch", "onnxruntime", "openvino", "tensorrt")}
+    return {name: backend_status(name) for name in BACKEND_TABLE}
 
 
 def load_module(model_or_weights: Any):
@@ -223,6 +238,7 @@ class BuildOptions:
     max_batch: int = 1
     rebuild: bool = False
     caps: Any = None
+    agreement_check: AgreementCheck | None = None
 
 
 def create_engine(weights: ModelWeights | Any, backend: str = "auto", device: str = "cpu",
@@ -230,7 +246,9 @@ def create_engine(weights: ModelWeights | Any, backend: str = "auto", device: st
                   num_threads: int | None = None, cache_dir: str | os.PathLike | None = None,
                   compile: bool = False, log: Callable[[str], None] = print, max_batch: int = 1,
                   rebuild: bool = False, warmup: bool = True,
-                  min_label_agreement: float = DEFAULT_MIN_LABEL_AGREEMENT, caps: Any = None) -> Engine:
+                  min_label_agreement: float = DEFAULT_MIN_LABEL_AGREEMENT, caps: Any = None,
+                  agreement_check: AgreementCheck | None = None,
+                  warn: Callable[[str], None] | None = None) -> Engine:
     """Build the engine for ``backend`` on ``device`` at ``precision`` (rules: ``selection``).
 
     weights: :class:`ModelWeights` (``runtime.resolve_model``), or what ``ModelWeights.of`` takes: an
@@ -238,22 +256,29 @@ def create_engine(weights: ModelWeights | Any, backend: str = "auto", device: st
     (onnxruntime/openvino/tensorrt only; a quantized file from ``liteseg quantize`` for int8).
     precision: ``auto`` (fp16 on CUDA; on CPU the fastest path meeting ``min_label_agreement``),
     fp32, fp16 (CUDA), bf16 (openvino), int8 (onnxruntime, openvino). input_size: the network (h, w)
-    the pipeline feeds; used for export, quantization, TensorRT profiles and warm-up. num_threads:
+    the pipeline feeds; used for export, TensorRT profiles and warm-up. num_threads:
     CPU intra-op threads (torch, ORT and OpenVINO use exactly this many). cache_dir: exported ONNX
     files, int8 files and reports, OpenVINO's compiled models, TensorRT plans (default
     ``cache.default_cache_dir()``). compile: ``torch.compile`` for the pytorch backend.
     max_batch: TensorRT profile maximum. rebuild: ignore a cached TensorRT plan. caps: CPU
-    capability override for tests (see ``openvino.cpu_capabilities``). Logs the choice and its reason.
+    capability override for tests (see ``openvino.cpu_capabilities``). agreement_check: how the CPU
+    choice measures a bf16 or int8 engine whose label agreement with fp32 is not known in advance
+    (the caller's: the engines know no test images; without one such a path is skipped, and the
+    result is cached). warn: where a request that could not be met as asked is reported (default:
+    ``log``), e.g. ``precision: int8`` without a cached int8 file, which runs the best other path:
+    nothing is quantized here. Logs the choice and its reason.
     """
     sized = SizedWeights(ModelWeights.of(weights), input_size, cache_dir, num_threads, log)
     request = EngineRequest(backend, device, precision, min_label_agreement, sized.is_onnx,
-                            MachineFacts(sized, caps), sized.name)
+                            MachineFacts(sized, caps), sized.name, format_size(sized.input_size))
     plan = plan_engine(request)
+    for message in plan.warnings:
+        (warn or log)(f"engines: {message}")
     if num_threads is not None:
         from .cpu_tuning import set_num_threads
 
         set_num_threads(num_threads, import_torch=False)
-    engine = build_plan(plan, sized, BuildOptions(num_threads, compile, max_batch, rebuild, caps))
+    engine = build_plan(plan, sized, BuildOptions(num_threads, compile, max_batch, rebuild, caps, agreement_check))
     log(f"engines: using {engine.info.backend} on {engine.info.device} ({engine.info.precision}): "
         f"{engine.info.reason}")
     if warmup:
@@ -291,7 +316,7 @@ def _build_cpu_choice(plan: EnginePlan, weights: SizedWeights, opts: BuildOption
         engine = build_choice(choice, weights, opts)
         agreement, source = choice.agreement, choice.agreement_source
         if agreement is None:
-            agreement, source = _measured_agreement(weights, engine, choice)
+            agreement, source = _measured_agreement(weights, engine, choice, opts.agreement_check)
         if agreement is None:
             if weights.is_onnx:  # nothing to measure against: use the file, say that it is unchecked
                 unchecked = unchecked or engine
@@ -324,9 +349,10 @@ def _build_cpu_choice(plan: EnginePlan, weights: SizedWeights, opts: BuildOption
     raise EngineError(f"auto: no CPU path for backend {which}: " + "; ".join(skipped))
 
 
-def _measured_agreement(weights: SizedWeights, engine: Engine, choice: Choice) -> tuple[float | None, str]:
+def _measured_agreement(weights: SizedWeights, engine: Engine, choice: Choice,
+                        check: AgreementCheck | None) -> tuple[float | None, str]:
     """Label agreement of a built bf16/int8 engine with PyTorch fp32: its file's quantization report,
-    else a cached or fresh check on two generated scenes (seeds 10000, 10001) at the network size."""
+    else a cached or fresh measurement by the caller's ``check``."""
     path = Path(engine.info.extra.get("file", ""))
     if choice.precision == "int8":
         from .cache import load_report
@@ -346,57 +372,90 @@ def _measured_agreement(weights: SizedWeights, engine: Engine, choice: Choice) -
             return float(json.loads(cache.read_text())["label_agreement"]), "start-up check, cached"
         except (OSError, ValueError, KeyError):
             pass
-    from liteseg_ros.tools.quantize import (
-        HOLDOUT_SEED,
-        compare_on_samples,
-        reference_pipeline,
-        synthetic_samples,
-    )
-
-    res = compare_on_samples(engine, reference_pipeline(weights.model, weights.input_size),
-                             synthetic_samples(2, weights.input_size, HOLDOUT_SEED))
+    if check is None:
+        return None, "no agreement check given"
+    agreement, source = check(engine, weights.model, weights.input_size)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"label_agreement": res["label_agreement"], "file": str(path)}))
-    return float(res["label_agreement"]), "start-up check on 2 generated scenes"
+    cache.write_text(json.dumps({"label_agreement": agreement, "file": str(path)}))
+    return float(agreement), source
+
+
+def _cached_int8(choice: Choice, weights: SizedWeights, opts: BuildOptions) -> Path:
+    """The int8 file ``liteseg quantize`` put in the cache (the plan names it only when it is there)."""
+    from .cache import is_valid_file
+
+    path = weights.int8_path()
+    if not is_valid_file(path):  # removed since the plan was made
+        raise EngineError(f"no int8 model in the cache at {path}: run `liteseg quantize --weights "
+                          f"{weights.name} --size {format_size(weights.input_size)}`")
+    return path
+
+
+#: How each kind of file a choice names (``selection.FILES``) is found or made.
+FILE_TABLE: dict[str, Callable[[Choice, SizedWeights, BuildOptions], Path]] = {
+    "given": lambda choice, weights, opts: Path(weights.weights.path),
+    "int8": _cached_int8,
+    # int32 label / float confidence: TensorRT casts to uint8 on the GPU
+    "onnx-trt": lambda choice, weights, opts: weights.onnx(False, choice.precision),
+    "onnx": lambda choice, weights, opts: weights.onnx(True, choice.precision if choice.device != "cpu" else "fp32"),
+}
 
 
 def _onnx_file(choice: Choice, weights: SizedWeights, opts: BuildOptions) -> Path:
-    """The file ``choice.file`` names (see ``selection.FILES``), made when it is missing."""
-    if choice.file == "given":
-        return Path(weights.weights.path)
-    if choice.file == "int8":
-        from liteseg_ros.tools.quantize import int8_for
-
-        return int8_for(lambda: weights.model, weights.input_size, weights.cache_dir, choice.backend,
-                        opts.num_threads, log=weights.log, key=weights.key)
-    if choice.file == "onnx-trt":  # int32 label / float confidence: TensorRT casts to uint8 on the GPU
-        return weights.onnx(False, choice.precision)
-    return weights.onnx(True, choice.precision if choice.device != "cpu" else "fp32")
+    """The file ``choice.file`` names (see ``selection.FILES``), exported when it is a missing cached export."""
+    return FILE_TABLE[choice.file](choice, weights, opts)
 
 
-def build_choice(choice: Choice, weights: SizedWeights, opts: BuildOptions) -> Engine:
-    """Build one engine exactly as ``choice`` says (no fallback)."""
-    if choice.backend == "pytorch":
-        from .pytorch import PyTorchEngine
+def _build_pytorch(choice: Choice, weights: SizedWeights, opts: BuildOptions) -> Engine:
+    from .pytorch import PyTorchEngine
 
-        return PyTorchEngine(weights.model, choice.device, choice.precision, compile=opts.compile,
-                             num_threads=opts.num_threads, reason=choice.reason, log=weights.log)
-    if choice.backend == "onnxruntime":
-        from .onnxruntime import OnnxRuntimeEngine
+    return PyTorchEngine(weights.model, choice.device, choice.precision, compile=opts.compile,
+                         num_threads=opts.num_threads, reason=choice.reason, log=weights.log)
 
-        return OnnxRuntimeEngine(_onnx_file(choice, weights, opts), choice.device, choice.precision,
-                                 opts.num_threads, choice.reason, weights.log)
-    if choice.backend == "openvino":
-        from .openvino import OpenVinoEngine
 
-        return OpenVinoEngine(_onnx_file(choice, weights, opts), choice.precision, opts.num_threads, choice.reason,
-                              weights.log, weights.cache_dir, opts.caps)
+def _build_onnxruntime(choice: Choice, weights: SizedWeights, opts: BuildOptions) -> Engine:
+    from .onnxruntime import OnnxRuntimeEngine
+
+    return OnnxRuntimeEngine(_onnx_file(choice, weights, opts), choice.device, choice.precision,
+                             opts.num_threads, choice.reason, weights.log)
+
+
+def _build_openvino(choice: Choice, weights: SizedWeights, opts: BuildOptions) -> Engine:
+    from .openvino import OpenVinoEngine
+
+    return OpenVinoEngine(_onnx_file(choice, weights, opts), choice.precision, opts.num_threads, choice.reason,
+                          weights.log, weights.cache_dir, opts.caps)
+
+
+def _build_tensorrt(choice: Choice, weights: SizedWeights, opts: BuildOptions) -> Engine:
     from .tensorrt import TensorRTEngine
 
     model = None if weights.is_onnx else weights.model
     return TensorRTEngine(_onnx_file(choice, weights, opts), weights.input_size, choice.device, choice.precision,
                           opts.max_batch, weights.cache_dir, opts.rebuild, int(getattr(model, "num_classes", 0)),
                           choice.reason, weights.log)
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """One backend: whether it can run here, and how an engine of it is built from a choice."""
+
+    status: Callable[[], str]
+    build: Callable[[Choice, SizedWeights, BuildOptions], Engine]
+
+
+#: Every backend, by the name the ``backend`` parameter uses (``selection.BACKENDS`` less ``auto``).
+BACKEND_TABLE: dict[str, BackendEntry] = {
+    "pytorch": BackendEntry(lambda: "ok", _build_pytorch),
+    "onnxruntime": BackendEntry(_onnxruntime_status, _build_onnxruntime),
+    "openvino": BackendEntry(_openvino_status, _build_openvino),
+    "tensorrt": BackendEntry(_tensorrt_status, _build_tensorrt),
+}
+
+
+def build_choice(choice: Choice, weights: SizedWeights, opts: BuildOptions) -> Engine:
+    """Build one engine exactly as ``choice`` says (no fallback)."""
+    return BACKEND_TABLE[choice.backend].build(choice, weights, opts)
 
 
 def build_tensorrt_engine(model_or_weights: Any, input_size: tuple[int, int], precision: str = "fp16",

@@ -554,6 +554,18 @@ def quantize_model(model: nn.Module, out: str | os.PathLike, input_size: tuple[i
     return out, reports
 
 
+#: Generated scenes (seeds from :data:`HOLDOUT_SEED`) the start-up agreement check compares on.
+STARTUP_CHECK_SCENES = 2
+
+
+def startup_agreement(engine, model: nn.Module, input_size: tuple[int, int]) -> tuple[float, str]:
+    """``create_engine``'s agreement check (``factory.AgreementCheck``): the label agreement of a built
+    bf16/int8 engine with PyTorch fp32 on :data:`STARTUP_CHECK_SCENES` generated held-out scenes."""
+    res = compare_on_samples(engine, reference_pipeline(model, input_size),
+                             synthetic_samples(STARTUP_CHECK_SCENES, input_size, HOLDOUT_SEED))
+    return float(res["label_agreement"]), f"start-up check on {STARTUP_CHECK_SCENES} generated scenes"
+
+
 def int8_path(model: Any, input_size: tuple[int, int], cache_dir: str | os.PathLike | None) -> Path:
     """Where the engine cache keeps the default-recipe int8 file of ``model`` (a module, or a
     checkpoint path: keyed by the file's hash, as the node does) at ``input_size``."""
