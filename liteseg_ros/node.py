@@ -48,7 +48,7 @@ from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from liteseg_ros import contract, diagnostics, frames, image_codec, params, wire
+from liteseg_ros import contract, diagnostics, fast_send, frames, image_codec, params, wire
 from liteseg_ros.defaults import EXIT_USAGE
 from liteseg_ros.frames import FrameSlot
 from liteseg_ros.pipeline import Segmentation, Wants
@@ -331,6 +331,7 @@ class LiteSegNode(LifecycleNode):
             f" at {self.values['network_width']}x{self.values['network_height']}"
             f" ready in {time.monotonic() - t0:.1f} s; backend choice: {info.reason}")
         self.get_logger().info(f"weights licence: {self.source.license or 'unknown (not a registered name)'}")
+        self.get_logger().info(f"fast send path: {fast_send.status()}")  # its self-check now, not at the 1st frame
         lossless = bool(self.values["process_all_frames"])
         cap = int(self.values["queue_size"]) if lossless else 1
         self.cameras = [Camera(name, FrameSlot(cap, self._cv, lossless))
