@@ -653,18 +653,7 @@ class LiteSegNode(LifecycleNode):
             else:
                 pub.publish(msg)
         if wants.label and cam.camera_info is not None and cam.listening("label/camera_info"):
-            cam.pubs["label/camera_info"].publish(self._scaled_camera_info(cam.camera_info, header, seg))
-
-    def _scaled_camera_info(self, src: CameraInfo, header, seg: Segmentation) -> CameraInfo:
-        """The input camera_info, rescaled to the label's resolution (unchanged at input resolution)."""
-        out = CameraInfo(header=header, distortion_model=src.distortion_model, d=list(src.d), r=list(src.r),
-                         binning_x=src.binning_x, binning_y=src.binning_y, roi=src.roi)
-        # The label's own size says at which resolution it was made: the live output_resolution may
-        # have changed since this frame went through the pipeline.
-        made_at = "input" if seg.label.shape[:2] == tuple(seg.geometry.input_size) else "network"
-        out.k, out.p = contract.scaled_intrinsics(src.k, src.p, *seg.geometry.scale_xy(made_at))
-        out.height, out.width = seg.label.shape
-        return out
+            cam.pubs["label/camera_info"].publish(contract.label_camera_info(rclpy_types, cam.camera_info, header, seg))
 
     def _publish_info(self) -> None:
         if self.pipeline is None:
