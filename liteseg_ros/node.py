@@ -311,7 +311,7 @@ class LiteSegNode(LifecycleNode):
 
         self.get_logger().info("configuring: loading model and building the inference engine")
         t0 = time.monotonic()
-        settings = dict(self.values, mask_groups=self._mask_groups())
+        settings = params.pipeline_settings(self.values)
         self.get_logger().debug(f"settings: {settings}")
         try:
             self.pipeline, self.source = build_pipeline(settings, log=self.get_logger().info,

@@ -16,7 +16,7 @@ file), which keeps a warm start of the node under 2 s instead of ~6.5 s.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -29,8 +29,9 @@ from liteseg_ros.engines.model_weights import (
     random_weights,
 )
 from liteseg_ros.engines.onnx_file import is_onnx_file
-from liteseg_ros.engines.selection import CPU_BACKENDS, DEFAULT_MIN_LABEL_AGREEMENT, resolve_device
+from liteseg_ros.engines.selection import CPU_BACKENDS, resolve_device
 from liteseg_ros.pipeline import Pipeline, PipelineConfig
+from liteseg_ros.settings import PipelineSettings
 
 #: ``weights: demo`` resolves to this file shipped inside the package (synthetic-scene demo model).
 DEMO_WEIGHTS_NAME = "liteseg_demo_mobilenetv2.pt"
@@ -152,44 +153,35 @@ def load_model(weights: str, allow_random_weights: bool = False, backbone: str =
     return model, source.classes, tuple(source.mean), tuple(source.std), source
 
 
-def build_pipeline(values: Mapping, classes_override: ClassTable | None = None,
+def build_pipeline(settings: PipelineSettings, classes_override: ClassTable | None = None,
                    log: Callable[[str], None] = print, max_batch: int = 1,
                    warn: Callable[[str], None] | None = None):
-    """Settings (the node's parameter names) -> (Pipeline, ModelWeights).
+    """Settings (``params.pipeline_settings``) -> (Pipeline, ModelWeights).
 
-    ``values`` needs: weights, allow_random_weights, backbone, backend, device, precision,
-    num_threads, engine_cache_dir, network_width, network_height, resize_mode, output_resolution,
-    overlay_alpha, confidence_threshold, and ``mask_groups`` as {group: [class names]};
-    ``min_label_agreement`` (default ``selection.DEFAULT_MIN_LABEL_AGREEMENT``) and ``allow_download`` (default false: a registered name
-    must already be in the weights cache) are optional.
     ``max_batch``: the largest batch ``Pipeline.run`` will get (TensorRT profiles; the bag tool batches).
     ``warn``: where a request the engine could not meet as asked is reported (default: ``log``).
     """
     from liteseg_ros.engines import create_engine
     from liteseg_ros.tools.quantize import startup_agreement
 
-    cache_dir = values.get("engine_cache_dir") or None
-    source = resolve_model(values["weights"], values["backbone"], values["allow_random_weights"],
-                           allow_download=bool(values.get("allow_download", False)), log=log, cache_dir=cache_dir,
-                           use_meta_cache=True)
+    s = settings
+    cache_dir = s.engine_cache_dir or None
+    source = resolve_model(s.weights, s.backbone, s.allow_random_weights, allow_download=s.allow_download, log=log,
+                           cache_dir=cache_dir, use_meta_cache=True)
     classes = classes_override or source.classes
-    size = (int(values["network_height"]), int(values["network_width"]))
+    size = s.network_size
     if source.is_onnx:
-        _check_onnx_settings(source, values["backend"], size)
+        _check_onnx_settings(source, s.backend, size)
     if source.backbone == "darknet19" and (size[0] % 4 or size[1] % 4):
         raise ModelLoadError(f"darknet19 needs network_width/height divisible by 4, got {size[1]}x{size[0]}")
-    groups = classes.resolve_groups(values.get("mask_groups", {}))
-    cfg = PipelineConfig(network_size=size, resize_mode=values["resize_mode"],
-                         output_resolution=values["output_resolution"],
-                         overlay_alpha=float(values["overlay_alpha"]),
-                         confidence_threshold=float(values["confidence_threshold"]),
-                         mask_groups=groups, mean=tuple(source.mean), std=tuple(source.std))
-    device, precision = resolve_device(values["device"], values["precision"])
-    engine = create_engine(source, backend=values["backend"], device=device, precision=precision, input_size=size,
-                           num_threads=int(values["num_threads"]) or None, cache_dir=cache_dir, log=log,
-                           max_batch=max(1, int(max_batch)),
-                           min_label_agreement=float(values.get("min_label_agreement",
-                                                                DEFAULT_MIN_LABEL_AGREEMENT)),
+    cfg = PipelineConfig(network_size=size, resize_mode=s.resize_mode, output_resolution=s.output_resolution,
+                         overlay_alpha=float(s.overlay_alpha), confidence_threshold=float(s.confidence_threshold),
+                         mask_groups=classes.resolve_groups(s.mask_groups), mean=tuple(source.mean),
+                         std=tuple(source.std))
+    device, precision = resolve_device(s.device, s.precision)
+    engine = create_engine(source, backend=s.backend, device=device, precision=precision, input_size=size,
+                           num_threads=int(s.num_threads) or None, cache_dir=cache_dir, log=log,
+                           max_batch=max(1, int(max_batch)), min_label_agreement=float(s.min_label_agreement),
                            agreement_check=startup_agreement, warn=warn)
     return Pipeline(engine, classes, cfg), source
 

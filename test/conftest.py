@@ -351,9 +351,8 @@ from liteseg_ros import params
 from liteseg_ros.runtime import build_pipeline
 from liteseg_ros.synthetic import SceneConfig, generate_scene
 from liteseg_ros.pipeline import Wants
-vals = dict(params.defaults(), weights=sys.argv[1], engine_cache_dir=sys.argv[2], network_height=96,
-            network_width=160, num_threads=1, min_label_agreement=float(sys.argv[3]))
-vals["mask_groups"] = params.mask_groups_of(vals)
+vals = params.pipeline_settings(dict(weights=sys.argv[1], engine_cache_dir=sys.argv[2], network_height=96,
+                                     network_width=160, num_threads=1, min_label_agreement=float(sys.argv[3])))
 logs = []
 pipe, src = build_pipeline(vals, log=logs.append)
 seg = pipe.run([generate_scene(10001, SceneConfig(height=120, width=200)).image], "bgr", Wants.all())[0]

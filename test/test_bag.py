@@ -135,7 +135,7 @@ def pipeline(settings):
     from liteseg_ros import params
     from liteseg_ros.runtime import build_pipeline
 
-    return build_pipeline(dict(settings, mask_groups=params.mask_groups_of(settings)), log=lambda m: None)
+    return build_pipeline(params.pipeline_settings(settings), log=lambda m: None)
 
 
 def no_leftovers(parent: Path) -> bool:

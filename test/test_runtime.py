@@ -37,9 +37,8 @@ def onnx_file(tiny_checkpoint, tmp_path_factory):
     return export_onnx(load_checkpoint(tiny_checkpoint), tmp_path_factory.mktemp("onnx") / "tiny.onnx", (H, W))
 
 
-def _settings(**kw) -> dict:
-    values = params.validate({"network_width": W, "network_height": H, "num_threads": 1, "device": "cpu", **kw})
-    return dict(values, mask_groups=params.mask_groups_of(values))
+def _settings(**kw):
+    return params.pipeline_settings({"network_width": W, "network_height": H, "num_threads": 1, "device": "cpu", **kw})
 
 
 # ----------------------------------------------------------------------------- resolution
@@ -116,9 +115,9 @@ _START = """
 import json, sys
 from liteseg_ros import params
 from liteseg_ros.runtime import build_pipeline
-vals = params.validate(dict(weights=sys.argv[1], engine_cache_dir=sys.argv[2], backend=sys.argv[3], device="cpu",
-                            network_height=int(sys.argv[4]), network_width=int(sys.argv[5]), num_threads=1))
-vals["mask_groups"] = params.mask_groups_of(vals)
+vals = params.pipeline_settings(dict(weights=sys.argv[1], engine_cache_dir=sys.argv[2], backend=sys.argv[3],
+                                     device="cpu", network_height=int(sys.argv[4]), network_width=int(sys.argv[5]),
+                                     num_threads=1))
 pipe, src = build_pipeline(vals, log=lambda m: None)
 print(json.dumps({"heavy": sorted(m for m in ("torch", "onnx", "openvino") if m in sys.modules),
                   "engine": pipe.engine.info.backend, "kind": src.kind}))

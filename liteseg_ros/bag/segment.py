@@ -270,8 +270,7 @@ def segment_bag(input_bag: str | Path, output_bag: str | Path, topics: Sequence[
         if pipeline is None:
             from liteseg_ros.runtime import build_pipeline
 
-            settings = dict(values, mask_groups=params.mask_groups_of(values))
-            pipeline = build_pipeline(settings, log=lambda m: None, max_batch=batch)
+            pipeline = build_pipeline(params.pipeline_settings(values), log=lambda m: None, max_batch=batch)
         pipe, source = pipeline
         t_start = time.perf_counter()
         run = _Run(pipe, source, typestore, have_custom, values, log)
