@@ -103,7 +103,7 @@ def test_published_bytes_arrive_as_the_message(ros):
 
 
 def test_send_reaches_a_subscriber_as_the_message_without_rclpys_copy(ros):
-    """wire.send goes through rcl directly (the fast path is really taken here) and a plain
+    """fast_send.send goes through rcl directly (the fast path is really taken here) and a plain
     subscriber gets exactly the Image rclpy would have sent, large frames included."""
     import time
 
