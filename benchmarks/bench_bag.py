@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         label_only = dict(values, publish_color=False, publish_overlay=False, publish_confidence=False,
                           publish_masks=False, publish_boundary=False)
         t0 = time.perf_counter()
-        pipe, source = build_pipeline(dict(values, mask_groups=params.mask_groups_of(values)), log=lambda m: None)
+        pipe, source = build_pipeline(params.pipeline_settings(values), log=lambda m: None)
         setup_s = time.perf_counter() - t0
         info = pipe.engine.info
 

@@ -31,13 +31,13 @@ import torch  # noqa: E402
 
 from liteseg_ros.commands.engines import add_interleaved_timing_args  # noqa: E402
 from liteseg_ros.engines import EngineError, create_engine  # noqa: E402
-from liteseg_ros.engines.bench import (  # noqa: E402
+from liteseg_ros.engines.cpu_tuning import set_num_threads, tune_malloc  # noqa: E402
+from liteseg_ros.tools.bench import (  # noqa: E402
     random_weight_model,
     summarize,
     time_interleaved,
     write_json,
 )
-from liteseg_ros.engines.cpu_tuning import set_num_threads, tune_malloc  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,16 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     set_num_threads(args.threads)
     from liteseg_ros.classes import DEFAULT_MASK_GROUPS, ClassTable
     from liteseg_ros.engines.openvino import cpu_capabilities
-    from liteseg_ros.engines.quantize import (
+    from liteseg_ros.model import load_checkpoint
+    from liteseg_ros.pipeline import Pipeline, PipelineConfig, Wants
+    from liteseg_ros.runtime import demo_weights_path
+    from liteseg_ros.tools.quantize import (
         HOLDOUT_SEED,
         compare_on_samples,
         quantize_model,
         reference_pipeline,
         synthetic_samples,
     )
-    from liteseg_ros.model import load_checkpoint
-    from liteseg_ros.pipeline import Pipeline, PipelineConfig, Wants
-    from liteseg_ros.runtime import demo_weights_path
 
     weights = args.weights or (demo_weights_path() if demo_weights_path().is_file() else None)
     model = load_checkpoint(weights, map_location="cpu").eval() if weights else random_weight_model()

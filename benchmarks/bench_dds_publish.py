@@ -8,9 +8,9 @@ writer moves work there, it does not remove it). The subscriber reports how many
 
 Variants (alternating over ``--rounds``, so load from other processes hits all alike):
 
-- ``send``: ``wire.send`` (rcl directly, no extra copy, GIL released) with the shipped profile;
+- ``send``: ``fast_send.send`` (rcl directly, no extra copy, GIL released) with the shipped profile;
 - ``publish``: rclpy's ``publish(bytes)``, shipped profile;
-- ``send-async``: ``wire.send`` with ``RMW_FASTRTPS_PUBLICATION_MODE=ASYNCHRONOUS``;
+- ``send-async``: ``fast_send.send`` with ``RMW_FASTRTPS_PUBLICATION_MODE=ASYNCHRONOUS``;
 - ``send-shm-only``: an SHM-only profile with a 16 MB ``maxMessageSize`` (no UDP transport, so no
   64 KB fragments);
 - ``send-no-profile``: Fast DDS's defaults (512 KB shared-memory segment).
@@ -88,7 +88,7 @@ def publisher(tag: str, method: str, w: int, h: int, frames: int, rate: float) -
     from bench_node import wait_subscribed  # this script's folder is on sys.path (run as a script)
     from sensor_msgs.msg import Image
 
-    from liteseg_ros import wire
+    from liteseg_ros import fast_send, wire
 
     rclpy.init()
     node = rclpy.create_node("bench_dds_pub")
@@ -96,7 +96,7 @@ def publisher(tag: str, method: str, w: int, h: int, frames: int, rate: float) -
     wait_subscribed(pubs, "bench_dds_publish")
     blobs = [wire.image_bytes(np.zeros((h, w, 3) if k < 2 else (h, w), np.uint8), "bgr8" if k < 2 else "mono8")
              for k in range(N_TOPICS)]
-    fn = wire.send if method == "send" else (lambda p, b: p.publish(b))
+    fn = fast_send.send if method == "send" else (lambda p, b: p.publish(b))
     wall, cpu, proc = [], [], []
     for _ in range(frames):
         c0, p0, t0 = time.thread_time(), time.process_time(), time.perf_counter()

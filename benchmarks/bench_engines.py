@@ -14,14 +14,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from liteseg_ros.commands.engines import add_interleaved_timing_args  # noqa: E402
-from liteseg_ros.engines.bench import (  # noqa: E402
+from liteseg_ros.engines.cpu_tuning import tune_malloc  # noqa: E402
+from liteseg_ros.tools.bench import (  # noqa: E402
     add_ratios,
     bench_cpu_paths,
     format_table,
     random_weight_model,
     write_json,
 )
-from liteseg_ros.engines.cpu_tuning import tune_malloc  # noqa: E402
 
 BASELINE = "pytorch eager fp32, logits only"
 

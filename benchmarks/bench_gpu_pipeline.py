@@ -54,7 +54,7 @@ def bench_pipeline(a, cameras) -> list[dict]:
     nh, nw = (int(v) for v in a.network.split("x"))
     vals = dict(params.defaults(), weights="demo", device=a.device, backend=a.backend, precision=a.precision,
                 network_width=nw, network_height=nh)
-    base, _ = build_pipeline(dict(vals, mask_groups=params.mask_groups_of(vals)), log=lambda s: None)
+    base, _ = build_pipeline(params.pipeline_settings(vals), log=lambda s: None)
     engine = base.engine
     print(f"engine: {engine.info.backend}/{engine.info.device}/{engine.info.precision}")
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)

@@ -133,7 +133,7 @@ def dds_floor(ros, cameras: list[tuple[int, int]], n_topics: int, repeat: int = 
     sizes (2 colour images, the rest mono8), one topic each, from *another process* (as the node
     is) to raw subscribers in this one, with the node's QoS and this environment's Fast DDS profile.
 
-    Per camera (median ms over ``repeat`` frames): ``send`` is :func:`wire.send` (what the node
+    Per camera (median ms over ``repeat`` frames): ``send`` is :func:`fast_send.send` (what the node
     uses), ``publish`` is rclpy's ``publish(bytes)``, both wall time, plus the publishing thread's
     CPU time for ``send`` (``send_cpu``), which load from other processes inflates less. ``inproc``
     is the same ``publish(bytes)`` to subscribers in the publishing process: Fast DDS then hands
@@ -191,14 +191,14 @@ def floor_publisher(cameras: list[tuple[int, int]], n_topics: int, repeat: int) 
     from rclpy.qos import QoSProfile, QoSReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from liteseg_ros import wire
+    from liteseg_ros import fast_send, wire
 
     rclpy.init()
     node = rclpy.create_node("bench_node_floor")
     qos = QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE)
     pubs = [node.create_publisher(Image, f"/floor/t{k}", qos) for k in range(n_topics)]
     wait_subscribed(pubs, "floor publisher")
-    methods = {"send": wire.send, "publish": lambda p, b: p.publish(b)}
+    methods = {"send": fast_send.send, "publish": lambda p, b: p.publish(b)}
     out = {}
     for cw, ch in cameras:
         blobs = _floor_blobs(wire, cw, ch, n_topics)

@@ -22,8 +22,8 @@ import numpy as np  # noqa: E402
 
 from liteseg_ros.defaults import NETWORK_SIZE, parse_size  # noqa: E402
 from liteseg_ros.engines import create_engine  # noqa: E402
-from liteseg_ros.engines.bench import random_weight_model  # noqa: E402
 from liteseg_ros.engines.selection import EngineRequest, StaticFacts, plan_engine  # noqa: E402
+from liteseg_ros.tools.bench import random_weight_model  # noqa: E402
 
 
 def median_ms(fn, iters: int) -> float:

@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     from bench_fp16_onnx import scenes
 
     from liteseg_ros.engines import create_engine
-    from liteseg_ros.engines.bench import summarize, time_interleaved
     from liteseg_ros.engines.export import reference_outputs
     from liteseg_ros.model import load_checkpoint
     from liteseg_ros.runtime import demo_weights_path
+    from liteseg_ros.tools.bench import summarize, time_interleaved
 
     h, w = args.size
     model = load_checkpoint(demo_weights_path()).eval()

@@ -13,8 +13,8 @@ edit at a time. Here each is defined once:
   prefix, message type, the parameter that switches it on);
 - :func:`wants`: which outputs a frame must produce, from the parameters and (for the node) which
   topics have subscribers;
-- :func:`frame_messages`, :func:`stats_message`, :func:`info_message`, :func:`label_info_message`:
-  Segmentation -> messages, each carrying the input header unchanged;
+- :func:`frame_messages`, :func:`stats_message`, :func:`info_message`, :func:`label_info_message`,
+  :func:`label_camera_info`: Segmentation -> messages, each carrying the input header unchanged;
 - :class:`BatchRule`: which frames of several cameras share one forward.
 
 ``test/test_contract.py`` checks the node and the bag tool produce identical messages for the
@@ -33,6 +33,7 @@ from liteseg_ros.segmentation import BOUNDARY_GROUP, Segmentation, Wants
 OUR_PACKAGE = "liteseg_ros"
 IMAGE = "sensor_msgs/msg/Image"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
+REGION_OF_INTEREST = "sensor_msgs/msg/RegionOfInterest"
 BOUNDARY = f"{OUR_PACKAGE}/msg/DrivableBoundary"
 STATS = f"{OUR_PACKAGE}/msg/FrameStats"
 INFO = f"{OUR_PACKAGE}/msg/SegmentationInfo"
@@ -229,6 +230,29 @@ def scaled_intrinsics(k: Sequence[float], p: Sequence[float], sx: float, sy: flo
             arr[col] *= sx
             arr[stride + col] *= sy
     return k, p
+
+
+def label_camera_info(types: TypeFactory, src, header, seg: Segmentation):
+    """The input camera_info for the label image: K, P and the ROI scaled to the label's resolution
+    (unchanged at input resolution), the label's height and width, the frame's header.
+
+    The ROI's offsets and size scale with the image and are truncated to whole pixels, as
+    image_proc's resize does, so a rectifying consumer crops the same region of the label as of
+    the camera image. The label's own size says at which resolution it was made: the live
+    ``output_resolution`` may have changed since this frame went through the pipeline.
+    """
+    made_at = "input" if seg.label.shape[:2] == tuple(seg.geometry.input_size) else "network"
+    sx, sy = seg.geometry.scale_xy(made_at)
+    k, p = scaled_intrinsics(src.k, src.p, sx, sy)
+    roi = src.roi
+    scaled_roi = types(REGION_OF_INTEREST)(x_offset=int(roi.x_offset * sx), y_offset=int(roi.y_offset * sy),
+                                           height=int(roi.height * sy), width=int(roi.width * sx),
+                                           do_rectify=bool(roi.do_rectify))
+    height, width = seg.label.shape[:2]
+    return types(CAMERA_INFO)(header=header, height=height, width=width, distortion_model=src.distortion_model,
+                              d=np.asarray(src.d, np.float64), k=np.asarray(k, np.float64),
+                              r=np.asarray(src.r, np.float64), p=np.asarray(p, np.float64),
+                              binning_x=src.binning_x, binning_y=src.binning_y, roi=scaled_roi)
 
 
 # ------------------------------------------------------------------------------------------ batching

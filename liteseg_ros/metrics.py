@@ -3,7 +3,7 @@
 Ring 0 (data): numpy and ``liteseg_ros.classes`` only (torch tensors are accepted but torch is never
 imported here); never rclpy or message packages. It is the one place the scoring rule lives, so
 ``liteseg eval``, ``liteseg calibrate``, training's validation and the int8 quality report of
-``engines.quantize`` all count pixels the same way.
+``tools.quantize`` all count pixels the same way.
 
 The rule (Cityscapes ``evalPixelLevelSemanticLabeling``): a ground-truth pixel labelled 255, or any
 id outside the class list (negative ones too), is ignored: it is neither right nor wrong. A

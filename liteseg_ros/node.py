@@ -48,7 +48,7 @@ from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from liteseg_ros import contract, diagnostics, frames, image_codec, params, wire
+from liteseg_ros import contract, diagnostics, fast_send, frames, image_codec, params, wire
 from liteseg_ros.defaults import EXIT_USAGE
 from liteseg_ros.frames import FrameSlot
 from liteseg_ros.pipeline import Segmentation, Wants
@@ -311,11 +311,12 @@ class LiteSegNode(LifecycleNode):
 
         self.get_logger().info("configuring: loading model and building the inference engine")
         t0 = time.monotonic()
-        settings = dict(self.values, mask_groups=self._mask_groups())
+        settings = params.pipeline_settings(self.values)
         self.get_logger().debug(f"settings: {settings}")
         try:
             self.pipeline, self.source = build_pipeline(settings, log=self.get_logger().info,
-                                                        max_batch=max(1, len(self.values["cameras"])))
+                                                        max_batch=max(1, len(self.values["cameras"])),
+                                                        warn=self.get_logger().warning)
         except (ModelLoadError, ValueError) as exc:
             self.get_logger().error(f"cannot configure: {exc}")
             return TransitionCallbackReturn.FAILURE
@@ -330,6 +331,7 @@ class LiteSegNode(LifecycleNode):
             f" at {self.values['network_width']}x{self.values['network_height']}"
             f" ready in {time.monotonic() - t0:.1f} s; backend choice: {info.reason}")
         self.get_logger().info(f"weights licence: {self.source.license or 'unknown (not a registered name)'}")
+        self.get_logger().info(f"fast send path: {fast_send.status()}")  # its self-check now, not at the 1st frame
         lossless = bool(self.values["process_all_frames"])
         cap = int(self.values["queue_size"]) if lossless else 1
         self.cameras = [Camera(name, FrameSlot(cap, self._cv, lossless))
@@ -651,18 +653,7 @@ class LiteSegNode(LifecycleNode):
             else:
                 pub.publish(msg)
         if wants.label and cam.camera_info is not None and cam.listening("label/camera_info"):
-            cam.pubs["label/camera_info"].publish(self._scaled_camera_info(cam.camera_info, header, seg))
-
-    def _scaled_camera_info(self, src: CameraInfo, header, seg: Segmentation) -> CameraInfo:
-        """The input camera_info, rescaled to the label's resolution (unchanged at input resolution)."""
-        out = CameraInfo(header=header, distortion_model=src.distortion_model, d=list(src.d), r=list(src.r),
-                         binning_x=src.binning_x, binning_y=src.binning_y, roi=src.roi)
-        # The label's own size says at which resolution it was made: the live output_resolution may
-        # have changed since this frame went through the pipeline.
-        made_at = "input" if seg.label.shape[:2] == tuple(seg.geometry.input_size) else "network"
-        out.k, out.p = contract.scaled_intrinsics(src.k, src.p, *seg.geometry.scale_xy(made_at))
-        out.height, out.width = seg.label.shape
-        return out
+            cam.pubs["label/camera_info"].publish(contract.label_camera_info(rclpy_types, cam.camera_info, header, seg))
 
     def _publish_info(self) -> None:
         if self.pipeline is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from liteseg_ros.engines.selection import (
     MIN_LABEL_AGREEMENT_RANGE,
     PRECISIONS,
 )
+from liteseg_ros.settings import PipelineSettings
 
 #: Mask groups are a map in YAML (``mask_groups: {drivable: [road]}``) which ROS 2 flattens to one
 #: string-array parameter per group: ``mask_groups.drivable``.
@@ -305,6 +306,17 @@ def validate(values: Mapping[str, Any], classes: ClassTable | None = None) -> di
 def mask_groups_of(values: Mapping[str, Any]) -> dict[str, list[str]]:
     """``{'mask_groups.drivable': [...]}`` -> ``{'drivable': [...]}`` in declaration order."""
     return {k[len(MASK_GROUPS_PREFIX):]: list(v) for k, v in values.items() if k.startswith(MASK_GROUPS_PREFIX)}
+
+
+def pipeline_settings(values: Mapping[str, Any], classes: ClassTable | None = None) -> PipelineSettings:
+    """What ``runtime.build_pipeline`` takes, from parameter values: checked by :func:`validate` (defaults
+    fill the rest, so a partial map is fine) and typed, with the mask groups gathered from their
+    ``mask_groups.<group>`` keys. The one place a parameter map becomes pipeline settings (the node,
+    ``liteseg bag``, the tests and the benchmarks all come through here)."""
+    effective = validate(values, classes)
+    names = [f.name for f in fields(PipelineSettings) if f.name != "mask_groups"]
+    groups = {group: tuple(names_) for group, names_ in mask_groups_of(effective).items()}
+    return PipelineSettings(**{name: effective[name] for name in names}, mask_groups=groups)
 
 
 def yaml_keys(path: str | Path, node_name: str = "liteseg") -> set[str]:

@@ -4,43 +4,39 @@ Ring 2: torch, the model and engine libraries; never rclpy or message packages. 
 tool, the demo and ``liteseg bench`` build their pipeline here, so weights resolution, the random-
 weights guard and engine selection behave identically everywhere.
 
-Start-up time: torch is imported only when something needs it. A checkpoint whose metadata is in
-the engine cache (``cache.read_meta``) and whose CPU engine file is cached starts without loading
-the checkpoint at all (classes, mean/std and name come from the cached metadata, the engine from
-the cached ONNX file), which keeps a warm start of the node under 2 s instead of ~6.5 s.
+A ``weights`` setting becomes a :class:`~liteseg_ros.engines.model_weights.ModelWeights` here, once
+(:func:`resolve_model`), and that object, not a file name, goes to ``create_engine``.
+
+Start-up time: torch is imported only when something needs it. An ONNX file never needs it (nor
+onnx: its metadata is read from the protobuf). A checkpoint whose metadata is in the engine cache
+(``cache.read_meta``) and whose CPU engine file is cached starts without loading the checkpoint at
+all (classes, mean/std and name come from the cached metadata, the engine from the cached ONNX
+file), which keeps a warm start of the node under 2 s instead of ~6.5 s.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
 from liteseg_ros.classes import ClassTable
-from liteseg_ros.engines.selection import CPU_BACKENDS, DEFAULT_MIN_LABEL_AGREEMENT, resolve_device
+from liteseg_ros.engines.model_weights import (
+    ModelLoadError,
+    ModelWeights,
+    checkpoint_weights,
+    onnx_weights,
+    random_weights,
+)
+from liteseg_ros.engines.onnx_file import is_onnx_file
+from liteseg_ros.engines.selection import CPU_BACKENDS, resolve_device
 from liteseg_ros.pipeline import Pipeline, PipelineConfig
+from liteseg_ros.settings import PipelineSettings
 
 #: ``weights: demo`` resolves to this file shipped inside the package (synthetic-scene demo model).
 DEMO_WEIGHTS_NAME = "liteseg_demo_mobilenetv2.pt"
 #: The demo weights are this package's own work (trained on generated scenes only), under its licence.
 DEMO_WEIGHTS_LICENSE = "Apache-2.0 (liteseg_ros demo weights, trained on generated scenes only)"
-
-
-class ModelLoadError(RuntimeError):
-    """The model cannot be loaded as configured; the message says what to change."""
-
-
-@dataclass
-class ModelSource:
-    """What was loaded, for ~/info and diagnostics."""
-
-    name: str
-    backbone: str
-    weights: str  # resolved path, or "" for random weights
-    random: bool
-    #: licence of the weights in one line ("" = unknown: a file that is not a registered name)
-    license: str = ""
 
 
 def demo_weights_path() -> Path:
@@ -96,79 +92,17 @@ def _resolve(weights: str, allow_download: bool, log: Callable[[str], None], pro
 ONNX_BACKENDS = ("auto", *CPU_BACKENDS)
 
 
-def is_onnx_weights(path: Path | str | None) -> bool:
-    """Whether ``weights`` names an ONNX model (``liteseg export`` / ``liteseg quantize --out``)."""
-    return path is not None and str(path).lower().endswith(".onnx")
+def resolve_model(weights: str, backbone: str = "auto", allow_random_weights: bool = False, num_classes: int = 19,
+                  allow_download: bool = False, log: Callable[[str], None] = print,
+                  cache_dir: str | os.PathLike | None = None, use_meta_cache: bool = False) -> ModelWeights:
+    """A ``weights`` setting -> :class:`ModelWeights`: the one place that decides what weights are.
 
-
-def _onnx_source(path: Path, backbone: str):
-    """(path, ClassTable, mean, std, ModelSource) for an ONNX file, from the metadata our export writes."""
-    import json
-
-    from liteseg_ros.classes import IMAGENET_MEAN, IMAGENET_STD
-    from liteseg_ros.engines.export import onnx_metadata
-
-    try:
-        meta = onnx_metadata(path)
-    except Exception as exc:  # noqa: BLE001 - onnx raises its own decode errors for a damaged file
-        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
-    try:
-        num_classes = int(meta["liteseg.num_classes"])
-        file_backbone = meta.get("liteseg.backbone", "")
-        mean = tuple(json.loads(meta["liteseg.mean"])) if "liteseg.mean" in meta else IMAGENET_MEAN
-        std = tuple(json.loads(meta["liteseg.std"])) if "liteseg.std" in meta else IMAGENET_STD
-    except (KeyError, ValueError, TypeError):
-        raise ModelLoadError(f"{path}: an ONNX file without liteseg metadata (liteseg.num_classes ...); "
-                             "use a file written by `liteseg export` or `liteseg quantize --out`") from None
-    if file_backbone:
-        _check_backbone(path, backbone, file_backbone)
-    classes = ClassTable.cityscapes() if num_classes == 19 else ClassTable.generic(num_classes)
-    return str(path), classes, mean, std, ModelSource(path.stem, file_backbone or backbone.replace("auto", ""),
-                                                      str(path), False)
-
-
-def _check_backbone(path: Path, backbone: str, found: str) -> None:
-    if backbone not in ("", "auto") and found != backbone:  # 'auto' (the default) takes the file's
-        raise ModelLoadError(f"parameter backbone={backbone!r} but {path} holds a {found} model")
-
-
-def cached_model_info(weights: str, backbone: str, cache_dir: str | os.PathLike | None,
-                      allow_download: bool = False, log: Callable[[str], None] = print):
-    """(ClassTable, mean, std, ModelSource) of a checkpoint from the engine cache's metadata, without
-    torch; None when the cache has none for this file's content (the caller loads the checkpoint)."""
-    from liteseg_ros.engines.cache import read_meta
-
-    path, entry = _resolve(weights, allow_download, log, False)
-    if path is None or is_onnx_weights(path):
-        return None
-    data = read_meta(path, cache_dir)
-    if data is None:
-        return None
-    meta = data["meta"]
-    try:
-        classes = ClassTable.from_dict(meta["classes"])
-        mean, std = tuple(float(v) for v in meta["mean"]), tuple(float(v) for v in meta["std"])
-        found = str(meta["backbone"])
-    except (KeyError, TypeError, ValueError):
-        return None  # written by another version: load the checkpoint instead
-    _check_backbone(path, backbone, found)
-    mean, std, source = _describe(weights, path, entry, found, data.get("name") or path.stem,
-                                  str(meta.get("source", "")), mean, std)
-    return classes, mean, std, source
-
-
-def load_model(weights: str, allow_random_weights: bool = False, backbone: str = "auto",
-               num_classes: int = 19, allow_download: bool = False, log: Callable[[str], None] = print,
-               cache_dir: str | os.PathLike | None = None):
-    """Returns (model in eval mode, ClassTable, mean, std, ModelSource).
-
-    For an ``.onnx`` file the "model" is the file's path (a string), which ``create_engine`` runs with
-    an ONNX backend; classes, mean and std come from the metadata ``liteseg export`` writes into it.
-    With ``cache_dir`` (the engine cache; '' or None = the default one) a checkpoint's metadata is
-    stored there for :func:`cached_model_info` of later starts.
+    '' -> seeded random weights (only with ``allow_random_weights``); an ``.onnx`` file (any case) ->
+    its metadata (no torch, no onnx); a checkpoint -> the engine cache's copy of its metadata when
+    ``use_meta_cache`` finds one (no torch), else the loaded checkpoint (whose metadata is then
+    cached). A registered name or ``demo`` adds its name, licence and, for files without metadata of
+    their own, its normalisation. ``backbone`` other than ''/'auto' must match the file's.
     """
-    from liteseg_ros.model import CheckpointError, LiteSeg, load_checkpoint
-
     path, entry = _resolve(weights, allow_download, log, False)
     if path is None:
         if not allow_random_weights:
@@ -177,108 +111,88 @@ def load_model(weights: str, allow_random_weights: bool = False, backbone: str =
                 "liteseg_ros .pt), a registered name such as liteseg-mobilenet-cityscapes (`liteseg weights "
                 "list`), or 'demo' for the bundled synthetic-scene demo model; set "
                 "'allow_random_weights: true' only for tests")
-        import torch
-
-        torch.manual_seed(0)
-        backbone = "mobilenetv2" if backbone in ("", "auto") else backbone
-        model = LiteSeg(backbone, num_classes).eval()
-        classes = ClassTable.generic(num_classes)
-        from liteseg_ros.classes import IMAGENET_MEAN, IMAGENET_STD
-
-        return model, classes, IMAGENET_MEAN, IMAGENET_STD, ModelSource(
-            f"liteseg-{backbone}-random", backbone, "", True)
-    if is_onnx_weights(path):
-        return _onnx_source(path, backbone)
-    try:
-        model = load_checkpoint(path, map_location="cpu")
-    except CheckpointError as exc:
-        raise ModelLoadError(str(exc)) from None
-    meta = model.meta
-    _check_backbone(path, backbone, meta.backbone)
-    name = getattr(meta, "model_name", "") or path.stem
-    if cache_dir is not None:
-        from liteseg_ros.engines.cache import write_meta
-
-        write_meta(path, cache_dir or None, meta.to_dict(), name)
-    mean, std, source = _describe(weights, path, entry, meta.backbone, name, meta.source, tuple(meta.mean),
-                                  tuple(meta.std))
-    return model.eval(), meta.classes, mean, std, source
-
-
-def _describe(weights: str, path: Path, entry, backbone: str, name: str, meta_source: str, mean, std):
-    """(mean, std, ModelSource) of a loaded or cached checkpoint: a registered name supplies the name,
-    the licence and, for files without metadata of their own, the normalisation."""
-    licence = DEMO_WEIGHTS_LICENSE if weights == "demo" else ""
+        return random_weights("mobilenetv2" if backbone in ("", "auto") else backbone, num_classes)
+    if is_onnx_file(path):
+        model = onnx_weights(path)
+        if not model.backbone:  # a file without the key: the parameter's, as far as it names one
+            model.backbone = backbone.replace("auto", "")
+    else:
+        model = checkpoint_weights(path, cache_dir, use_meta_cache, log)
+    if model.backbone:
+        _check_backbone(path, backbone, model.backbone)
+    if weights == "demo":
+        model.license = DEMO_WEIGHTS_LICENSE
     if entry is not None:
-        if backbone != entry.backbone:
+        if model.backbone != entry.backbone:
             raise ModelLoadError(f"weights {entry.name!r} are registered as {entry.backbone} but {path} holds "
-                                 f"a {backbone} model")
-        name, licence = entry.name, entry.license_line
-        if meta_source in ("official", "state_dict"):  # no metadata in the file: the registry's normalisation
-            mean, std = entry.mean or mean, entry.std or std
-    return tuple(mean), tuple(std), ModelSource(name, backbone, str(path), False, licence)
+                                 f"a {model.backbone} model")
+        model.name, model.license = entry.name, entry.license_line
+        if model.meta_source in ("official", "state_dict"):  # no metadata in the file: the registry's
+            model.mean, model.std = tuple(entry.mean or model.mean), tuple(entry.std or model.std)
+    return model
 
 
-def build_pipeline(values: Mapping, classes_override: ClassTable | None = None,
-                   log: Callable[[str], None] = print, max_batch: int = 1):
-    """Settings (the node's parameter names) -> (Pipeline, ModelSource).
+def _check_backbone(path: Path, backbone: str, found: str) -> None:
+    if backbone not in ("", "auto") and found != backbone:  # 'auto' (the default) takes the file's
+        raise ModelLoadError(f"parameter backbone={backbone!r} but {path} holds a {found} model")
 
-    ``values`` needs: weights, allow_random_weights, backbone, backend, device, precision,
-    num_threads, engine_cache_dir, network_width, network_height, resize_mode, output_resolution,
-    overlay_alpha, confidence_threshold, and ``mask_groups`` as {group: [class names]};
-    ``min_label_agreement`` (default ``selection.DEFAULT_MIN_LABEL_AGREEMENT``) and ``allow_download`` (default false: a registered name
-    must already be in the weights cache) are optional.
+
+def load_model(weights: str, allow_random_weights: bool = False, backbone: str = "auto",
+               num_classes: int = 19, allow_download: bool = False, log: Callable[[str], None] = print,
+               cache_dir: str | os.PathLike | None = None):
+    """Returns (model in eval mode, ClassTable, mean, std, ModelWeights): :func:`resolve_model` with the
+    module loaded, for tools that need the module itself.
+
+    For an ``.onnx`` file the "model" is the file's path (a string), which ``create_engine`` runs with
+    an ONNX backend. With ``cache_dir`` (the engine cache; '' = the default one) a checkpoint's
+    metadata is stored there for later starts.
+    """
+    source = resolve_model(weights, backbone, allow_random_weights, num_classes, allow_download, log,
+                           cache_dir or None, use_meta_cache=cache_dir is not None)
+    model = source.weights if source.is_onnx else source.module()
+    return model, source.classes, tuple(source.mean), tuple(source.std), source
+
+
+def build_pipeline(settings: PipelineSettings, classes_override: ClassTable | None = None,
+                   log: Callable[[str], None] = print, max_batch: int = 1,
+                   warn: Callable[[str], None] | None = None):
+    """Settings (``params.pipeline_settings``) -> (Pipeline, ModelWeights).
+
     ``max_batch``: the largest batch ``Pipeline.run`` will get (TensorRT profiles; the bag tool batches).
+    ``warn``: where a request the engine could not meet as asked is reported (default: ``log``).
     """
     from liteseg_ros.engines import create_engine
+    from liteseg_ros.tools.quantize import startup_agreement
 
-    cache_dir = values.get("engine_cache_dir") or None
-    allow_download = bool(values.get("allow_download", False))
-    cached = None if values["allow_random_weights"] and not values["weights"] else cached_model_info(
-        values["weights"], values["backbone"], cache_dir, allow_download, log)
-    if cached is not None:  # the engine loads the checkpoint only if its cached file is missing
-        model = None
-        classes, mean, std, source = cached
-        log(f"model {source.name}: metadata from the engine cache (checkpoint loaded only if the engine "
-            f"file must be made)")
-    else:
-        model, classes, mean, std, source = load_model(values["weights"], values["allow_random_weights"],
-                                                       values["backbone"], allow_download=allow_download,
-                                                       log=log, cache_dir=cache_dir or "")
-    classes = classes_override or classes
-    size = (int(values["network_height"]), int(values["network_width"]))
-    if is_onnx_weights(source.weights):
-        _check_onnx_settings(Path(source.weights), values["backend"], size)
+    s = settings
+    cache_dir = s.engine_cache_dir or None
+    source = resolve_model(s.weights, s.backbone, s.allow_random_weights, allow_download=s.allow_download, log=log,
+                           cache_dir=cache_dir, use_meta_cache=True)
+    classes = classes_override or source.classes
+    size = s.network_size
+    if source.is_onnx:
+        _check_onnx_settings(source, s.backend, size)
     if source.backbone == "darknet19" and (size[0] % 4 or size[1] % 4):
         raise ModelLoadError(f"darknet19 needs network_width/height divisible by 4, got {size[1]}x{size[0]}")
-    groups = classes.resolve_groups(values.get("mask_groups", {}))
-    cfg = PipelineConfig(network_size=size, resize_mode=values["resize_mode"],
-                         output_resolution=values["output_resolution"],
-                         overlay_alpha=float(values["overlay_alpha"]),
-                         confidence_threshold=float(values["confidence_threshold"]),
-                         mask_groups=groups, mean=tuple(mean), std=tuple(std))
-    device, precision = resolve_device(values["device"], values["precision"])
-    # A checkpoint goes in as its path so that cached files are keyed by the file (no torch needed
-    # to find them); random weights exist only as the module.
-    engine = create_engine(source.weights or model, backend=values["backend"], device=device,
-                           precision=precision, input_size=size,
-                           num_threads=int(values["num_threads"]) or None,
-                           cache_dir=cache_dir, log=log,
-                           max_batch=max(1, int(max_batch)),
-                           min_label_agreement=float(values.get("min_label_agreement",
-                                                                DEFAULT_MIN_LABEL_AGREEMENT)),
-                           loaded_model=model if source.weights and not is_onnx_weights(source.weights) else None)
+    cfg = PipelineConfig(network_size=size, resize_mode=s.resize_mode, output_resolution=s.output_resolution,
+                         overlay_alpha=float(s.overlay_alpha), confidence_threshold=float(s.confidence_threshold),
+                         mask_groups=classes.resolve_groups(s.mask_groups), mean=tuple(source.mean),
+                         std=tuple(source.std))
+    device, precision = resolve_device(s.device, s.precision)
+    engine = create_engine(source, backend=s.backend, device=device, precision=precision, input_size=size,
+                           num_threads=int(s.num_threads) or None, cache_dir=cache_dir, log=log,
+                           max_batch=max(1, int(max_batch)), min_label_agreement=float(s.min_label_agreement),
+                           agreement_check=startup_agreement, warn=warn)
     return Pipeline(engine, classes, cfg), source
 
 
-def _check_onnx_settings(path: Path, backend: str, size: tuple[int, int]) -> None:
+def _check_onnx_settings(source: ModelWeights, backend: str, size: tuple[int, int]) -> None:
     """An ONNX file as weights runs on an ONNX backend, at the size it was exported for (unless dynamic)."""
-    from liteseg_ros.engines.export import onnx_metadata
-
+    path = source.path
     if backend not in ONNX_BACKENDS:
         raise ModelLoadError(f"weights {path} is an ONNX model: it runs with backend onnxruntime or openvino "
                              f"(or auto), not {backend!r}; for backend {backend} give the checkpoint (.pt/.pth)")
-    meta = onnx_metadata(path)
+    meta = source.onnx_meta
     exported = meta.get("liteseg.input_size", "")
     if meta.get("liteseg.dynamic") != "True" and exported and exported != f"{size[0]}x{size[1]}":
         h, w = exported.split("x")

@@ -1,7 +1,7 @@
 """sensor_msgs/Image in its serialized (CDR) form: read and write frames with at most one pixel copy.
 
-Ring 3 (ROS edge): imports rclpy's serializer and sensor_msgs, and calls rcl's own publish function
-(ctypes, see "sending" below); no node, no pipeline.
+Ring 3 (ROS edge): imports rclpy's serializer and sensor_msgs; sends through ``fast_send`` (which
+holds the ctypes code and decides whether it may run); no node, no pipeline.
 
 Why: at camera resolution, going through rclpy's Python message objects copies every frame
 several times. Receiving: ``deserialize_message`` copies the pixels into the C message and again
@@ -11,7 +11,7 @@ serializer each copy (measured ~10 ms per 1080p rgb8 frame on Jazzy, benchmarks/
 byte sequence at the end of the CDR buffer. So this module lets rmw's own serializer write (or
 read) everything *before* the pixels, from a message whose ``data`` is empty, and puts the pixels
 after it with one ``bytes.join`` or one copy into a reused buffer (or reads them as a zero-copy
-numpy view of the received buffer), and hands that to rcl as an already serialized message.
+numpy view of the received buffer), and hands that to ``fast_send`` as an already serialized message.
 
 Both directions check, once per process, that the rmw's encoding has the layout this relies on
 (little-endian plain CDR, nothing after the pixels); anywhere it does not, they fall back to the
@@ -21,10 +21,8 @@ either).
 """
 from __future__ import annotations
 
-import ctypes
 import struct
 import threading
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +30,7 @@ import numpy as np
 from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import Image
 
-from liteseg_ros import image_codec
+from liteseg_ros import fast_send, image_codec
 
 _CDR_LE = b"\x00\x01"  # encapsulation id of little-endian plain CDR (XCDR1)
 _U32 = struct.Struct("<I")
@@ -136,151 +134,17 @@ def parse_image(raw: bytes) -> RawImage:
 
 
 # ----------------------------------------------------------------------------- sending
-# rclpy's ``Publisher.publish(bytes)`` hands the buffer to C++ as a ``std::string`` *by value*:
-# pybind11 copies the whole serialized message (22 MB per 1080p frame of the node's seven images)
-# before rcl sees it, and the call keeps the GIL for the whole DDS write, so the worker thread
-# cannot decode or post-process the next frame meanwhile. ``send`` calls the same C function
-# rclpy ends in, ``rcl_publish_serialized_message``, through ctypes: rcl reads the Python buffer
-# in place, and ctypes releases the GIL during the call. The rmw copies the sample into a Fast DDS
-# payload inside ``write``, before the call returns (in either publication mode), so the buffer
-# may be reused once the call is back: ``send_image`` keeps one buffer per publisher and copies the
-# pixels into it with the GIL released too (a fresh 6 MB ``bytes`` per image and frame costs page
-# faults on every frame; a reused buffer's pages are already mapped).
-
-
-class _Allocator(ctypes.Structure):
-    """``rcutils_allocator_t``: four function pointers and a state pointer (unused by rcl here)."""
-
-    _fields_ = [(name, ctypes.c_void_p) for name in ("allocate", "deallocate", "reallocate", "zero_allocate", "state")]
-
-
-class _SerializedMessage(ctypes.Structure):
-    """``rcl_serialized_message_t`` (``rcutils_uint8_array_t``): buffer, length, capacity, allocator."""
-
-    _fields_ = [("buffer", ctypes.c_void_p), ("buffer_length", ctypes.c_size_t),
-                ("buffer_capacity", ctypes.c_size_t), ("allocator", _Allocator)]
-
-
-_rcl_publish: Any = None  # the ctypes function once found; False when it is not available
-_rcl_lock = threading.Lock()
-
-
-def _loaded_librcl() -> str | None:
-    """Path of the librcl rclpy itself loaded (so ctypes binds the very same library), or None."""
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                path = line.rsplit(None, 1)[-1] if "/" in line else ""
-                if path.rsplit("/", 1)[-1].startswith("librcl.so"):
-                    return path
-    except OSError:
-        pass
-    return None
-
-
-def _publish_function() -> Any:
-    """``rcl_publish_serialized_message`` from the librcl in this process, or False (cached)."""
-    global _rcl_publish
-    with _rcl_lock:
-        if _rcl_publish is None:
-            _rcl_publish = False
-            import rclpy.publisher  # noqa: F401  (rclpy's extension, and with it librcl, is loaded)
-
-            for name in (_loaded_librcl(), "librcl.so"):
-                if not name:
-                    continue
-                try:
-                    fn = ctypes.CDLL(name).rcl_publish_serialized_message
-                except (OSError, AttributeError):
-                    continue
-                fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(_SerializedMessage), ctypes.c_void_p]
-                fn.restype = ctypes.c_int
-                _rcl_publish = fn
-                break
-        return _rcl_publish
-
-
-def _reset_rcl_error() -> None:
-    """Clear the error rcl left in its thread-local state (rclpy resets it after raising, too)."""
-    try:
-        ctypes.CDLL("librcutils.so").rcutils_reset_error()
-    except (OSError, AttributeError):
-        pass
-
-
-def send(publisher: Any, data: bytes) -> None:
-    """Publish an already serialized message without the copy and GIL hold of ``publish(bytes)``.
-
-    Same effect as ``publisher.publish(data)``, which it falls back to where librcl or the rclpy
-    handle's address cannot be found, and which it repeats when rcl reports a failure, so the
-    caller gets rclpy's own exception and message (rcl did not send the sample then).
-    """
-    fn = _publish_function()
-    handle = getattr(publisher, "handle", None)
-    if not fn or not hasattr(handle, "pointer"):
-        publisher.publish(data)
-        return
-    buf = ctypes.c_char_p(data)  # points at the bytes object's own storage: no copy
-    msg = _SerializedMessage(ctypes.cast(buf, ctypes.c_void_p), len(data), len(data))
-    with handle:  # rclpy's guard: the publisher cannot be destroyed during the call
-        rc = fn(handle.pointer, ctypes.byref(msg), None)
-    if rc != 0:
-        _reset_rcl_error()
-        publisher.publish(data)
-
-
-class _Outbox:
-    """One publisher's reusable serialized-Image buffer (and the lock that serialises its use)."""
-
-    __slots__ = ("address", "buf", "lock")
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self.address = 0
-        self.lock = threading.Lock()
-
-    def reserve(self, size: int) -> None:
-        """Make the buffer exactly ``size`` bytes (a new one only when the frame size changes)."""
-        if len(self.buf) != size:
-            self.buf = bytearray(size)
-            self.address = ctypes.addressof((ctypes.c_char * size).from_buffer(self.buf))
-
-
-_outboxes: weakref.WeakKeyDictionary[Any, _Outbox] = weakref.WeakKeyDictionary()
-_outboxes_lock = threading.Lock()
-
-
 def send_image(publisher: Any, arr: np.ndarray, encoding: str, header: Any = None) -> None:
     """Publish ``arr`` as a ``sensor_msgs/Image`` carrying ``header``: the same message as
-    ``publisher.publish(image_bytes(arr, encoding, header))``, with the pixels copied once, into
-    a buffer this publisher reuses, and both that copy and the DDS write outside the GIL.
-
-    Memory: one buffer per publisher, the size of its last message, freed when the publisher object is.
-    """
+    ``publisher.publish(image_bytes(arr, encoding, header))``, with the pixels copied once, into a
+    buffer this publisher reuses, and both that copy and the DDS write outside the GIL where
+    ``fast_send`` may run (else exactly that ``publish``)."""
     fields, pixels = image_codec.image_layout(arr, encoding)
-    fn = _publish_function()
-    handle = getattr(publisher, "handle", None)
-    if not fn or not hasattr(handle, "pointer") or not _check_layout():
+    if not _check_layout():
         publisher.publish(image_bytes(arr, encoding, header))
         return
     msg = Image(**fields)
     if header is not None:
         msg.header = header
-    prefix = serialize_message(msg)[:-4]  # everything before the pixels' length
-    n = pixels.nbytes
-    size = len(prefix) + 4 + n
-    with _outboxes_lock:
-        box = _outboxes.get(publisher)
-        if box is None:
-            box = _outboxes[publisher] = _Outbox()
-    with box.lock:
-        box.reserve(size)
-        box.buf[:len(prefix)] = prefix
-        _U32.pack_into(box.buf, len(prefix), n)
-        ctypes.memmove(box.address + len(prefix) + 4, pixels.ctypes.data, n)  # releases the GIL
-        out = _SerializedMessage(box.address, size, size)
-        with handle:
-            rc = fn(handle.pointer, ctypes.byref(out), None)
-        if rc != 0:
-            _reset_rcl_error()
-            publisher.publish(bytes(box.buf))
+    head = serialize_message(msg)[:-4] + _U32.pack(pixels.nbytes)  # everything before the pixels
+    fast_send.send_parts(publisher, head, pixels, lambda: image_bytes(arr, encoding, header))

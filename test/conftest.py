@@ -79,7 +79,7 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def model():
     """A seeded random-weight LiteSeg-MobileNetV2 whose BN statistics make labels vary over the image."""
-    from liteseg_ros.engines.bench import random_weight_model
+    from liteseg_ros.tools.bench import random_weight_model
 
     return random_weight_model("mobilenetv2", 19, seed=0)
 
@@ -89,7 +89,7 @@ def batch(request):
     """Two smooth-noise images of the requesting module's ``H`` x ``W`` (float32 NCHW)."""
     import torch
 
-    from liteseg_ros.engines.bench import smooth_noise
+    from liteseg_ros.tools.bench import smooth_noise
 
     return smooth_noise(2, request.module.H, request.module.W, torch.Generator().manual_seed(1)).numpy()
 
@@ -351,9 +351,8 @@ from liteseg_ros import params
 from liteseg_ros.runtime import build_pipeline
 from liteseg_ros.synthetic import SceneConfig, generate_scene
 from liteseg_ros.pipeline import Wants
-vals = dict(params.defaults(), weights=sys.argv[1], engine_cache_dir=sys.argv[2], network_height=96,
-            network_width=160, num_threads=1, min_label_agreement=float(sys.argv[3]))
-vals["mask_groups"] = params.mask_groups_of(vals)
+vals = params.pipeline_settings(dict(weights=sys.argv[1], engine_cache_dir=sys.argv[2], network_height=96,
+                                     network_width=160, num_threads=1, min_label_agreement=float(sys.argv[3])))
 logs = []
 pipe, src = build_pipeline(vals, log=logs.append)
 seg = pipe.run([generate_scene(10001, SceneConfig(height=120, width=200)).image], "bgr", Wants.all())[0]

@@ -131,11 +131,11 @@ def settings(params_file):
 
 @pytest.fixture(scope="module")
 def pipeline(settings):
-    """The same (Pipeline, ModelSource) the bag tool builds, built once for the API-level tests."""
+    """The same (Pipeline, ModelWeights) the bag tool builds, built once for the API-level tests."""
     from liteseg_ros import params
     from liteseg_ros.runtime import build_pipeline
 
-    return build_pipeline(dict(settings, mask_groups=params.mask_groups_of(settings)), log=lambda m: None)
+    return build_pipeline(params.pipeline_settings(settings), log=lambda m: None)
 
 
 def no_leftovers(parent: Path) -> bool:

@@ -383,8 +383,7 @@ def test_text_file_and_onnx_file_as_checkpoint_say_what_they_are(tmp_path):
 def _settings(**kw):
     from liteseg_ros import params
 
-    values = params.validate({"network_width": 96, "network_height": 64, "num_threads": 1, **kw})
-    return dict(values, mask_groups=params.mask_groups_of(values))
+    return params.pipeline_settings({"network_width": 96, "network_height": 64, "num_threads": 1, **kw})
 
 
 def test_weights_directory_and_text_file_get_clear_messages(tmp_path):

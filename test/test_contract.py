@@ -70,6 +70,48 @@ def test_intrinsics_scale_rows_0_and_1_only():
     assert p2 == [250.0, 0, 160, 3.5, 0, 100, 60, 2, 0, 0, 1, 0]
 
 
+@pytest.mark.parametrize("label_size", [(64, 96), (480, 640)])  # made at the network or the input resolution
+def test_label_camera_info_scales_k_p_and_the_roi_like_image_proc(label_size):
+    """K and P rows 0 and 1 and the ROI (offsets and size, truncated to whole pixels, as image_proc's
+    resize does) follow the label's resolution; the rest is copied; the frame's header is carried. One
+    function for rclpy's and rosbags' message classes."""
+    pytest.importorskip("rclpy")
+    from liteseg_ros.bag.store import make_typestore
+    from liteseg_ros.node import rclpy_types
+
+    bag_types = make_typestore()[0].types.__getitem__
+    k = [500.0, 0, 320, 0, 500, 240, 0, 0, 1]
+    p = [500.0, 0, 320, 7, 0, 500, 240, 8, 0, 0, 1, 0]
+    seg = Segmentation(label=np.zeros(label_size, np.uint8), geometry=Geometry.fit((480, 640), (64, 96), "stretch"))
+    h, w = seg.label.shape
+    sx, sy = w / 640, h / 480
+    got = []
+    for types in (rclpy_types, bag_types):
+        roi = types("sensor_msgs/msg/RegionOfInterest")(x_offset=101, y_offset=51, height=201, width=301,
+                                                         do_rectify=True)
+        src = types(contract.CAMERA_INFO)(header=types("std_msgs/msg/Header")(stamp=contract.stamp(types, 5),
+                                                                               frame_id="src"),
+                                          height=480, width=640, distortion_model="plumb_bob",
+                                          d=np.array([0.1, -0.2, 0, 0, 0.01]), k=np.array(k), r=np.eye(3).ravel(),
+                                          p=np.array(p), binning_x=2, binning_y=1, roi=roi)
+        header = types("std_msgs/msg/Header")(stamp=contract.stamp(types, 1_700_000_000_000_000_007), frame_id="cam")
+        out = contract.label_camera_info(types, src, header, seg)
+        assert (out.height, out.width) == (h, w) and out.header.frame_id == "cam"
+        assert contract.stamp(types, 1_700_000_000_000_000_007) == out.header.stamp
+        assert list(out.k) == contract.scaled_intrinsics(k, p, sx, sy)[0]
+        assert list(out.p) == contract.scaled_intrinsics(k, p, sx, sy)[1]
+        assert (out.roi.x_offset, out.roi.y_offset, out.roi.width, out.roi.height, out.roi.do_rectify) == (
+            int(101 * sx), int(51 * sy), int(301 * sx), int(201 * sy), True)
+        assert (out.distortion_model, list(out.d), out.binning_x, out.binning_y) == (
+            "plumb_bob", [0.1, -0.2, 0, 0, 0.01], 2, 1)
+        got.append(_fields(out))
+    assert got[0] == got[1]
+    if label_size == (480, 640):
+        assert got[0]["roi"] == {"x_offset": 101, "y_offset": 51, "height": 201, "width": 301, "do_rectify": True}
+    else:
+        assert got[0]["roi"] == {"x_offset": 15, "y_offset": 6, "height": 26, "width": 45, "do_rectify": True}
+
+
 # ------------------------------------------------------------------------------------------ one factory, two type systems
 class _Source:
     name, backbone, license = "tiny-random", "mobilenetv2", "CC0"

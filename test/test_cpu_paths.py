@@ -20,7 +20,8 @@ from liteseg_ros.commands.engines import add_quantize_parser
 from liteseg_ros.engines import EngineError, cpu_path_ranking, create_engine
 from liteseg_ros.engines.export import export_onnx, reference_outputs
 from liteseg_ros.engines.openvino import CAPS_ENV, OpenVinoEngine, cpu_capabilities, has_bf16, openvino_status
-from liteseg_ros.engines.quantize import (
+from liteseg_ros.runtime import demo_weights_path, resolve_device
+from liteseg_ros.tools.quantize import (
     HOLDOUT_SEED,
     compare_on_samples,
     int8_path,
@@ -28,9 +29,9 @@ from liteseg_ros.engines.quantize import (
     quantize_model,
     reference_pipeline,
     report_paths,
+    startup_agreement,
     synthetic_samples,
 )
-from liteseg_ros.runtime import demo_weights_path, resolve_device
 
 pytestmark = [pytest.mark.skipif(openvino_status() != "ok", reason=f"openvino unusable: {openvino_status()}"),
               pytest.mark.usefixtures("one_torch_thread")]
@@ -232,7 +233,8 @@ def test_auto_respects_the_agreement_floor(cache):
     weights = cache / "random.pt"  # keyed by the file, as `liteseg quantize --weights` and the node do
     q = int8_path(weights, (H, W), cache)
     agreement = load_report(q, "openvino")["label_agreement"]
-    kw = dict(num_threads=1, cache_dir=cache, log=lambda m: None, warmup=False, caps=caps)
+    kw = dict(num_threads=1, cache_dir=cache, log=lambda m: None, warmup=False, caps=caps,
+              agreement_check=startup_agreement)
     low = create_engine(weights, "auto", "cpu", "auto", (H, W), min_label_agreement=agreement - 1e-6, **kw)
     assert (low.info.backend, low.info.precision) == ("openvino", "int8")
     assert low.info.reason.startswith("auto: CPU default openvino int8") and "quantization report" in low.info.reason
@@ -264,7 +266,8 @@ def test_auto_respects_the_agreement_floor(cache):
 
 def test_auto_never_quantizes_at_startup_and_runtime_keeps_cpu_auto(model, tmp_path):
     e = create_engine(model, "auto", "cpu", "auto", (H, W), num_threads=1, cache_dir=tmp_path,
-                      log=lambda m: None, warmup=False, caps="FP32,INT8,BF16", min_label_agreement=0.0)
+                      log=lambda m: None, warmup=False, caps="FP32,INT8,BF16", min_label_agreement=0.0,
+                      agreement_check=startup_agreement)
     assert "openvino int8: no quantized model in the cache" in e.info.reason
     # next in the bf16 ranking: OpenVINO bf16 (compiled f32 where the CPU really lacks bf16)
     assert e.info.backend == "openvino" and e.info.precision == ("bf16" if has_bf16() else "fp32")
@@ -325,3 +328,22 @@ def test_demo_weights_every_cpu_path_agrees_with_pytorch_fp32(demo, record_prope
         if precision != "fp32":
             assert res["miou_drop_points"] <= 1.0, lines[-1]
     print("\n" + "\n".join(lines))
+
+
+def test_the_agreement_check_is_the_callers(model, tmp_path):
+    """The engines measure nothing themselves: a bf16 path whose agreement is unknown is measured by the
+    check the caller hands in (and the answer cached), or skipped when there is none."""
+    kw = dict(num_threads=1, log=lambda m: None, warmup=False, caps="FP32,INT8,BF16", min_label_agreement=0.99)
+    calls: list[tuple] = []
+
+    def poor(engine, module, size):
+        calls.append((engine.info.backend, engine.info.precision, module is model, size))
+        return 0.5, "the caller's check"
+
+    e = create_engine(model, "openvino", "cpu", "auto", (H, W), cache_dir=tmp_path / "a", agreement_check=poor, **kw)
+    assert calls == [("openvino", "bf16" if has_bf16() else "fp32", True, (H, W))]
+    assert e.info.precision == "fp32" and "openvino bf16: label agreement 0.5000 (the caller's check)" in e.info.reason
+    e = create_engine(model, "openvino", "cpu", "auto", (H, W), cache_dir=tmp_path / "a", agreement_check=poor, **kw)
+    assert len(calls) == 1 and "label agreement 0.5000 (start-up check, cached)" in e.info.reason
+    e = create_engine(model, "openvino", "cpu", "auto", (H, W), cache_dir=tmp_path / "b", **kw)
+    assert e.info.precision == "fp32" and "openvino bf16: agreement unknown (no agreement check given)" in e.info.reason

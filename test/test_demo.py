@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -46,9 +47,9 @@ def test_demo_weights_segment_held_out_scenes():
     from liteseg_ros.synthetic import SceneConfig, generate_scene
     from liteseg_ros.train.metrics import ConfusionMatrix
 
-    values = dict(params.defaults(), weights="demo", backend="pytorch")
-    values.update(network_height=DEMO_NETWORK_SIZE[0], network_width=DEMO_NETWORK_SIZE[1], mask_groups={})
-    pipe, source = build_pipeline(values, log=lambda s: None)
+    values = params.pipeline_settings(dict(weights="demo", backend="pytorch", network_height=DEMO_NETWORK_SIZE[0],
+                                           network_width=DEMO_NETWORK_SIZE[1]))
+    pipe, source = build_pipeline(replace(values, mask_groups={}), log=lambda s: None)
     assert source.name and not source.random
     cm = ConfusionMatrix(19)
     for seed in range(10000, 10012):

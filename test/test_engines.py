@@ -25,9 +25,9 @@ from liteseg_ros.engines import (
     available_backends,
     create_engine,
 )
-from liteseg_ros.engines.bench import bench_engine, format_table, random_weight_model, summarize
 from liteseg_ros.engines.cpu_tuning import get_num_threads, set_num_threads, tune_malloc
-from liteseg_ros.engines.export import export_onnx, onnx_metadata, reference_outputs, verify_onnx
+from liteseg_ros.engines.export import export_onnx, reference_outputs, verify_onnx
+from liteseg_ros.engines.onnx_file import onnx_metadata
 from liteseg_ros.engines.onnxruntime import OnnxRuntimeEngine
 from liteseg_ros.engines.outputs import SegmentationOutputs, segmentation_outputs
 from liteseg_ros.engines.pytorch import PyTorchEngine
@@ -39,6 +39,7 @@ from liteseg_ros.engines.tensorrt import (
     tensorrt_status,
     write_plan,
 )
+from liteseg_ros.tools.bench import bench_engine, format_table, random_weight_model, summarize
 
 H, W = 96, 160  #: network input of the engine tests (conftest's ``batch`` reads it)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -301,6 +302,19 @@ def test_onnx_file_input_and_pytorch_backend_choice(model, onnx_fixed, batch, re
         create_engine(onnx_fixed, "pytorch", log=lambda m: None)
 
 
+def test_int8_without_a_cached_file_starts_on_another_path_and_warns(model, tmp_path):
+    """No quantization inside create_engine (it took most of a minute before the first frame): without
+    the int8 file the engine starts at once on the best non-int8 path and says how to make the file."""
+    warnings: list[str] = []
+    logs: list[str] = []
+    eng = create_engine(model, "onnxruntime", "cpu", "int8", (H, W), num_threads=1, cache_dir=tmp_path,
+                        log=logs.append, warn=warnings.append, warmup=False)
+    assert (eng.info.backend, eng.info.precision) == ("onnxruntime", "fp32")
+    assert len(warnings) == 1 and "run `liteseg quantize --weights" in warnings[0] and f"--size {H}x{W}" in warnings[0]
+    assert "no int8 model in the cache" in eng.info.reason
+    assert not (tmp_path / "int8").exists() and not any("quantizing" in m for m in logs)
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"backend": "openvino2"}, "auto, pytorch, onnxruntime, tensorrt"),
     ({"precision": "int4"}, "fp32, fp16"),
@@ -455,7 +469,7 @@ def test_cpu_tuning_threads_and_malloc():
 def test_time_interleaved_blocks_discard_the_first_call_after_a_switch():
     import time as _time
 
-    from liteseg_ros.engines.bench import time_interleaved
+    from liteseg_ros.tools.bench import time_interleaved
 
     calls: list[str] = []
 

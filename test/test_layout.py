@@ -16,12 +16,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "liteseg_ros"
 RINGS = {
     "liteseg_ros": 0,  # the package __init__: only extends __path__
     "liteseg_ros.classes": 0, "liteseg_ros.synthetic": 0, "liteseg_ros.share": 0, "liteseg_ros.weights": 0,
-    "liteseg_ros.interrupts": 0, "liteseg_ros.defaults": 0, "liteseg_ros.metrics": 0,
+    "liteseg_ros.interrupts": 0, "liteseg_ros.defaults": 0, "liteseg_ros.metrics": 0, "liteseg_ros.settings": 0,
     "liteseg_ros.segmentation": 2,
     "liteseg_ros.model": 1,
     "liteseg_ros.engines": 2, "liteseg_ros.pipeline": 2, "liteseg_ros.pipeline_torch": 2,
-    "liteseg_ros.runtime": 2, "liteseg_ros.free_space": 2,
-    "liteseg_ros.image_codec": 3, "liteseg_ros.params": 3, "liteseg_ros.wire": 3, "liteseg_ros.node": 3,
+    "liteseg_ros.runtime": 2, "liteseg_ros.tools": 2, "liteseg_ros.free_space": 2,
+    "liteseg_ros.image_codec": 3, "liteseg_ros.params": 3, "liteseg_ros.wire": 3, "liteseg_ros.fast_send": 3,
+    "liteseg_ros.node": 3,
     "liteseg_ros.contract": 3, "liteseg_ros.frames": 3, "liteseg_ros.diagnostics": 3,
     "liteseg_ros.bag": 3, "liteseg_ros.msg": 3, "liteseg_ros.free_space_params": 3, "liteseg_ros.free_space_node": 3,
     "liteseg_ros.cli": 4, "liteseg_ros.commands": 4, "liteseg_ros.demo": 4, "liteseg_ros.train": 4,
@@ -124,6 +125,19 @@ def test_no_import_cycles():
         if v not in index:
             visit(v)
     assert not cycles, "modules that depend on each other: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+#: What the inference library (engines/) must never import, even lazily: it runs a network; the pipeline,
+#: the generated scenes, training and the offline tools (quantization, benchmarks) are built on top of it.
+ABOVE_ENGINES = ("liteseg_ros.pipeline", "liteseg_ros.pipeline_torch", "liteseg_ros.synthetic", "liteseg_ros.train",
+                 "liteseg_ros.tools", "liteseg_ros.runtime")
+
+
+def test_the_engines_import_nothing_built_on_them():
+    deps, _ = graph()
+    bad = [f"{m} imports {d}" for m, ds in deps.items() if m == "liteseg_ros.engines" or m.startswith("liteseg_ros.engines.")
+           for d in ds if any(d == a or d.startswith(a + ".") for a in ABOVE_ENGINES)]
+    assert not bad, "\n".join(sorted(bad))
 
 
 def test_the_core_imports_no_ros():

@@ -1,7 +1,7 @@
 """The one scoring rule (liteseg_ros.metrics): what an out-of-range prediction and an ignored label count as.
 
 Every place that scores segmentations (``liteseg eval`` and training's validation through
-``ConfusionMatrix``, ``liteseg calibrate``'s fit, the int8 report of ``engines.quantize``) must count
+``ConfusionMatrix``, ``liteseg calibrate``'s fit, the int8 report of ``tools.quantize``) must count
 the same pixels the same way, or a number in one report cannot be compared with another. These tests
 pin the rule on hand-made maps, then check each caller against it on its own real inputs.
 """
@@ -74,10 +74,10 @@ def test_quantize_report_counts_out_of_range_predictions_as_wrong():
     eval`` does (it used to drop them, which made a model look better the more pixels it got wrong
     that way), and ignore the ground truth outside the table."""
     from liteseg_ros.engines.pytorch import PyTorchEngine
-    from liteseg_ros.engines.quantize import compare_on_samples, synthetic_samples
     from liteseg_ros.model import load_checkpoint
     from liteseg_ros.pipeline import Pipeline, PipelineConfig
     from liteseg_ros.runtime import demo_weights_path
+    from liteseg_ros.tools.quantize import compare_on_samples, synthetic_samples
 
     model = load_checkpoint(demo_weights_path())
     classes = ClassTable.generic(10)

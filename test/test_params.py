@@ -45,6 +45,34 @@ def test_params_file_merging_and_groups_replace_defaults(tmp_path):
     assert params.mask_groups_of(values) == {"sky": ["sky"]}
 
 
+def test_pipeline_settings_are_typed_validated_and_gather_the_mask_groups(tmp_path):
+    """One typed record per parameter map, with exactly the parameters' names, values and the groups as
+    the map declares them (given groups replace the defaults), the same from a params file."""
+    from dataclasses import fields
+
+    from liteseg_ros.classes import DEFAULT_MASK_GROUPS
+    from liteseg_ros.settings import PipelineSettings
+
+    defaults = params.pipeline_settings({})
+    names = [f.name for f in fields(PipelineSettings)]
+    assert all(getattr(defaults, n) == params.defaults()[n] for n in names if n != "mask_groups")
+    assert defaults.mask_groups == {g: tuple(c) for g, c in DEFAULT_MASK_GROUPS.items()}
+    assert list(defaults.mask_groups) == list(DEFAULT_MASK_GROUPS)
+    s = params.pipeline_settings({"network_width": 96, "network_height": 64, "overlay_alpha": 1,
+                                  "mask_groups.sky": ["sky"], "mask_groups.built": ["building", "wall"]})
+    assert (s.network_size, s.overlay_alpha, type(s.overlay_alpha)) == ((64, 96), 1.0, float)
+    assert s.mask_groups == {"sky": ("sky",), "built": ("building", "wall")}
+    f = tmp_path / "p.yaml"
+    f.write_text("liteseg:\n  ros__parameters:\n    network_width: 96\n    network_height: 64\n    overlay_alpha: 1.0\n"
+                 "    mask_groups:\n      sky: [sky]\n      built: [building, wall]\n")
+    assert params.pipeline_settings(params.read_params_file(f)) == s
+    with pytest.raises(params.ParameterError, match="overlay_alpha") as e:
+        params.pipeline_settings({"overlay_alpha": 3.0, "mask_groups.x": ["lava"]})
+    assert len(e.value.errors) == 2
+    with pytest.raises(AttributeError):  # frozen: one record, read by everyone, changed by no one
+        s.weights = "other"
+
+
 def test_every_error_is_reported_at_once(tmp_path):
     with pytest.raises(params.ParameterError) as e:
         params.validate({"overlay_alpha": 3.0, "backend": "x", "typo": 1})

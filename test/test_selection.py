@@ -95,8 +95,24 @@ def test_named_backends_keep_their_own_rules():
         plan("openvino", "cuda", "fp32")
     with pytest.raises(EngineError, match="tensorrt.*unavailable"):
         plan("tensorrt", "cuda", "fp16")
-    p = plan("onnxruntime", precision="int8")  # quantized at build when the cache has no int8 file
+    p = plan("onnxruntime", precision="int8", has_int8_file=True)  # the cached int8 file
     assert p.first.file == "int8" and not p.is_cpu_choice
+
+
+def test_int8_without_a_cached_file_runs_the_best_other_path_and_warns():
+    """Nothing is quantized while an engine is built: without the int8 file the plan is the backend's
+    best non-int8 path, with a warning naming `liteseg quantize`."""
+    for backend, caps, want in (("onnxruntime", NO_BF16, ("onnxruntime", "fp32")), ("openvino", BF16, ("openvino", "bf16")),
+                                ("auto", NO_BF16, ("onnxruntime", "fp32"))):
+        p = plan(backend, precision="int8", caps=caps)
+        assert paths(p)[0] == want and "int8" not in {c.file for c in p.choices}, backend
+        assert len(p.warnings) == 1 and "liteseg quantize --weights w.pt" in p.warnings[0], p.warnings
+        assert any("no int8 model in the cache" in n for n in p.notes)
+    assert not plan("onnxruntime", precision="int8", has_int8_file=True).warnings
+    with pytest.raises(EngineError, match="int8 runs on device cpu"):  # the device check still comes first
+        plan("onnxruntime", "cuda", "int8", cuda=True)
+    with pytest.raises(EngineError, match="CPU precision"):  # and so does the backend check
+        plan("pytorch", precision="int8")
 
 
 def test_bad_arguments_name_what_is_allowed():

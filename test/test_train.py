@@ -9,6 +9,7 @@ import csv
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -455,10 +456,10 @@ def test_eval_scores_the_labels_the_node_publishes(tmp_path, capsys):
     paper = json.loads((tmp_path / "paper" / "eval.json").read_text())
     assert node["protocol"] == "node" and paper["protocol"] == "paper"
 
-    values = params.defaults()
-    values.update(weights="demo", backend="pytorch", device="cpu", precision="fp32", network_height=48,
-                  network_width=80, engine_cache_dir=str(tmp_path / "cache"), mask_groups={})
-    pipe, _ = build_pipeline(values, log=lambda m: None)
+    values = params.pipeline_settings(dict(weights="demo", backend="pytorch", device="cpu", precision="fp32",
+                                           network_height=48, network_width=80,
+                                           engine_cache_dir=str(tmp_path / "cache")))
+    pipe, _ = build_pipeline(replace(values, mask_groups={}), log=lambda m: None)
     cm = ConfusionMatrix(19)
     for seed in (10003, 10004):
         scene = generate_scene(seed, SceneConfig(height=96, width=160))

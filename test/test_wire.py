@@ -7,7 +7,7 @@ from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from liteseg_ros import image_codec, wire
+from liteseg_ros import fast_send, image_codec, wire
 
 
 def header(frame_id: str) -> Header:
@@ -103,13 +103,13 @@ def test_published_bytes_arrive_as_the_message(ros):
 
 
 def test_send_reaches_a_subscriber_as_the_message_without_rclpys_copy(ros):
-    """wire.send goes through rcl directly (the fast path is really taken here) and a plain
+    """fast_send.send goes through rcl directly (the fast path is really taken here) and a plain
     subscriber gets exactly the Image rclpy would have sent, large frames included."""
     import time
 
     from rclpy.qos import QoSProfile, QoSReliabilityPolicy
 
-    assert wire._publish_function(), "rcl_publish_serialized_message not found: send() would fall back"
+    assert fast_send.status() == "ok", f"send() would fall back: {fast_send.status()}"
     qos = QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE)
     got = ros.collect(Image, "/wire_send", qos)
     pub = ros.node.create_publisher(Image, "/wire_send", qos)
@@ -118,7 +118,7 @@ def test_send_reaches_a_subscriber_as_the_message_without_rclpys_copy(ros):
     frames = [(rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8), "bgr8"),
               (rng.integers(0, 256, (5, 7), dtype=np.uint8), "mono8")]
     for k, (arr, enc) in enumerate(frames):
-        wire.send(pub, wire.image_bytes(arr, enc, header(f"cam{k}")))
+        fast_send.send(pub, wire.image_bytes(arr, enc, header(f"cam{k}")))
     ros.wait_for(lambda: len(got) == len(frames), 20, "messages")
     time.sleep(0.05)
     for m, (k, (arr, enc)) in zip(got, enumerate(frames), strict=True):
@@ -149,7 +149,7 @@ def test_send_image_reuses_one_buffer_and_sends_each_frame_whole(ros):
     time.sleep(0.05)
     for m, (arr, enc, fid) in zip(got, frames, strict=True):
         assert m == image_codec.fill_image(Image(), arr, enc, header=header(fid))
-    assert len(wire._outboxes[pub].buf) == len(wire.image_bytes(frames[-1][0], "mono8", header("")))
+    assert len(fast_send._outboxes[pub].buf) == len(wire.image_bytes(frames[-1][0], "mono8", header("")))
 
 
 def test_send_on_a_destroyed_publisher_raises_like_publish(ros):
@@ -160,7 +160,7 @@ def test_send_on_a_destroyed_publisher_raises_like_publish(ros):
     with pytest.raises(Exception) as theirs:
         pub.publish(data)
     with pytest.raises(Exception) as ours:
-        wire.send(pub, data)
+        fast_send.send(pub, data)
     with pytest.raises(Exception) as ours_image:
         wire.send_image(pub, np.zeros((2, 2), np.uint8), "mono8")
     assert type(ours.value) is type(theirs.value) is type(ours_image.value)

@@ -49,7 +49,7 @@ def play_bag(bag: str | Path, *, rate: float = 1.0, clock: bool = False, clock_h
     from rosbags.interfaces import QosDurability, QosReliability
     from rosbags.rosbag2 import Reader
 
-    from liteseg_ros import wire
+    from liteseg_ros import fast_send
 
     if rate <= 0:
         raise BagError(f"--rate must be > 0, got {rate}")
@@ -133,7 +133,7 @@ def play_bag(bag: str | Path, *, rate: float = 1.0, clock: bool = False, clock_h
                             time.sleep(min(d, 0.1))
                     if clock_pub is not None:
                         publish_clock(t)
-                    wire.send(by_conn[conn.id], bytes(raw))  # rcl directly: no second copy, GIL released
+                    fast_send.send(by_conn[conn.id], bytes(raw))  # rcl directly: no second copy, GIL released
                     published += 1
                 if not loop or published == 0:
                     break

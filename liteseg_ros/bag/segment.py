@@ -226,7 +226,7 @@ def segment_bag(input_bag: str | Path, output_bag: str | Path, topics: Sequence[
     frame leaves no bag. stop_event / max_frames: stop
     early the same way (a graceful stop: the current batch is finished first). on_frame(n): called
     with the running frame count after each batch (progress hooks, tests). pipeline: a ready
-    ``(Pipeline, ModelSource)`` to reuse instead of building one from ``values``.
+    ``(Pipeline, ModelWeights)`` to reuse instead of building one from ``values``.
     The bag is written in a temporary folder next to ``output_bag`` and renamed when closed, so a
     crash never leaves a half-written bag under the final name; the folder a killed run left is
     removed by the next run (:func:`clean_stale_partials`). ``overwrite`` replaces only a bag this
@@ -270,8 +270,7 @@ def segment_bag(input_bag: str | Path, output_bag: str | Path, topics: Sequence[
         if pipeline is None:
             from liteseg_ros.runtime import build_pipeline
 
-            settings = dict(values, mask_groups=params.mask_groups_of(values))
-            pipeline = build_pipeline(settings, log=lambda m: None, max_batch=batch)
+            pipeline = build_pipeline(params.pipeline_settings(values), log=lambda m: None, max_batch=batch)
         pipe, source = pipeline
         t_start = time.perf_counter()
         run = _Run(pipe, source, typestore, have_custom, values, log)

@@ -70,7 +70,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _model(args: argparse.Namespace):
     """The module the arguments name (random weights, a checkpoint, a registered name, 'demo')."""
     if args.random_weights:
-        from liteseg_ros.engines.bench import random_weight_model
+        from liteseg_ros.tools.bench import random_weight_model
 
         return random_weight_model(args.backbone, args.num_classes, args.seed)
     from liteseg_ros.engines import load_module
@@ -210,18 +210,23 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace, model, names: list[str], image) -> int:
     from liteseg_ros.engines import create_engine
-    from liteseg_ros.engines.bench import bench_engine, format_table, write_json
+    from liteseg_ros.tools.bench import bench_engine, format_table, write_json
 
     rows, skipped = [], []
     for size in args.size or [NETWORK_SIZE]:
         for backend in names:
             for precision in args.precisions.split(","):
+                unmet: list[str] = []  # e.g. int8 without a cached int8 file: the engine runs another precision
                 try:
                     engine = create_engine(model, backend, args.device, precision, size, args.threads,
                                            args.cache_dir, args.compile, log=lambda m: None,
-                                           max_batch=args.batch, warmup=False)
+                                           max_batch=args.batch, warmup=False, warn=unmet.append)
                 except EngineError as exc:
                     skipped.append(f"{backend} {precision} {size[0]}x{size[1]}: {exc}")
+                    continue
+                if unmet:
+                    skipped.append(f"{backend} {precision} {size[0]}x{size[1]}: {'; '.join(unmet)}")
+                    engine.close()
                     continue
                 rows += bench_engine(engine, size, args.batch, args.warmup, args.iters, image)
                 engine.close()
@@ -280,7 +285,7 @@ def add_quantize_parser(subparsers) -> argparse.ArgumentParser:
 def run_quantize(args: argparse.Namespace) -> int:
     """Handler of ``liteseg quantize``."""
     from liteseg_ros.engines.cpu_tuning import set_num_threads
-    from liteseg_ros.engines.quantize import (
+    from liteseg_ros.tools.quantize import (
         DEFAULT_FLOAT_INPUT_CONVS,
         HOLDOUT_SEED,
         folder_samples,
@@ -319,7 +324,7 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace, model, calib: tuple, held: tuple) -> int:
-    from liteseg_ros.engines.quantize import (
+    from liteseg_ros.tools.quantize import (
         QUANT_BACKENDS,
         format_report,
         format_sensitivity,

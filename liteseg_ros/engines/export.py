@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .base import EngineError
+from .onnx_file import onnx_metadata
 from .outputs import SegmentationOutputs
 
 DEFAULT_OPSET = 17
@@ -235,14 +236,6 @@ def onnx_precision(path: str | os.PathLike) -> str:
         return meta["liteseg.precision"]
     weights = set(_conv_weight_types(proto).values())
     return "fp16" if weights and weights <= {TensorProto.FLOAT16} else "fp32"
-
-
-def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``liteseg.*`` metadata of an exported file (empty for foreign ONNX files)."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props if p.key.startswith("liteseg.")}
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -7,9 +7,13 @@ packages, or the node/bag/codec modules. Three steps, each with one job:
    engine cache only what the planner asks (importing openvino costs ~0.9 s, torch more: a warm CPU
    start pays for neither unless the plan uses them);
 2. the plan: ``selection.plan_engine``, pure;
-3. the build: the plan's choices in order. The CPU choice builds each candidate whose label
-   agreement is not known in advance, measures it (cached) and takes the first that meets the floor;
-   TensorRT under ``auto`` falls back to PyTorch CUDA if it fails.
+3. the build: the plan's choices in order, each through the backend table (:data:`BACKEND_TABLE`)
+   and the file table (:data:`FILE_TABLE`). The CPU choice builds each candidate whose label
+   agreement is not known in advance, measures it with the caller's check (cached) and takes the
+   first that meets the floor; TensorRT under ``auto`` falls back to PyTorch CUDA if it fails.
+
+Nothing here quantizes, renders test scenes or builds a pipeline: those are the offline tools'
+(``liteseg_ros.tools``), which sit above the pipeline; the agreement check comes in as a callable.
 
 Cached files (``cache.py``) are found by the checkpoint file's hash when the weights are a path, so
 a warm CPU start needs neither torch nor the checkpoint; a module is keyed by its state.
@@ -26,6 +30,7 @@ from typing import Any
 from liteseg_ros.defaults import NETWORK_SIZE, format_size
 
 from .base import Engine, EngineError
+from .model_weights import ModelWeights
 from .selection import (
     DEFAULT_MIN_LABEL_AGREEMENT,
     Choice,
@@ -35,47 +40,48 @@ from .selection import (
     plan_engine,
 )
 
+#: How a caller measures a built engine's label agreement with PyTorch fp32: (engine, the fp32 module,
+#: network (h, w)) -> (agreement in [0, 1], where it comes from, for the reason). The engines hold no
+#: test images; ``liteseg_ros.tools.quantize.startup_agreement`` is the runtime's.
+AgreementCheck = Callable[[Engine, Any, tuple[int, int]], tuple[float, str]]
 
-def backend_status(name: str) -> str:
-    """'ok' or why ``name`` cannot run here (imports that runtime to find out)."""
-    if name == "pytorch":
-        return "ok"
-    if name == "onnxruntime":
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError as exc:
-            return f"onnxruntime not installed ({exc.msg})"
-        return "ok"
-    if name == "openvino":
-        from .openvino import openvino_status
 
-        return openvino_status()
+def _onnxruntime_status() -> str:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        return f"onnxruntime not installed ({exc.msg})"
+    return "ok"
+
+
+def _openvino_status() -> str:
+    from .openvino import openvino_status
+
+    return openvino_status()
+
+
+def _tensorrt_status() -> str:
     from .tensorrt import tensorrt_status
 
     return tensorrt_status()
 
 
+def backend_status(name: str) -> str:
+    """'ok' or why ``name`` cannot run here (imports that runtime to find out)."""
+    return BACKEND_TABLE[name].status()
+
+
 def available_backends() -> dict[str, str]:
     """Backend name -> 'ok' or why it cannot run here (for logs, diagnostics and ``liteseg bench``)."""
-    return {name: backend_status(name) for name in ("pytorch", "onnxruntime", "openvino", "tensorrt")}
+    return {name: backend_status(name) for name in BACKEND_TABLE}
 
 
 def load_module(model_or_weights: Any):
-    """An eval ``nn.Module`` from a module (returned as is) or a checkpoint file (``load_checkpoint``).
+    """An eval ``nn.Module`` from a module (returned as is), a checkpoint file or :class:`ModelWeights`.
 
-    The engines need the module alone; ``runtime.load_model`` is the node's loader, which also
-    returns the class table, the normalisation and where the weights came from.
+    ``ModelWeights.module`` is the one loader; this is its name for tools that hold a file or a module.
     """
-    from torch import nn
-
-    if isinstance(model_or_weights, nn.Module):
-        return model_or_weights.eval()
-    path = Path(model_or_weights)
-    if not path.is_file():
-        raise EngineError(f"weights file not found: {path}")
-    from liteseg_ros.model import load_checkpoint
-
-    return load_checkpoint(path, map_location="cpu").eval()
+    return ModelWeights.of(model_or_weights).module()
 
 
 def onnx_for(model, input_size: tuple[int, int], cache_dir: str | os.PathLike | None, uint8: bool = True,
@@ -106,49 +112,36 @@ def onnx_for(model, input_size: tuple[int, int], cache_dir: str | os.PathLike | 
     return path
 
 
-class WeightsSource:
-    """The weights an engine is built from, with what is derived from them made once, on first use:
-    the module (loading it imports torch), the cache key, the cached exports."""
+class SizedWeights:
+    """The weights at the network size with the engine cache: the files made from them, each made (or
+    found) once, and the module, loaded on first use."""
 
-    def __init__(self, source: Any, input_size: tuple[int, int], cache_dir: Any, num_threads: int | None,
-                 log: Callable[[str], None], loaded_model: Any = None) -> None:
-        self.source = source
-        self.is_onnx = isinstance(source, (str, os.PathLike)) and str(source).endswith(".onnx")
+    def __init__(self, weights: ModelWeights, input_size: tuple[int, int], cache_dir: Any,
+                 num_threads: int | None, log: Callable[[str], None]) -> None:
+        self.weights = weights
+        self.is_onnx = weights.is_onnx
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.cache_dir, self.num_threads, self.log = cache_dir, num_threads, log
-        self._model = loaded_model
-        self._key: str | None = None
 
     @property
     def name(self) -> str:
-        return str(self.source) if isinstance(self.source, (str, os.PathLike)) else type(self.source).__name__
+        return self.weights.label
 
     @property
     def model(self):
         """The module (loaded from the checkpoint on first use: this is what imports torch)."""
-        if self._model is None:
-            if self.is_onnx:
-                raise EngineError(f"{self.source} is an ONNX file; this needs the model weights")
-            self._model = load_module(self.source)
-            if self.num_threads:
-                from .cpu_tuning import set_num_threads
+        loaded = self.weights.is_loaded
+        model = self.weights.module()
+        if not loaded and self.num_threads:
+            from .cpu_tuning import set_num_threads
 
-                set_num_threads(self.num_threads)
-        return self._model
+            set_num_threads(self.num_threads)
+        return model
 
     @property
     def key(self) -> str:
         """The cache key of the weights: the checkpoint file's hash, or the module's state hash."""
-        if self._key is None:
-            from .cache import model_key
-
-            if isinstance(self.source, (str, os.PathLike)):
-                if not Path(self.source).is_file():
-                    raise EngineError(f"weights file not found: {self.source}")
-                self._key = model_key(self.source)
-            else:
-                self._key = model_key(self.model)
-        return self._key
+        return self.weights.key
 
     def onnx(self, uint8: bool = True, precision: str = "fp32") -> Path:
         """The cached export (fp32, or the fp16 graph for CUDA) at the network size (exported when missing)."""
@@ -165,7 +158,7 @@ class MachineFacts:
     """``selection.Facts`` for this machine and these weights, each answer asked for once and only
     when the planner needs it (see the module docstring)."""
 
-    def __init__(self, weights: WeightsSource, caps: Any = None) -> None:
+    def __init__(self, weights: SizedWeights, caps: Any = None) -> None:
         self.weights, self._caps_override = weights, caps
         self._status: dict[str, str] = {}
         self._memo: dict[str, Any] = {}
@@ -205,11 +198,10 @@ class MachineFacts:
 
     def onnx_precision(self) -> str:
         def ask() -> str:
-            from .cache import onnx_file_metadata
             from .openvino import is_quantized
 
-            path = self.weights.source
-            found = onnx_file_metadata(path).get("liteseg.precision")  # our files say (no onnx import)
+            path = self.weights.weights.path
+            found = self.weights.weights.onnx_meta.get("liteseg.precision")  # our files say (no onnx import)
             if found in ("fp32", "fp16", "int8"):
                 return found
             if is_quantized(path):
@@ -246,49 +238,57 @@ class BuildOptions:
     max_batch: int = 1
     rebuild: bool = False
     caps: Any = None
+    agreement_check: AgreementCheck | None = None
 
 
-def create_engine(model_or_weights: Any, backend: str = "auto", device: str = "cpu",
+def create_engine(weights: ModelWeights | Any, backend: str = "auto", device: str = "cpu",
                   precision: str = "fp32", input_size: tuple[int, int] = NETWORK_SIZE,
                   num_threads: int | None = None, cache_dir: str | os.PathLike | None = None,
                   compile: bool = False, log: Callable[[str], None] = print, max_batch: int = 1,
                   rebuild: bool = False, warmup: bool = True,
                   min_label_agreement: float = DEFAULT_MIN_LABEL_AGREEMENT, caps: Any = None,
-                  loaded_model: Any = None) -> Engine:
+                  agreement_check: AgreementCheck | None = None,
+                  warn: Callable[[str], None] | None = None) -> Engine:
     """Build the engine for ``backend`` on ``device`` at ``precision`` (rules: ``selection``).
 
-    model_or_weights: an ``nn.Module`` returning logits, a checkpoint path, or an exported ``.onnx``
-    file (onnxruntime/openvino/tensorrt only; a quantized file from ``liteseg quantize`` for int8).
+    weights: :class:`ModelWeights` (``runtime.resolve_model``), or what ``ModelWeights.of`` takes: an
+    ``nn.Module`` returning logits, a checkpoint path, or an exported ``.onnx`` file
+    (onnxruntime/openvino/tensorrt only; a quantized file from ``liteseg quantize`` for int8).
     precision: ``auto`` (fp16 on CUDA; on CPU the fastest path meeting ``min_label_agreement``),
     fp32, fp16 (CUDA), bf16 (openvino), int8 (onnxruntime, openvino). input_size: the network (h, w)
-    the pipeline feeds; used for export, quantization, TensorRT profiles and warm-up. num_threads:
+    the pipeline feeds; used for export, TensorRT profiles and warm-up. num_threads:
     CPU intra-op threads (torch, ORT and OpenVINO use exactly this many). cache_dir: exported ONNX
     files, int8 files and reports, OpenVINO's compiled models, TensorRT plans (default
     ``cache.default_cache_dir()``). compile: ``torch.compile`` for the pytorch backend.
     max_batch: TensorRT profile maximum. rebuild: ignore a cached TensorRT plan. caps: CPU
-    capability override for tests (see ``openvino.cpu_capabilities``). loaded_model: the module
-    already loaded from the checkpoint path ``model_or_weights`` (spares a second load; cache files
-    are still keyed by the file). Logs the choice and its reason.
+    capability override for tests (see ``openvino.cpu_capabilities``). agreement_check: how the CPU
+    choice measures a bf16 or int8 engine whose label agreement with fp32 is not known in advance
+    (the caller's: the engines know no test images; without one such a path is skipped, and the
+    result is cached). warn: where a request that could not be met as asked is reported (default:
+    ``log``), e.g. ``precision: int8`` without a cached int8 file, which runs the best other path:
+    nothing is quantized here. Logs the choice and its reason.
     """
-    weights = WeightsSource(model_or_weights, input_size, cache_dir, num_threads, log, loaded_model)
-    request = EngineRequest(backend, device, precision, min_label_agreement, weights.is_onnx,
-                            MachineFacts(weights, caps), weights.name)
+    sized = SizedWeights(ModelWeights.of(weights), input_size, cache_dir, num_threads, log)
+    request = EngineRequest(backend, device, precision, min_label_agreement, sized.is_onnx,
+                            MachineFacts(sized, caps), sized.name, format_size(sized.input_size))
     plan = plan_engine(request)
+    for message in plan.warnings:
+        (warn or log)(f"engines: {message}")
     if num_threads is not None:
         from .cpu_tuning import set_num_threads
 
         set_num_threads(num_threads, import_torch=False)
-    engine = build_plan(plan, weights, BuildOptions(num_threads, compile, max_batch, rebuild, caps))
+    engine = build_plan(plan, sized, BuildOptions(num_threads, compile, max_batch, rebuild, caps, agreement_check))
     log(f"engines: using {engine.info.backend} on {engine.info.device} ({engine.info.precision}): "
         f"{engine.info.reason}")
     if warmup:
         # One forward on the CPU: ONNX Runtime and OpenVINO allocate and pack everything in the first run
         # and a second costs start-up time (a whole forward) for nothing; GPUs also tune kernels on the 2nd.
-        engine.warmup(weights.input_size[0], weights.input_size[1], runs=1 if engine.info.device == "cpu" else 2)
+        engine.warmup(sized.input_size[0], sized.input_size[1], runs=1 if engine.info.device == "cpu" else 2)
     return engine
 
 
-def build_plan(plan: EnginePlan, weights: WeightsSource, opts: BuildOptions) -> Engine:
+def build_plan(plan: EnginePlan, weights: SizedWeights, opts: BuildOptions) -> Engine:
     """The engine of ``plan``: its first choice, or for the CPU choice the first candidate that qualifies."""
     if plan.is_cpu_choice:
         return _build_cpu_choice(plan, weights, opts)
@@ -304,7 +304,7 @@ def build_plan(plan: EnginePlan, weights: WeightsSource, opts: BuildOptions) -> 
                                    f"{fallback.reason} (TensorRT failed: {str(exc)[:200]})"), weights, opts)
 
 
-def _build_cpu_choice(plan: EnginePlan, weights: WeightsSource, opts: BuildOptions) -> Engine:
+def _build_cpu_choice(plan: EnginePlan, weights: SizedWeights, opts: BuildOptions) -> Engine:
     for note in plan.notes:
         if note.startswith("bf16 requested"):
             weights.log(f"engines: {note}")
@@ -316,7 +316,7 @@ def _build_cpu_choice(plan: EnginePlan, weights: WeightsSource, opts: BuildOptio
         engine = build_choice(choice, weights, opts)
         agreement, source = choice.agreement, choice.agreement_source
         if agreement is None:
-            agreement, source = _measured_agreement(weights, engine, choice)
+            agreement, source = _measured_agreement(weights, engine, choice, opts.agreement_check)
         if agreement is None:
             if weights.is_onnx:  # nothing to measure against: use the file, say that it is unchecked
                 unchecked = unchecked or engine
@@ -349,9 +349,10 @@ def _build_cpu_choice(plan: EnginePlan, weights: WeightsSource, opts: BuildOptio
     raise EngineError(f"auto: no CPU path for backend {which}: " + "; ".join(skipped))
 
 
-def _measured_agreement(weights: WeightsSource, engine: Engine, choice: Choice) -> tuple[float | None, str]:
+def _measured_agreement(weights: SizedWeights, engine: Engine, choice: Choice,
+                        check: AgreementCheck | None) -> tuple[float | None, str]:
     """Label agreement of a built bf16/int8 engine with PyTorch fp32: its file's quantization report,
-    else a cached or fresh check on two generated scenes (seeds 10000, 10001) at the network size."""
+    else a cached or fresh measurement by the caller's ``check``."""
     path = Path(engine.info.extra.get("file", ""))
     if choice.precision == "int8":
         from .cache import load_report
@@ -371,52 +372,90 @@ def _measured_agreement(weights: WeightsSource, engine: Engine, choice: Choice) 
             return float(json.loads(cache.read_text())["label_agreement"]), "start-up check, cached"
         except (OSError, ValueError, KeyError):
             pass
-    from .quantize import HOLDOUT_SEED, compare_on_samples, reference_pipeline, synthetic_samples
-
-    res = compare_on_samples(engine, reference_pipeline(weights.model, weights.input_size),
-                             synthetic_samples(2, weights.input_size, HOLDOUT_SEED))
+    if check is None:
+        return None, "no agreement check given"
+    agreement, source = check(engine, weights.model, weights.input_size)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"label_agreement": res["label_agreement"], "file": str(path)}))
-    return float(res["label_agreement"]), "start-up check on 2 generated scenes"
+    cache.write_text(json.dumps({"label_agreement": agreement, "file": str(path)}))
+    return float(agreement), source
 
 
-def _onnx_file(choice: Choice, weights: WeightsSource, opts: BuildOptions) -> Path:
-    """The file ``choice.file`` names (see ``selection.FILES``), made when it is missing."""
-    if choice.file == "given":
-        return Path(weights.source)
-    if choice.file == "int8":
-        from .quantize import int8_for
+def _cached_int8(choice: Choice, weights: SizedWeights, opts: BuildOptions) -> Path:
+    """The int8 file ``liteseg quantize`` put in the cache (the plan names it only when it is there)."""
+    from .cache import is_valid_file
 
-        return int8_for(lambda: weights.model, weights.input_size, weights.cache_dir, choice.backend,
-                        opts.num_threads, log=weights.log, key=weights.key)
-    if choice.file == "onnx-trt":  # int32 label / float confidence: TensorRT casts to uint8 on the GPU
-        return weights.onnx(False, choice.precision)
-    return weights.onnx(True, choice.precision if choice.device != "cpu" else "fp32")
+    path = weights.int8_path()
+    if not is_valid_file(path):  # removed since the plan was made
+        raise EngineError(f"no int8 model in the cache at {path}: run `liteseg quantize --weights "
+                          f"{weights.name} --size {format_size(weights.input_size)}`")
+    return path
 
 
-def build_choice(choice: Choice, weights: WeightsSource, opts: BuildOptions) -> Engine:
-    """Build one engine exactly as ``choice`` says (no fallback)."""
-    if choice.backend == "pytorch":
-        from .pytorch import PyTorchEngine
+#: How each kind of file a choice names (``selection.FILES``) is found or made.
+FILE_TABLE: dict[str, Callable[[Choice, SizedWeights, BuildOptions], Path]] = {
+    "given": lambda choice, weights, opts: Path(weights.weights.path),
+    "int8": _cached_int8,
+    # int32 label / float confidence: TensorRT casts to uint8 on the GPU
+    "onnx-trt": lambda choice, weights, opts: weights.onnx(False, choice.precision),
+    "onnx": lambda choice, weights, opts: weights.onnx(True, choice.precision if choice.device != "cpu" else "fp32"),
+}
 
-        return PyTorchEngine(weights.model, choice.device, choice.precision, compile=opts.compile,
-                             num_threads=opts.num_threads, reason=choice.reason, log=weights.log)
-    if choice.backend == "onnxruntime":
-        from .onnxruntime import OnnxRuntimeEngine
 
-        return OnnxRuntimeEngine(_onnx_file(choice, weights, opts), choice.device, choice.precision,
-                                 opts.num_threads, choice.reason, weights.log)
-    if choice.backend == "openvino":
-        from .openvino import OpenVinoEngine
+def _onnx_file(choice: Choice, weights: SizedWeights, opts: BuildOptions) -> Path:
+    """The file ``choice.file`` names (see ``selection.FILES``), exported when it is a missing cached export."""
+    return FILE_TABLE[choice.file](choice, weights, opts)
 
-        return OpenVinoEngine(_onnx_file(choice, weights, opts), choice.precision, opts.num_threads, choice.reason,
-                              weights.log, weights.cache_dir, opts.caps)
+
+def _build_pytorch(choice: Choice, weights: SizedWeights, opts: BuildOptions) -> Engine:
+    from .pytorch import PyTorchEngine
+
+    return PyTorchEngine(weights.model, choice.device, choice.precision, compile=opts.compile,
+                         num_threads=opts.num_threads, reason=choice.reason, log=weights.log)
+
+
+def _build_onnxruntime(choice: Choice, weights: SizedWeights, opts: BuildOptions) -> Engine:
+    from .onnxruntime import OnnxRuntimeEngine
+
+    return OnnxRuntimeEngine(_onnx_file(choice, weights, opts), choice.device, choice.precision,
+                             opts.num_threads, choice.reason, weights.log)
+
+
+def _build_openvino(choice: Choice, weights: SizedWeights, opts: BuildOptions) -> Engine:
+    from .openvino import OpenVinoEngine
+
+    return OpenVinoEngine(_onnx_file(choice, weights, opts), choice.precision, opts.num_threads, choice.reason,
+                          weights.log, weights.cache_dir, opts.caps)
+
+
+def _build_tensorrt(choice: Choice, weights: SizedWeights, opts: BuildOptions) -> Engine:
     from .tensorrt import TensorRTEngine
 
     model = None if weights.is_onnx else weights.model
     return TensorRTEngine(_onnx_file(choice, weights, opts), weights.input_size, choice.device, choice.precision,
                           opts.max_batch, weights.cache_dir, opts.rebuild, int(getattr(model, "num_classes", 0)),
                           choice.reason, weights.log)
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """One backend: whether it can run here, and how an engine of it is built from a choice."""
+
+    status: Callable[[], str]
+    build: Callable[[Choice, SizedWeights, BuildOptions], Engine]
+
+
+#: Every backend, by the name the ``backend`` parameter uses (``selection.BACKENDS`` less ``auto``).
+BACKEND_TABLE: dict[str, BackendEntry] = {
+    "pytorch": BackendEntry(lambda: "ok", _build_pytorch),
+    "onnxruntime": BackendEntry(_onnxruntime_status, _build_onnxruntime),
+    "openvino": BackendEntry(_openvino_status, _build_openvino),
+    "tensorrt": BackendEntry(_tensorrt_status, _build_tensorrt),
+}
+
+
+def build_choice(choice: Choice, weights: SizedWeights, opts: BuildOptions) -> Engine:
+    """Build one engine exactly as ``choice`` says (no fallback)."""
+    return BACKEND_TABLE[choice.backend].build(choice, weights, opts)
 
 
 def build_tensorrt_engine(model_or_weights: Any, input_size: tuple[int, int], precision: str = "fp16",
@@ -433,15 +472,11 @@ def build_tensorrt_engine(model_or_weights: Any, input_size: tuple[int, int], pr
         raise EngineError(f"TensorRT engines are built on a CUDA device, got {device!r}")
     if precision not in ("fp32", "fp16"):
         raise EngineError(f"precision {precision!r} is not one of: fp32, fp16 (TensorRT)")
-    is_onnx = str(model_or_weights).endswith(".onnx") and not hasattr(model_or_weights, "state_dict")
-    if is_onnx:
-        path = Path(model_or_weights)
+    weights = ModelWeights.of(model_or_weights)
+    if weights.is_onnx:
+        path = weights.path
     else:  # a checkpoint path is keyed by its file, as create_engine (the node) does
-        from .cache import model_key
-
-        key = model_key(model_or_weights) if isinstance(model_or_weights, (str, os.PathLike)) else None
-        path = onnx_for(lambda: load_module(model_or_weights), input_size, cache_dir, False, log, key=key,
-                        precision=precision)
+        path = onnx_for(weights.module, input_size, cache_dir, False, log, key=weights.key, precision=precision)
     index = int(dev.split(":")[1]) if ":" in dev else 0
     plan_path, _ = ensure_plan(path, input_size, precision, index, max_batch, cache_dir, rebuild, log)
     return plan_path

@@ -93,9 +93,9 @@ def is_quantized(path: str | os.PathLike) -> bool:
     plain strings in the protobuf, so a file whose bytes contain neither is certainly not quantized;
     any other file is parsed.
     """
-    from .cache import onnx_file_metadata
+    from .onnx_file import onnx_metadata
 
-    precision = onnx_file_metadata(path).get("liteseg.precision")
+    precision = onnx_metadata(path).get("liteseg.precision")
     if precision:  # written by quantize_model
         return precision == "int8"
     if b"QuantizeLinear" not in Path(path).read_bytes():  # also a substring of DequantizeLinear
@@ -126,8 +126,8 @@ class OpenVinoEngine(Engine):
             raise EngineError(f"backend openvino unavailable: {status}")
         import openvino as ov
 
-        from .cache import onnx_file_metadata
         from .cpu_tuning import get_num_threads
+        from .onnx_file import onnx_metadata
 
         if str(device).strip().lower() != "cpu":
             raise EngineError(f"backend openvino runs on device cpu here, got device {device!r}")
@@ -172,7 +172,7 @@ class OpenVinoEngine(Engine):
         self.input_name = self.model.inputs[0].get_any_name() or "input"
         pshape = self.model.inputs[0].get_partial_shape()
         self.input_shape = [d.get_length() if d.is_static else None for d in pshape]
-        self.meta = onnx_file_metadata(path)
+        self.meta = onnx_metadata(path)
         self.num_classes = int(self.meta.get("liteseg.num_classes") or 0)
         self.path = path
         self.input_hw = (self.input_shape[2], self.input_shape[3])

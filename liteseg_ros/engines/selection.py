@@ -19,13 +19,17 @@ The rules, in words:
   fp32 is below ``min_label_agreement``. fp32 is the reference and always qualifies. Candidates
   whose agreement is only known once built (bf16, int8 without a report) are checked by the
   builder, which takes the first that qualifies.
+- precision ``int8`` with weights (not an ONNX file) whose int8 file is not in the cache: nothing is
+  quantized while an engine is built (that takes most of a minute); the plan is precision ``auto``
+  without int8 (the best non-int8 path of the backend asked for) with a warning saying to run
+  ``liteseg quantize``.
 - an ONNX file as weights runs on an ONNX runtime only (not PyTorch), at the precision its types say.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from typing import Protocol
@@ -205,6 +209,8 @@ class EngineRequest:
     facts: Facts = field(default_factory=StaticFacts)
     #: the weights as the caller named them, for messages
     source_name: str = ""
+    #: the network size as ``HxW``, for messages
+    input_size: str = ""
 
 
 #: Which file an engine runs: the module itself, the ONNX file given as weights, the cached ONNX
@@ -244,12 +250,14 @@ class EnginePlan:
     min_label_agreement: float = DEFAULT_MIN_LABEL_AGREEMENT
     #: why earlier paths of the CPU table were passed over before building anything
     skipped: tuple[str, ...] = ()
-    #: notes every reason starts with (CUDA missing, fp16 made fp32, no BF16)
+    #: notes every reason starts with (CUDA missing, fp16 made fp32, no BF16, int8 file missing)
     notes: tuple[str, ...] = ()
     #: the CPU choice's reason head: "auto: CPU default" or "backend X requested, precision auto:"
     head: str = ""
     caps: frozenset[str] = frozenset()
     ranking_size: int = 0
+    #: what the caller should be warned about (a request the plan could not meet as asked)
+    warnings: tuple[str, ...] = ()
 
     @property
     def first(self) -> Choice:
@@ -269,9 +277,26 @@ def plan_engine(req: EngineRequest) -> EnginePlan:
         raise EngineError(f"precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
     dev = parse_device(req.device)
     floor = check_min_label_agreement(req.min_label_agreement)
+    if precision == "int8" and backend in ("auto", *CPU_BACKENDS) and not is_cuda(dev) and not req.is_onnx \
+            and not req.facts.int8_file():
+        return _plan_without_int8_file(req, backend, floor)
     if backend == "auto":
         return _plan_auto(req, dev, floor)
     return _plan_named(req, backend, dev, floor)
+
+
+def _plan_without_int8_file(req: EngineRequest, backend: str, floor: float) -> EnginePlan:
+    """int8 asked for, no int8 file cached: the best non-int8 path (precision auto skips int8 without a
+    file), with a warning naming the command that makes the file."""
+    size = f" --size {req.input_size}" if req.input_size else ""
+    warning = (f"precision int8 requested but the engine cache holds no int8 model of {req.source_name or 'these weights'}"
+               f"{' at ' + req.input_size if req.input_size else ''}: running the best non-int8 path; run "
+               f"`liteseg quantize --weights {req.source_name or 'WEIGHTS'}{size}` (with --cache-dir when "
+               f"engine_cache_dir is set) once to make it")
+    auto = EngineRequest(backend, "cpu", "auto", floor, False, req.facts, req.source_name, req.input_size)
+    plan = plan_engine(auto)
+    return replace(plan, notes=(*plan.notes, "int8 requested but no int8 model in the cache (run `liteseg quantize`)"),
+                   warnings=(*plan.warnings, warning))
 
 
 def _plan_named(req: EngineRequest, backend: str, dev: str, floor: float) -> EnginePlan:

@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from liteseg_ros.defaults import NETWORK_SIZE
-
-from .base import Engine
+from liteseg_ros.engines.base import Engine
 
 
 def random_weight_model(backbone: str = "mobilenetv2", num_classes: int = 19, seed: int = 0,
@@ -133,11 +132,11 @@ def bench_cpu_paths(model: torch.nn.Module, input_size: tuple[int, int] = NETWOR
     """
     import onnxruntime as ort
 
-    from .cpu_tuning import set_num_threads, tune_malloc
-    from .export import export_onnx
-    from .onnxruntime import OnnxRuntimeEngine, session_options
-    from .outputs import segmentation_outputs
-    from .pytorch import PyTorchEngine
+    from liteseg_ros.engines.cpu_tuning import set_num_threads, tune_malloc
+    from liteseg_ros.engines.export import export_onnx
+    from liteseg_ros.engines.onnxruntime import OnnxRuntimeEngine, session_options
+    from liteseg_ros.engines.outputs import segmentation_outputs
+    from liteseg_ros.engines.pytorch import PyTorchEngine
 
     set_num_threads(num_threads)
     h, w = input_size

@@ -1,6 +1,6 @@
 """int8 post-training quantization for the CPU runtimes, with a report of what it costs in labels.
 
-Ring 2: imports numpy, torch, onnx, onnxruntime (quantization), OpenCV and the pipeline/synthetic
+Ring 2, above the pipeline: imports numpy, torch, onnx, onnxruntime (quantization), OpenCV and the pipeline/synthetic
 libraries (torch, onnx and onnxruntime inside the functions that use them); never rclpy, message
 packages, or the node/bag/codec modules.
 
@@ -42,10 +42,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from liteseg_ros.defaults import IMAGE_SUFFIXES
-
-from .base import EngineError
-from .cache import load_report, report_paths
-from .selection import CPU_BACKENDS
+from liteseg_ros.engines.base import EngineError
+from liteseg_ros.engines.cache import load_report, report_paths
+from liteseg_ros.engines.selection import CPU_BACKENDS
 
 if TYPE_CHECKING:  # torch is imported where a function needs it: the cache look-ups below must not
     from torch import nn
@@ -112,9 +111,8 @@ def reference_pipeline(model: nn.Module, size: tuple[int, int]):
     """A Pipeline around exact PyTorch fp32 (no BN folding, NCHW): its preprocess makes the batches and
     its engine gives the reference labels."""
     from liteseg_ros.classes import IMAGENET_MEAN, IMAGENET_STD, ClassTable
+    from liteseg_ros.engines.pytorch import PyTorchEngine
     from liteseg_ros.pipeline import Pipeline, PipelineConfig
-
-    from .pytorch import PyTorchEngine
 
     meta = getattr(model, "meta", None)
     num_classes = int(getattr(model, "num_classes", 19))
@@ -154,7 +152,7 @@ def _postprocess_graph(num_classes: int, size: tuple[int, int], opset: int):
     import torch
     from torch import nn
 
-    from .outputs import SegmentationOutputs
+    from liteseg_ros.engines.outputs import SegmentationOutputs
 
     post = SegmentationOutputs(nn.Identity(), with_confidence=True).eval()
     buf = io.BytesIO()
@@ -296,8 +294,8 @@ def layer_sensitivity(model: nn.Module, input_size: tuple[int, int], calibration
     import onnxruntime as ort
     import torch
 
-    from .export import export_onnx
-    from .onnxruntime import session_options
+    from liteseg_ros.engines.export import export_onnx
+    from liteseg_ros.engines.onnxruntime import session_options
 
     if not calibration or not holdout:
         raise EngineError("the sensitivity sweep needs calibration and held-out images")
@@ -438,10 +436,10 @@ def format_report(rep: dict[str, Any]) -> str:
 
 def _runtime_engine(path: Path, backend: str, num_threads: int | None, cache_dir: Any = None):
     if backend == "onnxruntime":
-        from .onnxruntime import OnnxRuntimeEngine
+        from liteseg_ros.engines.onnxruntime import OnnxRuntimeEngine
 
         return OnnxRuntimeEngine(path, "cpu", "int8", num_threads, log=lambda m: None)
-    from .openvino import OpenVinoEngine
+    from liteseg_ros.engines.openvino import OpenVinoEngine
 
     return OpenVinoEngine(path, "int8", num_threads, log=lambda m: None, cache_dir=cache_dir)
 
@@ -465,7 +463,7 @@ def evaluate_int8(model: nn.Module, onnx_path: str | os.PathLike, backend: str, 
            "machine": platform.machine(), "cpu_caps": engine.info.extra.get("cpu_caps", ""),
            **(extra or {}), **res}
     if "calibration" not in rep:
-        from .export import onnx_metadata
+        from liteseg_ros.engines.onnx_file import onnx_metadata
 
         cal = json.loads(onnx_metadata(path).get("liteseg.calibration", "{}") or "{}")
         rep["calibration"] = {"images": cal.get("images", 0), "source": cal.get("source", "unknown"),
@@ -480,7 +478,7 @@ def evaluate_int8(model: nn.Module, onnx_path: str | os.PathLike, backend: str, 
 
 
 def _meta_size(path: Path) -> tuple[int, int]:
-    from .export import onnx_metadata
+    from liteseg_ros.engines.onnx_file import onnx_metadata
 
     size = onnx_metadata(path).get("liteseg.input_size")
     if not size:
@@ -502,7 +500,7 @@ def quantize_model(model: nn.Module, out: str | os.PathLike, input_size: tuple[i
     """
     import onnx
 
-    from .export import export_onnx
+    from liteseg_ros.engines.export import export_onnx
 
     backends = list(backends)
     for b in backends:
@@ -556,10 +554,22 @@ def quantize_model(model: nn.Module, out: str | os.PathLike, input_size: tuple[i
     return out, reports
 
 
+#: Generated scenes (seeds from :data:`HOLDOUT_SEED`) the start-up agreement check compares on.
+STARTUP_CHECK_SCENES = 2
+
+
+def startup_agreement(engine, model: nn.Module, input_size: tuple[int, int]) -> tuple[float, str]:
+    """``create_engine``'s agreement check (``factory.AgreementCheck``): the label agreement of a built
+    bf16/int8 engine with PyTorch fp32 on :data:`STARTUP_CHECK_SCENES` generated held-out scenes."""
+    res = compare_on_samples(engine, reference_pipeline(model, input_size),
+                             synthetic_samples(STARTUP_CHECK_SCENES, input_size, HOLDOUT_SEED))
+    return float(res["label_agreement"]), f"start-up check on {STARTUP_CHECK_SCENES} generated scenes"
+
+
 def int8_path(model: Any, input_size: tuple[int, int], cache_dir: str | os.PathLike | None) -> Path:
     """Where the engine cache keeps the default-recipe int8 file of ``model`` (a module, or a
     checkpoint path: keyed by the file's hash, as the node does) at ``input_size``."""
-    from .cache import int8_cache_path, model_key
+    from liteseg_ros.engines.cache import int8_cache_path, model_key
 
     return int8_cache_path(model_key(model), input_size, cache_dir)
 
@@ -573,7 +583,7 @@ def int8_for(model: Any, input_size: tuple[int, int], cache_dir: str | os.PathLi
     ``model``: a module, or a zero-argument callable returning one (called only when the file or its
     report must be made); ``key``: its cache key (``cache.model_key``; default: the module's).
     """
-    from .cache import int8_cache_path, is_valid_file, model_key
+    from liteseg_ros.engines.cache import int8_cache_path, is_valid_file, model_key
 
     get = model if callable(model) and not hasattr(model, "state_dict") else (lambda: model)
     path = int8_cache_path(key or model_key(get()), input_size, cache_dir)
