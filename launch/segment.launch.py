@@ -10,7 +10,8 @@ What this file guarantees, because scripts and service managers rely on it:
 - if the node exits (a start-up failure, or `ros2 lifecycle set ... shutdown`) the whole launch
   ends, with a non-zero status when the node's was;
 - with `bag:=...`, playback starts only once the node is active, so no frame is lost;
-- a missing rviz2 is a warning: the node runs without it.
+- a missing rviz2 is a warning: the node runs without it;
+- every process it starts uses the shipped Fast DDS profile unless the environment names one.
 """
 import os
 
@@ -23,12 +24,13 @@ from launch.actions import (
     LogInfo,
     OpaqueFunction,
     RegisterEventHandler,
+    SetEnvironmentVariable,
 )
 from launch.event_handlers import OnProcessExit
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.event_handlers import OnStateTransition
 
-from liteseg_ros import params
+from liteseg_ros import node_guards, params
 from liteseg_ros.share import share_dir
 
 #: Launch arguments that set the node parameter of the same name when given.
@@ -62,6 +64,19 @@ def _parameter_overrides(context) -> dict:
     return out
 
 
+def _dds_profile() -> list:
+    """Every process this launch starts uses the shipped Fast DDS profile, unless the user chose one.
+
+    With Fast DDS defaults most large camera frames never reach a subscriber in another process; only
+    the variable this distro's Fast DDS reads is set (Kilted warns about the old name).
+    """
+    env = dict(os.environ)
+    if node_guards.use_shipped_dds_profile(env) is None:
+        return []
+    name = node_guards.profile_variable()
+    return [SetEnvironmentVariable(name, env[name])]
+
+
 def _node_and_helpers(context):
     """Everything that depends on the argument values, checked before anything starts."""
     params_file = os.path.expanduser(_arg(context, "params_file"))
@@ -90,11 +105,9 @@ def _node_and_helpers(context):
         overrides["cameras"] = params.check_value("cameras", cameras)
     image = _arg(context, "image")
     # Relative names resolve inside the namespace (as image_pipeline's nodes do); absolute ones stay.
-    remappings = [] if cameras else [
-        ("image", image),
-        ("image/compressed", image + "/compressed"),
-        ("camera_info", _arg(context, "camera_info")),
-    ]
+    remappings = [] if cameras else [("image", image), ("image/compressed", image + "/compressed")]
+    if _arg(context, "camera_info") and not cameras:  # else the node takes the image topic's sibling
+        remappings.append(("camera_info", _arg(context, "camera_info")))
     # Scope the level to our node's logger, so log_level:=debug does not flood rcl's own loggers.
     logger = ".".join(p for p in (*namespace.split("/"), name) if p)
     node = LifecycleNode(
@@ -117,7 +130,7 @@ def _node_and_helpers(context):
             raise RuntimeError(f"{name} exited with code {code} (its message is above); stopping the launch")
         return [launch.actions.Shutdown(reason=f"{name} exited")]
 
-    actions = [node, RegisterEventHandler(OnProcessExit(target_action=node,
+    actions = [*_dds_profile(), node, RegisterEventHandler(OnProcessExit(target_action=node,
                                                         on_exit=[OpaqueFunction(function=on_node_exit)]))]
     if bag:
         actions.append(RegisterEventHandler(OnStateTransition(
@@ -143,8 +156,9 @@ def generate_launch_description():
         DeclareLaunchArgument("image", default_value="camera/image_raw",
                               description="input image topic; relative names resolve in the namespace "
                                           "(its /compressed sibling is used with input_transport: compressed)"),
-        DeclareLaunchArgument("camera_info", default_value="camera/camera_info",
-                              description="input camera_info topic (relative names resolve in the namespace)"),
+        DeclareLaunchArgument("camera_info", default_value="",
+                              description="input camera_info topic; empty = the image topic's sibling "
+                                          "(image:=/cam/image_raw -> /cam/camera_info), as image_transport does"),
         DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
         DeclareLaunchArgument("node_name", default_value="liteseg", description="node name"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock"),

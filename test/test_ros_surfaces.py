@@ -1,0 +1,272 @@
+"""The surfaces ROS tools touch, walked by enumeration: lifecycle requests, parameter round trips, params files.
+
+A lifecycle manager (Nav2's, or a script) sends raw ``ChangeState`` requests, in any state; ``ros2
+param dump`` writes files users load back; launch_ros writes list parameters with ``!!python/tuple``.
+Each test drives the real node process over real DDS with the request or file those tools produce,
+and checks it is answered and the node lives on. The expected lifecycle answers come from the ROS 2
+lifecycle design (written out below), not from the node.
+"""
+from __future__ import annotations
+
+import pytest
+import yaml
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+
+from liteseg_ros import params
+
+pytestmark = pytest.mark.ros
+
+NET = {"network_width": 96, "network_height": 64}
+T = Transition
+#: The primary states' transitions, from the ROS 2 managed-node design: id -> the state it leads to.
+#: Every other id (CREATE, DESTROY, the ON_* and CALLBACK_* results, an unknown number) must be refused.
+ALLOWED = {
+    "unconfigured": {T.TRANSITION_CONFIGURE: "inactive", T.TRANSITION_UNCONFIGURED_SHUTDOWN: "finalized"},
+    "inactive": {T.TRANSITION_CLEANUP: "unconfigured", T.TRANSITION_ACTIVATE: "active",
+                 T.TRANSITION_INACTIVE_SHUTDOWN: "finalized"},
+    "active": {T.TRANSITION_DEACTIVATE: "inactive", T.TRANSITION_ACTIVE_SHUTDOWN: "finalized"},
+}
+ALL_IDS = sorted({v for k, v in vars(Transition).items() if k.startswith("TRANSITION_") and isinstance(v, int)})
+UNKNOWN_IDS = (9, 200)  # not transitions at all
+LABELS = ("configure", "cleanup", "activate", "deactivate", "shutdown", "no_such_transition")
+LABEL_ALLOWED = {"unconfigured": {"configure", "shutdown"}, "inactive": {"cleanup", "activate", "shutdown"},
+                 "active": {"deactivate", "shutdown"}}
+
+
+class Lifecycle:
+    """A client that behaves like a lifecycle manager: raw ChangeState / GetState requests by id or label."""
+
+    def __init__(self, ros, node_name: str) -> None:
+        self.ros = ros
+        self.change = ros.node.create_client(ChangeState, f"/{node_name}/change_state")
+        self.get = ros.node.create_client(GetState, f"/{node_name}/get_state")
+        self.requests = 0
+
+    def _call(self, client, request, timeout: float = 90.0):
+        assert client.wait_for_service(timeout_sec=timeout), f"{client.srv_name} not offered"
+        future = client.call_async(request)
+        self.ros.wait_for(future.done, timeout, f"an answer from {client.srv_name}")
+        return future.result()
+
+    def set(self, transition_id: int = 0, label: str = "") -> bool:
+        request = ChangeState.Request()
+        request.transition.id = transition_id
+        request.transition.label = label
+        self.requests += 1
+        return self._call(self.change, request).success
+
+    def state(self) -> str:
+        return self._call(self.get, GetState.Request()).current_state.label
+
+
+def _node_params(tiny_checkpoint, **extra) -> dict:
+    return {"weights": str(tiny_checkpoint), "backend": "pytorch", "precision": "fp32", **NET, **extra}
+
+
+def test_a_lifecycle_manager_drives_an_autostarted_node(start_node, ros, tiny_checkpoint):
+    """What Nav2's lifecycle manager does to a node that autostarted: requests the state does not allow
+    are answered success=False and the node keeps serving; then a full reset cycle and shutdown."""
+    node = start_node(_node_params(tiny_checkpoint), name="lc_manager")
+    ros.wait_for(lambda: "active: segmenting" in node.output(), 120, "the autostarted node")
+    lc = Lifecycle(ros, "lc_manager")
+    steps = [("configure", T.TRANSITION_CONFIGURE, False, "active"),  # already configured: refused
+             ("activate", T.TRANSITION_ACTIVATE, False, "active"),  # already active: refused
+             ("deactivate", T.TRANSITION_DEACTIVATE, True, "inactive"),
+             ("cleanup", T.TRANSITION_CLEANUP, True, "unconfigured"),
+             ("activate", T.TRANSITION_ACTIVATE, False, "unconfigured"),  # not configured: refused
+             ("configure", T.TRANSITION_CONFIGURE, True, "inactive"),
+             ("activate", T.TRANSITION_ACTIVATE, True, "active")]
+    for what, tid, ok, state in steps:
+        assert lc.set(tid) is ok, (what, node.output()[-3000:])
+        assert lc.state() == state, what
+        assert node.alive(), node.output()[-3000:]
+    assert lc.set(T.TRANSITION_ACTIVE_SHUTDOWN) is True
+    node.proc.wait(30)
+    assert node.proc.returncode == 0, node.output()[-3000:]
+    out = node.output()
+    assert "'activate' is not allowed in state active" not in out  # ids are named by number, not label
+    assert "request 3 is not allowed in state active" in out and "answered success=False" in out
+    assert "Traceback" not in out and "shut down (finalized): exiting" in out
+
+
+def test_every_transition_id_from_every_state_is_answered(start_node, ros, tiny_checkpoint):
+    """Every Transition id (and each label) from each primary state through the raw service: the allowed
+    ones move the node where the lifecycle design says, every other one is refused, and the node lives.
+    The three shutdown transitions each end a node, so three nodes take one each."""
+    names = ("lc_enum", "lc_enum_u", "lc_enum_i")
+    nodes = {n: start_node(_node_params(tiny_checkpoint, autostart=False), name=n) for n in names}
+    clients = {n: Lifecycle(ros, n) for n in names}
+    lc, node = clients["lc_enum"], nodes["lc_enum"]
+    assert lc.state() == "unconfigured"
+
+    def refuse_all_but_allowed(state: str) -> None:
+        for tid in [*ALL_IDS, *UNKNOWN_IDS]:
+            if tid in ALLOWED[state]:
+                continue
+            assert lc.set(tid) is False, (state, tid)
+            assert lc.state() == state, (state, tid)
+        for label in LABELS:
+            if label not in LABEL_ALLOWED[state]:
+                assert lc.set(label=label) is False, (state, label)
+        assert node.alive(), node.output()[-3000:]
+
+    refuse_all_but_allowed("unconfigured")
+    assert lc.set(T.TRANSITION_CONFIGURE) and lc.state() == "inactive"
+    refuse_all_but_allowed("inactive")
+    assert lc.set(T.TRANSITION_CLEANUP) and lc.state() == "unconfigured"
+    assert lc.set(label="configure") and lc.state() == "inactive"
+    assert lc.set(T.TRANSITION_ACTIVATE) and lc.state() == "active"
+    refuse_all_but_allowed("active")
+    assert lc.set(T.TRANSITION_DEACTIVATE) and lc.state() == "inactive"
+    assert lc.set(label="activate") and lc.state() == "active"
+    assert lc.set(T.TRANSITION_ACTIVE_SHUTDOWN) is True
+    # the other two shutdowns, each from its own state, on its own node
+    u, i = clients["lc_enum_u"], clients["lc_enum_i"]
+    assert u.set(T.TRANSITION_INACTIVE_SHUTDOWN) is False and u.set(T.TRANSITION_UNCONFIGURED_SHUTDOWN) is True
+    assert i.set(T.TRANSITION_CONFIGURE) is True
+    assert i.set(T.TRANSITION_UNCONFIGURED_SHUTDOWN) is False and i.set(T.TRANSITION_INACTIVE_SHUTDOWN) is True
+    for name, p in nodes.items():
+        assert p.proc.wait(30) == 0, (name, p.output()[-3000:])
+        assert "Traceback" not in p.output() and "shut down (finalized)" in p.output(), name
+    total = sum(c.requests for c in clients.values())
+    print(f"\n[lifecycle] {total} ChangeState requests answered over 3 nodes")
+    assert total >= 3 * len(ALL_IDS)
+
+
+# ------------------------------------------------------------------------------------------ parameters
+def non_default_values(weights: str, cache_dir: str) -> dict:
+    """A value other than the default for every parameter of the table, derived from it (so a new
+    parameter is round-tripped without editing this test); build_only stays false (the node would exit)."""
+    out: dict = {}
+    for spec in params.PARAMS:
+        d, kind = spec.default, spec.type_name
+        if spec.name == "build_only":
+            continue
+        if kind == "bool":
+            v = not d
+        elif spec.choices:
+            v = next(c for c in reversed(spec.choices) if c != d and c not in ("tensorrt", "openvino", "fp16"))
+        elif kind == "int":
+            v = int(spec.min) if int(spec.min) != d else int(spec.max)
+        elif kind == "float":
+            v = round(spec.min + 0.3 * (spec.max - spec.min), 6)
+            v = v if v != d else round(spec.min + 0.7 * (spec.max - spec.min), 6)
+        elif kind == "string[]":
+            v = ["front", "left"]
+        else:
+            v = {"weights": weights, "device": "cpu", "engine_cache_dir": cache_dir}[spec.name]
+        out[spec.name] = params.check_value(spec.name, v)
+    out["network_width"], out["network_height"] = 96, 64  # small, yet not the defaults
+    out["mask_groups"] = {"drivable": ["road", "sidewalk"], "sky_only": ["sky"]}
+    return out
+
+
+def _dump(ros_ws, node: str) -> dict:
+    def parsed(out: str) -> dict:
+        try:
+            doc = yaml.safe_load(out)
+        except yaml.YAMLError:
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    out = ros_ws.eventually(f"ros2 param dump --no-daemon --spin-time 3 {node}",
+                            lambda text: "ros__parameters" in text, timeout=60)
+    doc = parsed(out)
+    assert node in doc, out
+    return doc[node]["ros__parameters"]
+
+
+def test_ros2_param_dump_loads_back_with_every_parameter(ros_ws, tiny_checkpoint, tmp_path):
+    """`ros2 param dump` -> `--params-file` -> the same values, for the defaults (`cameras: []`) and for a
+    value other than the default in every parameter."""
+    cases = {"rt_defaults": {"autostart": False},
+             "rt_changed": non_default_values(str(tiny_checkpoint), str(tmp_path / "cache"))}
+    for name, values in cases.items():
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({"/**": {"ros__parameters": values}}))
+    first = {n: ros_ws.start(f"liteseg_node --ros-args -r __node:={n} --params-file {tmp_path / n}.yaml",
+                             tmp_path / f"{n}_a.log") for n in cases}
+    dumps = {}
+    try:
+        for n in cases:
+            dumps[n] = _dump(ros_ws, f"/{n}")
+            (tmp_path / f"{n}_dump.yaml").write_text(yaml.safe_dump({f"/{n}": {"ros__parameters": dumps[n]}}))
+    finally:
+        for p in first.values():
+            p.signal_group(2)
+    assert dumps["rt_defaults"]["cameras"] == []
+    flat = params.flatten(dumps["rt_changed"])
+    for key, value in params.flatten(cases["rt_changed"]).items():
+        assert flat[key] == value, key
+    assert {k for k in flat if not params.is_ros_builtin(k)} == set(params.flatten(cases["rt_changed"])) | {
+        "build_only"}
+    second = {n: ros_ws.start(f"liteseg_node --ros-args -r __node:={n} --params-file {tmp_path / n}_dump.yaml",
+                              tmp_path / f"{n}_b.log") for n in cases}
+    try:
+        for n in cases:
+            assert _dump(ros_ws, f"/{n}") == dumps[n], (n, second[n].output()[-3000:])
+            assert second[n].proc.poll() is None, second[n].output()[-3000:]
+    finally:
+        codes = {n: p.signal_group(2) for n, p in second.items()}
+    assert codes == {n: 0 for n in cases}, {n: p.output()[-2000:] for n, p in second.items()}
+    print(f"\n[params] {len(flat)} parameters round-tripped through ros2 param dump")
+
+
+def test_params_files_launch_ros_writes_and_list_parameters(ros_ws, launch_params, tmp_path):
+    """The README's multi-camera line (launch_ros writes `cameras` as !!python/tuple), and a user's own
+    launch file with a list parameter, both start the node. (An empty list cannot come from a launch
+    file: launch_ros itself refuses `[]`; test_ros2_param_dump_loads_back_with_every_parameter loads one
+    from YAML.)"""
+    weights = yaml.safe_load(launch_params.read_text())["/**"]["ros__parameters"]["weights"]
+    user_launch = tmp_path / "mine.launch.py"
+    user_launch.write_text(
+        "from launch import LaunchDescription\nfrom launch_ros.actions import LifecycleNode\n"
+        "def generate_launch_description():\n"
+        "    return LaunchDescription([LifecycleNode(package='liteseg_ros', executable='liteseg_node', "
+        f"name='mine', namespace='', output='screen', parameters=[{str(launch_params)!r}, "
+        "{'autostart': False, 'mask_groups.drivable': ['road', 'sidewalk']}])])\n")
+    multi = ros_ws.start(f"ros2 launch liteseg_ros segment.launch.py weights:={weights} cameras:=front,left "
+                         f"params_file:={launch_params}", tmp_path / "multi.log")
+    mine = ros_ws.start(f"ros2 launch {user_launch}", tmp_path / "mine.log")
+    try:
+        multi.wait_for_output("active: segmenting /front/image, /left/image", 180)
+        got = ros_ws.eventually("ros2 param get --no-daemon --spin-time 3 /mine mask_groups.drivable",
+                                lambda out: "String values are" in out)
+        assert "['road', 'sidewalk']" in got, (got, mine.output()[-3000:])
+        assert "'front', 'left'" in ros_ws.run("ros2 param get --no-daemon --spin-time 3 /liteseg cameras").stdout
+    finally:
+        codes = [multi.signal_group(2), mine.signal_group(2)]
+    for p in (multi, mine):
+        assert "Traceback" not in p.output() and "is not valid YAML" not in p.output(), p.output()[-3000:]
+    assert codes == [0, 0], (multi.output()[-2000:], mine.output()[-2000:])
+
+
+@pytest.fixture(scope="module")
+def launch_params(tiny_checkpoint, tmp_path_factory):
+    """The shipped params file with the test's weights and a small network (as test_launch.py's)."""
+    from test_launch import REPO
+
+    shipped = yaml.safe_load((REPO / "config" / "liteseg.yaml").read_text())
+    tmp = tmp_path_factory.mktemp("surfaces")
+    shipped["/**"]["ros__parameters"].update(weights=str(tiny_checkpoint), backend="pytorch", precision="fp32",
+                                             engine_cache_dir=str(tmp / "cache"), **NET)
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(shipped))
+    return path
+
+
+
+def test_camera_info_follows_the_image_remap(start_node, ros, tiny_checkpoint):
+    """image_transport's convention: the camera_info beside the remapped image; an explicit remap wins."""
+    start_node(_node_params(tiny_checkpoint), name="ci_sibling", extra_args=["-r", "image:=/cam_a/image_raw"])
+    start_node(_node_params(tiny_checkpoint), name="ci_explicit",
+               extra_args=["-r", "image:=/cam_b/image_raw", "-r", "camera_info:=/elsewhere/info"])
+
+    def subscribers(topic: str) -> set[str]:
+        return {i.node_name for i in ros.node.get_subscriptions_info_by_topic(topic)}
+
+    ros.wait_for(lambda: "ci_sibling" in subscribers("/cam_a/camera_info")
+                 and "ci_explicit" in subscribers("/elsewhere/info"), 120, "camera_info subscriptions")
+    assert "ci_sibling" in subscribers("/cam_a/image_raw") and "ci_explicit" in subscribers("/cam_b/image_raw")
+    assert not subscribers("/camera_info") & {"ci_sibling", "ci_explicit"}
+    assert "ci_explicit" not in subscribers("/cam_b/camera_info")
