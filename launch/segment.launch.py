@@ -14,6 +14,8 @@ What this file guarantees, because scripts and service managers rely on it:
 - every process it starts uses the shipped Fast DDS profile unless the environment names one.
 """
 import os
+import tempfile
+from pathlib import Path
 
 import launch
 from ament_index_python.packages import PackageNotFoundError, get_package_prefix
@@ -75,6 +77,21 @@ def _dds_profile() -> list:
         return []
     name = node_guards.profile_variable()
     return [SetEnvironmentVariable(name, env[name])]
+
+
+def rviz_config(namespace: str, name: str) -> str:
+    """The shipped RViz view with its topics at this node's resolved names.
+
+    ``config/liteseg.rviz`` names ``/liteseg/...``; with ``namespace:=robot1 node_name:=seg`` the
+    topics are ``/robot1/seg/...``, so a copy with those names is handed to RViz instead.
+    """
+    shipped = share_dir() / "config" / "liteseg.rviz"
+    prefix = "/" + "/".join(p for p in (*namespace.strip("/").split("/"), name) if p)
+    if prefix == "/liteseg":
+        return str(shipped)
+    out = Path(tempfile.mkdtemp(prefix="liteseg_rviz_")) / "liteseg.rviz"
+    out.write_text(shipped.read_text().replace("Value: /liteseg/", f"Value: {prefix}/"))
+    return str(out)
 
 
 def _node_and_helpers(context):
@@ -141,11 +158,11 @@ def _node_and_helpers(context):
         try:
             get_package_prefix("rviz2")
             actions.append(Node(package="rviz2", executable="rviz2", name="liteseg_rviz",
-                                arguments=["-d", str(share_dir() / "config" / "liteseg.rviz")],
+                                arguments=["-d", rviz_config(namespace, name)],
                                 parameters=[{"use_sim_time": overrides["use_sim_time"]}]))
         except PackageNotFoundError:
-            actions.append(LogInfo(msg="[WARN] rviz:=true but rviz2 is not installed (apt install "
-                                       "ros-$ROS_DISTRO-rviz2); the node runs without it"))
+            launch.logging.get_logger("launch").warning(
+                "rviz:=true but rviz2 is not installed (apt install ros-$ROS_DISTRO-rviz2); the node runs without it")
     return actions
 
 

@@ -221,6 +221,8 @@ class LiteSegNode(LifecycleNode):
         self._diag_timer = self._make_diagnostics_timer()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         node_guards.guard_change_state(self, self.get_logger().warning)
+        if hasattr(self, "add_pre_set_parameters_callback"):  # Jazzy and later
+            self.add_pre_set_parameters_callback(node_guards.file_forms)
 
     def _make_diagnostics_timer(self):
         return self.create_timer(float(self.values["diagnostics_period"]), self._publish_diagnostics,

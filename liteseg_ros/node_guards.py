@@ -8,6 +8,7 @@ rules that come from the tools around it, each learned from a tool that broke th
   which file rcl could not parse;
 - an empty list (``cameras: []``, as ``ros2 param dump`` writes it) reaches Python as "no value":
   for a list parameter that is the empty list;
+- a live parameter change accepts the forms a params file accepts;
 - a ``ChangeState`` request the current state does not allow (what a lifecycle manager sends to a
   node that autostarted) is answered ``success=False`` instead of raising inside rclpy;
 - an exception in any callback is logged once and the node goes on serving;
@@ -87,6 +88,27 @@ def given_value(name: str, value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
     return value
+
+
+def file_forms(changes: list) -> list:
+    """A live ``ros2 param set`` accepts what a params file accepts (an rclpy pre-set callback).
+
+    ``ros2 param set /liteseg overlay_alpha 1`` sends an integer and ``mask_groups.drivable road`` one
+    string; rclpy refuses both against the declared double and string-array types before our
+    validation runs, although a params file may say either. They are converted to the declared type
+    here, then validated like every other change.
+    """
+    from rclpy.parameter import Parameter
+
+    out = []
+    for p in changes:
+        spec = params.PARAMS_BY_NAME.get(p.name)
+        if spec is not None and spec.type_name == "float" and p.type_ == Parameter.Type.INTEGER:
+            p = Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
+        elif p.name.startswith(params.MASK_GROUPS_PREFIX) and p.type_ == Parameter.Type.STRING:
+            p = Parameter(p.name, Parameter.Type.STRING_ARRAY, [p.value])
+        out.append(p)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ lifecycle

@@ -8,12 +8,16 @@ lifecycle design (written out below), not from the node.
 """
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import yaml
+from conftest import NodeProcess, RosWorkspace, ros_env
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 
-from liteseg_ros import params
+from liteseg_ros import node_guards, params
 
 pytestmark = pytest.mark.ros
 
@@ -225,8 +229,10 @@ def test_params_files_launch_ros_writes_and_list_parameters(ros_ws, launch_param
         "    return LaunchDescription([LifecycleNode(package='liteseg_ros', executable='liteseg_node', "
         f"name='mine', namespace='', output='screen', parameters=[{str(launch_params)!r}, "
         "{'autostart': False, 'mask_groups.drivable': ['road', 'sidewalk']}])])\n")
-    multi = ros_ws.start(f"ros2 launch liteseg_ros segment.launch.py weights:={weights} cameras:=front,left "
-                         f"params_file:={launch_params}", tmp_path / "multi.log")
+    # launched from a shell that names no Fast DDS profile: the launch gives its processes the shipped one
+    plain = RosWorkspace(ros_ws.root, {k: v for k, v in ros_ws.env.items() if k not in node_guards.PROFILE_VARIABLES})
+    multi = plain.start(f"ros2 launch liteseg_ros segment.launch.py weights:={weights} cameras:=front,left "
+                        f"params_file:={launch_params}", tmp_path / "multi.log")
     mine = ros_ws.start(f"ros2 launch {user_launch}", tmp_path / "mine.log")
     try:
         multi.wait_for_output("active: segmenting /front/image, /left/image", 180)
@@ -234,6 +240,10 @@ def test_params_files_launch_ros_writes_and_list_parameters(ros_ws, launch_param
                                 lambda out: "String values are" in out)
         assert "['road', 'sidewalk']" in got, (got, mine.output()[-3000:])
         assert "'front', 'left'" in ros_ws.run("ros2 param get --no-daemon --spin-time 3 /liteseg cameras").stdout
+        pid = int(re.search(r"liteseg_node-1\]: process started with pid \[(\d+)\]", multi.output())[1])
+        environ = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in kv)
+        assert environ[node_guards.profile_variable()].endswith("config/fastdds_large_shm.xml"), environ
+        assert [v for v in node_guards.PROFILE_VARIABLES if v in environ] == [node_guards.profile_variable()]
     finally:
         codes = [multi.signal_group(2), mine.signal_group(2)]
     for p in (multi, mine):
@@ -256,9 +266,14 @@ def launch_params(tiny_checkpoint, tmp_path_factory):
 
 
 
-def test_camera_info_follows_the_image_remap(start_node, ros, tiny_checkpoint):
+def test_camera_info_follows_the_image_remap(start_node, ros, tiny_checkpoint, tmp_path):
     """image_transport's convention: the camera_info beside the remapped image; an explicit remap wins."""
-    start_node(_node_params(tiny_checkpoint), name="ci_sibling", extra_args=["-r", "image:=/cam_a/image_raw"])
+    # started from a shell that names no Fast DDS profile: the node takes the shipped one and says so
+    pf = tmp_path / "ci.yaml"
+    pf.write_text(yaml.safe_dump({"/**": {"ros__parameters": _node_params(tiny_checkpoint)}}))
+    env = {k: v for k, v in ros_env().items() if k not in node_guards.PROFILE_VARIABLES}
+    sibling = NodeProcess(["--ros-args", "-r", "__node:=ci_sibling", "--params-file", str(pf), "-r",
+                           "image:=/cam_a/image_raw"], env=env, log_path=tmp_path / "ci_sibling.log")
     start_node(_node_params(tiny_checkpoint), name="ci_explicit",
                extra_args=["-r", "image:=/cam_b/image_raw", "-r", "camera_info:=/elsewhere/info"])
 
@@ -270,3 +285,84 @@ def test_camera_info_follows_the_image_remap(start_node, ros, tiny_checkpoint):
     assert "ci_sibling" in subscribers("/cam_a/image_raw") and "ci_explicit" in subscribers("/cam_b/image_raw")
     assert not subscribers("/camera_info") & {"ci_sibling", "ci_explicit"}
     assert "ci_explicit" not in subscribers("/cam_b/camera_info")
+    assert "this node uses the shipped Fast DDS profile" in sibling.output()
+    assert sibling.stop() == 0, sibling.output()[-3000:]
+
+
+def test_a_live_set_accepts_what_a_params_file_accepts(ros_ws, tiny_checkpoint, tmp_path):
+    """`ros2 param set` with the forms a params file may use: an integer for every live float parameter,
+    one class name for a mask group; the node stores them in the declared type."""
+    pf = tmp_path / "live.yaml"
+    pf.write_text(yaml.safe_dump({"/**": {"ros__parameters": _node_params(tiny_checkpoint, autostart=False)}}))
+    node = ros_ws.start(f"liteseg_node --ros-args -r __node:=live_forms --params-file {pf}", tmp_path / "node.log")
+    live_floats = [p for p in params.PARAMS if p.type_name == "float" and not p.read_only]
+    try:
+        for spec in live_floats:
+            value = int(spec.max) if int(spec.max) != spec.default else int(spec.min)
+            done = ros_ws.eventually(f"ros2 param set --no-daemon --spin-time 3 /live_forms {spec.name} {value}",
+                                     lambda out: "Set parameter" in out, timeout=60)
+            assert "Set parameter successful" in done, (spec.name, done)
+        done = ros_ws.run("ros2 param set --no-daemon --spin-time 3 /live_forms mask_groups.drivable sidewalk")
+        assert "Set parameter successful" in done.stdout, done
+        values = _dump(ros_ws, "/live_forms")
+    finally:
+        code = node.signal_group(2)
+    for spec in live_floats:
+        assert isinstance(values[spec.name], float), spec.name
+    assert values["mask_groups"]["drivable"] == ["sidewalk"]
+    assert code == 0, node.output()[-3000:]
+
+
+def test_rviz_gets_the_resolved_topics():
+    """namespace:=robot1 node_name:=seg: the view RViz is given names /robot1/seg/..., not /liteseg/..."""
+    import importlib.util
+
+    from liteseg_ros import share
+
+    spec = importlib.util.spec_from_file_location("segment_launch", share.share_file("launch/segment.launch.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    shipped = Path(mod.rviz_config("", "liteseg")).read_text()
+    moved = Path(mod.rviz_config("/robot1", "seg")).read_text()
+    topics = re.findall(r"Value: (/liteseg/\S+)", shipped)
+    assert topics and not re.findall(r"Value: /liteseg/", moved)
+    assert re.findall(r"Value: (/robot1/seg/\S+)", moved) == [t.replace("/liteseg/", "/robot1/seg/") for t in topics]
+
+
+#: Launch argument forms (README "Running the node"), each run through the real `ros2 launch`, several
+#: at once: (arguments, node, parameters the node must hold, input topics it must subscribe).
+LAUNCH_FORMS = [
+    ("namespace:=robot1 node_name:=seg image:=/cam/image_raw", "/robot1/seg", {},
+     ["/cam/image_raw", "/cam/camera_info"]),
+    ("namespace:=/robot2 image:=front/image_raw camera_info:=/calib/info use_sim_time:=true log_level:=warn",
+     "/robot2/liteseg", {"use_sim_time": True}, ["/robot2/front/image_raw", "/calib/info"]),
+    ("node_name:=seg3 cameras:=front,left autostart:=true network_width:=64 network_height:=64 backend:=pytorch "
+     "device:=cpu precision:=fp32 rviz:=false log_level:=debug",
+     "/seg3", {"cameras": ["front", "left"], "network_width": 64, "device": "cpu", "precision": "fp32"},
+     ["/front/image", "/left/image", "/front/camera_info"]),
+    ("namespace:=r4 cameras:=front autostart:=false weights:=demo use_sim_time:=false", "/r4/liteseg",
+     {"autostart": False, "weights": "demo", "cameras": ["front"], "use_sim_time": False}, []),
+]
+
+
+def test_launch_argument_forms(ros_ws, ros, launch_params, tmp_path):
+    launches = [ros_ws.start(f"ros2 launch liteseg_ros segment.launch.py params_file:={launch_params} {args}",
+                             tmp_path / f"launch_{k}.log") for k, (args, *_) in enumerate(LAUNCH_FORMS)]
+
+    def subscribers(topic: str) -> set[str]:
+        return {f"{i.node_namespace.rstrip('/')}/{i.node_name}" for i in ros.node.get_subscriptions_info_by_topic(topic)}
+
+    try:
+        for launch, (args, node, wanted, topics) in zip(launches, LAUNCH_FORMS, strict=True):
+            values = params.flatten(_dump(ros_ws, node))
+            for key, value in wanted.items():
+                assert values[key] == value, (args, key, values[key])
+            ros.wait_for(lambda node=node, topics=topics: all(node in subscribers(t) for t in topics), 120,
+                         f"{node} subscribed to {topics}: {launch.output()[-2000:]}")
+            assert launch.proc.poll() is None, launch.output()[-3000:]
+        assert "[DEBUG]" in launches[2].output()  # log_level:=debug
+        assert not [line for line in launches[1].output().splitlines() if "[INFO]" in line and "robot2.liteseg" in line]
+    finally:
+        codes = [launch.signal_group(2) for launch in launches]
+    assert codes == [0] * len(launches), [launch.output()[-1500:] for launch in launches]
+    print(f"\n[launch] {len(LAUNCH_FORMS)} launches, {sum(len(a.split()) for a, *_ in LAUNCH_FORMS)} argument forms")
