@@ -331,6 +331,10 @@ class LiteSegNode(LifecycleNode):
             self.get_logger().error(f"cannot configure: {type(exc).__name__}: {exc}")
             return TransitionCallbackReturn.FAILURE
         info = self.pipeline.engine.info
+        for key, got in (("device", info.device), ("precision", info.precision)):
+            asked = str(self.values[key])
+            if asked != "auto" and not got.startswith(asked.split(":")[0]):  # a fallback the user should see
+                self.get_logger().warning(f"{key} {asked} requested but the engine runs {got}: {info.reason}")
         if self.source.random:
             self.get_logger().warning("running with RANDOM weights (allow_random_weights): outputs are noise")
         self.get_logger().info(

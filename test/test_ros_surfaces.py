@@ -366,3 +366,17 @@ def test_launch_argument_forms(ros_ws, ros, launch_params, tmp_path):
         codes = [launch.signal_group(2) for launch in launches]
     assert codes == [0] * len(launches), [launch.output()[-1500:] for launch in launches]
     print(f"\n[launch] {len(LAUNCH_FORMS)} launches, {sum(len(a.split()) for a, *_ in LAUNCH_FORMS)} argument forms")
+
+
+def test_a_device_or_precision_fallback_is_a_warning(start_node, tiny_checkpoint):
+    """device cuda and precision fp16 on a machine without CUDA run on the CPU in fp32: said at WARN."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here: nothing falls back")
+    node = start_node(_node_params(tiny_checkpoint, device="cuda", precision="fp16", backend="auto",
+                                   build_only=True), name="fallback")
+    assert node.proc.wait(180) == 0, node.output()[-3000:]
+    out = node.output()
+    for line in ("device cuda requested but the engine runs cpu", "precision fp16 requested but the engine runs fp32"):
+        assert any("[WARN]" in x and line in x for x in out.splitlines()), (line, out[-3000:])
