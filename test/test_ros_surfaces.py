@@ -8,7 +8,10 @@ lifecycle design (written out below), not from the node.
 """
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -345,6 +348,14 @@ LAUNCH_FORMS = [
 ]
 
 
+def _running(pid: int) -> bool:
+    """A process that has not ended (a zombie nobody reaped yet has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 def test_launch_argument_forms(ros_ws, ros, launch_params, tmp_path):
     launches = [ros_ws.start(f"ros2 launch liteseg_ros segment.launch.py params_file:={launch_params} {args}",
                              tmp_path / f"launch_{k}.log") for k, (args, *_) in enumerate(LAUNCH_FORMS)]
@@ -362,6 +373,18 @@ def test_launch_argument_forms(ros_ws, ros, launch_params, tmp_path):
             assert launch.proc.poll() is None, launch.output()[-3000:]
         assert "[DEBUG]" in launches[2].output()  # log_level:=debug
         assert not [line for line in launches[1].output().splitlines() if "[INFO]" in line and "robot2.liteseg" in line]
+        # README: SIGTERM to `ros2 launch` alone ends it with 143 and leaves the node running (upstream
+        # behaviour); SIGTERM to the node ends the node.
+        last = launches.pop()
+        node_pid = int(re.search(r"process started with pid \[(\d+)\]", last.output())[1])
+        os.kill(last.proc.pid, signal.SIGTERM)
+        assert last.wait(60) in (143, -signal.SIGTERM), last.output()[-2000:]
+        assert _running(node_pid), "the node ended with the launch: update the README"
+        os.kill(node_pid, signal.SIGTERM)
+        end = time.monotonic() + 30
+        while _running(node_pid) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not _running(node_pid)
     finally:
         codes = [launch.signal_group(2) for launch in launches]
     assert codes == [0] * len(launches), [launch.output()[-1500:] for launch in launches]
