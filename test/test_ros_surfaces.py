@@ -308,11 +308,25 @@ def test_a_live_set_accepts_what_a_params_file_accepts(ros_ws, tiny_checkpoint, 
         done = ros_ws.run("ros2 param set --no-daemon --spin-time 3 /live_forms mask_groups.drivable sidewalk")
         assert "Set parameter successful" in done.stdout, done
         values = _dump(ros_ws, "/live_forms")
+        # every other live parameter at once, from a file (`ros2 param load`), in file forms
+        changed = {k: v for k, v in non_default_values(str(tiny_checkpoint), "").items()
+                   if k in params.PARAMS_BY_NAME and not params.PARAMS_BY_NAME[k].read_only
+                   and params.PARAMS_BY_NAME[k].type_name != "float"}
+        changed["mask_groups"] = {"drivable": "road", "walkable": ["sidewalk", "terrain"]}
+        load = tmp_path / "load.yaml"
+        load.write_text(yaml.safe_dump({"/live_forms": {"ros__parameters": changed}}))
+        done = ros_ws.run(f"ros2 param load --no-daemon --spin-time 3 /live_forms {load}")
+        assert done.returncode == 0 and "Failed" not in done.stdout, done
+        after = params.flatten(_dump(ros_ws, "/live_forms"))
     finally:
         code = node.signal_group(2)
     for spec in live_floats:
         assert isinstance(values[spec.name], float), spec.name
     assert values["mask_groups"]["drivable"] == ["sidewalk"]
+    for key, value in changed.items():
+        if key != "mask_groups":
+            assert after[key] == value, key
+    assert after["mask_groups.drivable"] == ["road"] and after["mask_groups.walkable"] == ["sidewalk", "terrain"]
     assert code == 0, node.output()[-3000:]
 
 
