@@ -90,9 +90,10 @@ def _reference_raw(msg) -> np.ndarray | None:
         return None
     bpp = _BPP[enc]
     rows = np.frombuffer(bytes(msg.data), np.uint8).reshape(h, step)[:, : w * bpp]
-    if enc.endswith("16"):
-        hi = 0 if msg.is_bigendian else 1
-        rows = rows[:, hi::2]
+    if enc.endswith("16"):  # 16-bit samples, scaled as cv_bridge scales: round(v * 255 / 65535)
+        pair = rows.reshape(h, -1, 2).astype(np.uint32)
+        v = (pair[..., 0] << 8 | pair[..., 1]) if msg.is_bigendian else (pair[..., 1] << 8 | pair[..., 0])
+        rows = ((v * 255 + 32767) // 65535).astype(np.uint8)
     ch = {"mono": 1, "bgr1": 3, "rgb1": 3}.get(enc[:4], 3 if enc in ("bgr8", "rgb8") else 4)
     if enc.startswith("mono"):
         ch = 1
@@ -109,7 +110,7 @@ def _reference_compressed(data: bytes) -> np.ndarray | None:
     if img is None:
         return None
     if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
+        img = ((img.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     if img.ndim == 2:
         img = img[:, :, None]
     if img.shape[2] == 2:

@@ -10,9 +10,12 @@ What this file guarantees, because scripts and service managers rely on it:
 - if the node exits (a start-up failure, or `ros2 lifecycle set ... shutdown`) the whole launch
   ends, with a non-zero status when the node's was;
 - with `bag:=...`, playback starts only once the node is active, so no frame is lost;
-- a missing rviz2 is a warning: the node runs without it.
+- a missing rviz2 is a warning: the node runs without it;
+- every process it starts uses the shipped Fast DDS profile unless the environment names one.
 """
 import os
+import tempfile
+from pathlib import Path
 
 import launch
 from ament_index_python.packages import PackageNotFoundError, get_package_prefix
@@ -23,12 +26,13 @@ from launch.actions import (
     LogInfo,
     OpaqueFunction,
     RegisterEventHandler,
+    SetEnvironmentVariable,
 )
 from launch.event_handlers import OnProcessExit
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.event_handlers import OnStateTransition
 
-from liteseg_ros import params
+from liteseg_ros import node_guards, params
 from liteseg_ros.share import share_dir
 
 #: Launch arguments that set the node parameter of the same name when given.
@@ -62,6 +66,34 @@ def _parameter_overrides(context) -> dict:
     return out
 
 
+def _dds_profile() -> list:
+    """Every process this launch starts uses the shipped Fast DDS profile, unless the user chose one.
+
+    With Fast DDS defaults most large camera frames never reach a subscriber in another process; only
+    the variable this distro's Fast DDS reads is set (Kilted warns about the old name).
+    """
+    env = dict(os.environ)
+    if node_guards.use_shipped_dds_profile(env) is None:
+        return []
+    name = node_guards.profile_variable()
+    return [SetEnvironmentVariable(name, env[name])]
+
+
+def rviz_config(namespace: str, name: str) -> str:
+    """The shipped RViz view with its topics at this node's resolved names.
+
+    ``config/liteseg.rviz`` names ``/liteseg/...``; with ``namespace:=robot1 node_name:=seg`` the
+    topics are ``/robot1/seg/...``, so a copy with those names is handed to RViz instead.
+    """
+    shipped = share_dir() / "config" / "liteseg.rviz"
+    prefix = "/" + "/".join(p for p in (*namespace.strip("/").split("/"), name) if p)
+    if prefix == "/liteseg":
+        return str(shipped)
+    out = Path(tempfile.mkdtemp(prefix="liteseg_rviz_")) / "liteseg.rviz"
+    out.write_text(shipped.read_text().replace("Value: /liteseg/", f"Value: {prefix}/"))
+    return str(out)
+
+
 def _node_and_helpers(context):
     """Everything that depends on the argument values, checked before anything starts."""
     params_file = os.path.expanduser(_arg(context, "params_file"))
@@ -90,11 +122,9 @@ def _node_and_helpers(context):
         overrides["cameras"] = params.check_value("cameras", cameras)
     image = _arg(context, "image")
     # Relative names resolve inside the namespace (as image_pipeline's nodes do); absolute ones stay.
-    remappings = [] if cameras else [
-        ("image", image),
-        ("image/compressed", image + "/compressed"),
-        ("camera_info", _arg(context, "camera_info")),
-    ]
+    remappings = [] if cameras else [("image", image), ("image/compressed", image + "/compressed")]
+    if _arg(context, "camera_info") and not cameras:  # else the node takes the image topic's sibling
+        remappings.append(("camera_info", _arg(context, "camera_info")))
     # Scope the level to our node's logger, so log_level:=debug does not flood rcl's own loggers.
     logger = ".".join(p for p in (*namespace.split("/"), name) if p)
     node = LifecycleNode(
@@ -117,7 +147,7 @@ def _node_and_helpers(context):
             raise RuntimeError(f"{name} exited with code {code} (its message is above); stopping the launch")
         return [launch.actions.Shutdown(reason=f"{name} exited")]
 
-    actions = [node, RegisterEventHandler(OnProcessExit(target_action=node,
+    actions = [*_dds_profile(), node, RegisterEventHandler(OnProcessExit(target_action=node,
                                                         on_exit=[OpaqueFunction(function=on_node_exit)]))]
     if _is_true(_arg(context, "free_space")):
         actions += _free_space_nodes(context, name, namespace, cameras, overrides["use_sim_time"])
@@ -130,11 +160,11 @@ def _node_and_helpers(context):
         try:
             get_package_prefix("rviz2")
             actions.append(Node(package="rviz2", executable="rviz2", name="liteseg_rviz",
-                                arguments=["-d", str(share_dir() / "config" / "liteseg.rviz")],
+                                arguments=["-d", rviz_config(namespace, name)],
                                 parameters=[{"use_sim_time": overrides["use_sim_time"]}]))
         except PackageNotFoundError:
-            actions.append(LogInfo(msg="[WARN] rviz:=true but rviz2 is not installed (apt install "
-                                       "ros-$ROS_DISTRO-rviz2); the node runs without it"))
+            launch.logging.get_logger("launch").warning(
+                "rviz:=true but rviz2 is not installed (apt install ros-$ROS_DISTRO-rviz2); the node runs without it")
     return actions
 
 
@@ -185,8 +215,9 @@ def generate_launch_description():
         DeclareLaunchArgument("image", default_value="camera/image_raw",
                               description="input image topic; relative names resolve in the namespace "
                                           "(its /compressed sibling is used with input_transport: compressed)"),
-        DeclareLaunchArgument("camera_info", default_value="camera/camera_info",
-                              description="input camera_info topic (relative names resolve in the namespace)"),
+        DeclareLaunchArgument("camera_info", default_value="",
+                              description="input camera_info topic; empty = the image topic's sibling "
+                                          "(image:=/cam/image_raw -> /cam/camera_info), as image_transport does"),
         DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
         DeclareLaunchArgument("node_name", default_value="liteseg", description="node name"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock"),

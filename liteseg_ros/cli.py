@@ -150,7 +150,9 @@ def _run_weights_fetch(args) -> int:
 
 
 def _run_weights_path(args) -> int:
+    """The file NAME means, taking what the ``weights`` parameter takes: a registered name, 'demo', a file."""
     from liteseg_ros import weights
+    from liteseg_ros.runtime import ModelLoadError, resolve_weights
 
     try:
         path = weights.resolve(args.name, allow_download=False)
@@ -158,8 +160,11 @@ def _run_weights_path(args) -> int:
         print(f"{args.name} is not fetched yet; run: {weights.fetch_command(args.name)}", file=sys.stderr)
         return 1
     except weights.WeightsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        try:  # not a registered name: 'demo' or a checkpoint file, as `weights:` takes them
+            path = resolve_weights(args.name, allow_download=False)
+        except ModelLoadError:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     print(path)
     return 0
 

@@ -10,11 +10,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from liteseg_ros.frames import Counters, rate
+from liteseg_ros.frames import Counters, Totals, rate
 
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
 #: No frame for this long and a camera that was publishing is reported stale.
 STALE_S = 5.0
+#: What fixes frames lost inside DDS (README "Quick start" says the same).
+DDS_FIX = ("FASTRTPS_DEFAULT_PROFILES_FILE, or FASTDDS_DEFAULT_PROFILES_FILE on Kilted and later, = "
+           "$(ros2 pkg prefix liteseg_ros)/share/liteseg_ros/config/fastdds_large_shm.xml")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class CameraView:
     counters: Counters
     dropped: int
     queue_waits: int
+    #: the counts at the previous report, to see what grew since (None at the first report)
+    previous: Totals | None = None
 
 
 def _percentile(sorted_ms: list[float], q: float) -> str:
@@ -48,8 +53,9 @@ def camera_status(node_name: str, state: str, cam: CameraView | None, info: Any 
     """The status of one camera (``cam=None``: the node while it has no cameras, e.g. unconfigured).
 
     Level and message answer "is it working, and if not, what do I check first": not active yet,
-    nothing received on the (resolved) input topic, the camera went quiet, every frame rejected;
-    else OK with the output rate. The values carry the counters, rates, latency percentiles and
+    nothing received on the (resolved) input topic, the camera went quiet, every frame rejected
+    (so far, or since the previous report), every frame too old, frames lost inside DDS since the
+    previous report; else OK with the output rate. The values carry the counters, rates, latency percentiles and
     which engine runs, for tools that plot them.
     """
     now = time.monotonic() if now is None else now
@@ -57,6 +63,7 @@ def camera_status(node_name: str, state: str, cam: CameraView | None, info: Any 
     topic = cam.input_topic if cam else ""
     label = f"{node_name}: segmentation" + (f" {cam.name}" if cam and cam.name else "")
     in_rate, out_rate = rate(c.in_times), rate(c.done_times)
+    grew = c.totals().since(cam.previous) if cam is not None and cam.previous is not None else None
     if state != "active":
         level, message = WARN, f"node is {state}"
     elif not c.received:
@@ -66,6 +73,15 @@ def camera_status(node_name: str, state: str, cam: CameraView | None, info: Any 
         level, message = WARN, f"no frames on {topic} for > {STALE_S:.0f} s (stale)"
     elif c.rejected and c.processed == 0:
         level, message = ERROR, "every frame so far was rejected (see log)"
+    elif grew is not None and grew.received and not grew.processed and grew.rejected:
+        level, message = WARN, f"every frame since the last report was rejected ({grew.rejected}; see log)"
+    elif grew is not None and grew.received and not grew.processed and grew.dropped_stale:
+        level, message = WARN, (f"every frame since the last report was older than max_input_age "
+                                f"({grew.dropped_stale} dropped): check the camera's clock and use_sim_time")
+    elif grew is not None and grew.lost_in_dds:
+        level, message = WARN, (f"{grew.lost_in_dds} frame(s) on {topic} lost inside DDS since the last report, "
+                                f"before reaching the node ({c.lost_in_dds} in all): start the camera's process "
+                                f"with the shipped Fast DDS profile too ({DDS_FIX})")
     else:
         level, message = OK, f"{out_rate:.1f} Hz"
     lat = sorted(c.latency_ms)

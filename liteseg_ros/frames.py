@@ -93,6 +93,24 @@ class Counters:
     done_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
     in_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
 
+    def totals(self) -> Totals:
+        """The counts now, to compare with the next report's (what grew in between)."""
+        return Totals(self.received, self.processed, self.rejected, self.dropped_stale, self.lost_in_dds)
+
+
+@dataclass(frozen=True)
+class Totals:
+    """A camera's counts at one moment; the difference of two says what happened in between."""
+
+    received: int = 0
+    processed: int = 0
+    rejected: int = 0
+    dropped_stale: int = 0
+    lost_in_dds: int = 0
+
+    def since(self, earlier: Totals) -> Totals:
+        return Totals(*(a - b for a, b in zip(vars(self).values(), vars(earlier).values(), strict=True)))
+
 
 def rate(times: collections.deque) -> float:
     """Events per second over the recorded times; 0 when fewer than two, or none for 5 s."""

@@ -39,9 +39,10 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image, LaserScan
 
 from liteseg_ros import free_space_params as fsp
+from liteseg_ros import node_guards
 from liteseg_ros.defaults import EXIT_USAGE
 from liteseg_ros.free_space import CameraModelError, FreeSpace, Intrinsics, Pose
-from liteseg_ros.node import StartupError, _params_file_error, _StopOnSignal, descriptor
+from liteseg_ros.node import StartupError, _StopOnSignal, descriptor
 from liteseg_ros.params import ParameterError, is_ros_builtin
 
 #: Mask encodings read as one byte per pixel (nonzero = drivable).
@@ -295,7 +296,7 @@ def main(args: list[str] | None = None) -> int:
     """
     argv = list(args if args is not None else sys.argv)
     log = rclpy.logging.get_logger(fsp.NODE_NAME)
-    problem = _params_file_error(argv)
+    problem = node_guards.params_file_problem(argv)
     if problem:
         log.fatal(problem)
         return EXIT_USAGE

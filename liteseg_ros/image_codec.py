@@ -9,8 +9,10 @@ node and the bag tool share one converter.
 Why our own converter and not ``cv_bridge``: ROS 2 cv_bridge has no wheel (Boost.Python), the PyPI
 ``cv-bridge`` is a broken ROS 1 repackaging, and ``rosbags-image`` ignores ``step`` and lets raw
 numpy/OpenCV exceptions through (a publisher controls every field, so a bad one must become one clear error). This module
-follows cv_bridge's semantics (16-bit scaled to 8-bit by taking the high byte, cv_bridge's Bayer
-codes, ``IMREAD_UNCHANGED`` for compressed data) and turns every bad input into
+follows cv_bridge's semantics (16-bit converted at 16 bits, then scaled to 8 bits as cv_bridge
+scales, ``round(v * 255 / 65535)``; cv_bridge's Bayer codes; ``IMREAD_UNCHANGED`` for compressed
+data) and reads rows padded by any number of bytes (cv_bridge's Python side misreads rows padded
+by a non-multiple of the pixel size) and turns every bad input into
 :class:`ImageDecodeError` naming the encoding and sizes.
 
 Hostile input: every size is known before anything is allocated. Raw images are bounded by their
@@ -28,7 +30,7 @@ warnings: sizes are still bounded, but corrupt scans are not detected.
 Hot path: an unpadded ``bgr8`` (or ``rgb8`` when ``want="rgb8"``) frame decodes with no copy at
 all; the returned array then shares memory with ``msg.data`` (read-only when ``data`` is
 ``bytes``). Every other case makes exactly one pass (``cv2.cvtColor`` or one contiguous copy),
-except 16-bit inputs, which first gather their high bytes.
+except 16-bit inputs, which are converted at 16 bits and then scaled (a second pass).
 """
 from __future__ import annotations
 
@@ -198,9 +200,10 @@ def _int_field(msg: Any, name: str) -> int:
 def decode_image(msg: Any, want: str = "bgr8", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode a sensor_msgs Image into a C-contiguous ``(H, W, 3)`` uint8 array in ``want`` order.
 
-    ``want`` is ``"bgr8"`` (OpenCV order) or ``"rgb8"``. 16-bit data is scaled to 8 bits by taking
-    the high byte (``>> 8``, honouring ``is_bigendian``), mono is replicated to three channels,
-    alpha is dropped, Bayer is demosaiced and YUV 4:2:2 converted, all as cv_bridge does.
+    ``want`` is ``"bgr8"`` (OpenCV order) or ``"rgb8"``. 16-bit data (honouring ``is_bigendian``)
+    is demosaiced or reordered at 16 bits and then scaled to 8 bits by :func:`scale_16_to_8`, mono
+    is replicated to three channels, alpha is dropped, Bayer is demosaiced and YUV 4:2:2 converted,
+    all as cv_bridge does, so the same message gives the same pixels in a cv_bridge-based tool.
     ``step`` (row padding) is honoured. When no conversion is needed and rows are unpadded the
     result is a view of ``msg.data`` (read-only if ``data`` is ``bytes``); copy it before writing.
 
@@ -259,8 +262,7 @@ def decode_image(msg: Any, want: str = "bgr8", max_pixels: int = DEFAULT_MAX_PIX
         raise fail("data is not a byte buffer")
     rows = flat.reshape(height, step)[:, :row_bytes]  # views: no copy so far
     if spec.sixteen_bit:
-        # The high byte of each sample is exactly value >> 8: pick it instead of doing arithmetic.
-        rows = np.ascontiguousarray(rows[:, (0 if big_endian else 1) :: 2])
+        return _decode_16(rows, height, width, spec, want, big_endian, fail)
     pixels = rows.reshape(height, width, spec.channels) if spec.channels > 1 else rows
     code = _CODES[(spec.eight_bit, want)]
     if code is None:
@@ -268,6 +270,37 @@ def decode_image(msg: Any, want: str = "bgr8", max_pixels: int = DEFAULT_MAX_PIX
     try:
         return cv2.cvtColor(pixels, code)
     except cv2.error as exc:  # not expected after the checks above; never leak a raw cv2 error
+        raise fail(f"OpenCV conversion failed: {exc}") from exc
+
+
+def scale_16_to_8(img: np.ndarray) -> np.ndarray:
+    """16-bit samples as 8-bit, the way cv_bridge scales them: ``round(v * 255 / 65535)``.
+
+    cv_bridge converts depth with OpenCV's ``convertTo(..., 255.0 / 65535)``; ``convertScaleAbs`` is
+    the same saturating, rounding multiply (the absolute value changes nothing for unsigned input).
+    Matching it, rather than taking the high byte, keeps our labels equal to those of a pipeline
+    that decodes with cv_bridge (the two differ by one level on about half the samples).
+    """
+    return cv2.convertScaleAbs(img, alpha=255.0 / 65535.0)
+
+
+def _decode_16(rows: np.ndarray, height: int, width: int, spec: _Spec, want: str, big_endian: bool,
+               fail: Any) -> np.ndarray:
+    """A 16-bit Image's rows (``(height, row_bytes)`` uint8) -> 8-bit ``want``.
+
+    Demosaicing and channel reordering run at 16 bits and scaling comes last, in cv_bridge's order
+    (for Bayer the order changes the result: averaging first keeps the low bits).
+    """
+    samples = np.ascontiguousarray(rows).view(">u2" if big_endian else "<u2")
+    if samples.dtype != np.dtype(np.uint16):  # not the machine's byte order: one swapping copy
+        samples = samples.astype(np.uint16)
+    pixels = samples.reshape(height, width, spec.channels) if spec.channels > 1 else samples
+    code = _CODES[(spec.eight_bit, want)]
+    try:
+        if code is not None:
+            pixels = cv2.cvtColor(pixels, code)
+        return scale_16_to_8(pixels)
+    except cv2.error as exc:  # not expected after the caller's checks; never leak a raw cv2 error
         raise fail(f"OpenCV conversion failed: {exc}") from exc
 
 
@@ -403,7 +436,7 @@ def decode_compressed(msg: Any, want: str = "bgr8", max_pixels: int = DEFAULT_MA
     ``msg.format`` may be a bare codec (``"jpeg"``, ``"png"``) or image_transport's long form
     (``"rgb8; jpeg compressed bgr8"``); an empty format is accepted and the codec is read from the
     data. PNGs are decoded with ``cv2.IMREAD_UNCHANGED`` so 16-bit PNGs keep their depth before being
-    scaled ``>> 8``; gray is replicated, alpha dropped, channels put in ``want`` order.
+    scaled by :func:`scale_16_to_8`; gray is replicated, alpha dropped, channels put in ``want`` order.
 
     Raises :class:`ImageDecodeError` (naming the format and ``len(data)``) for an unsupported
     format (including ``compressedDepth``), data that is not JPEG/PNG, a declared size above the
@@ -499,8 +532,7 @@ def _decode_jpeg_strict(raw: bytes, header: _Header, want: str, fail: Any) -> np
 def _to_want(img: np.ndarray, want: str, fail: Any) -> np.ndarray:
     """An OpenCV-decoded image (gray/BGR/BGRA, 8 or 16 bit) as uint8 in ``want`` order."""
     if img.dtype == np.uint16:
-        img >>= 8  # in place: the decoder's buffer is ours, and a second full-size copy is what we avoid
-        img = img.astype(np.uint8)
+        img = scale_16_to_8(img)
     elif img.dtype != np.uint8:
         raise fail(f"decoded to unsupported depth {img.dtype}")
     channels = 1 if img.ndim == 2 else img.shape[2]

@@ -48,7 +48,7 @@ from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from liteseg_ros import contract, diagnostics, fast_send, frames, image_codec, params, wire
+from liteseg_ros import contract, diagnostics, fast_send, frames, image_codec, node_guards, params, wire
 from liteseg_ros.defaults import EXIT_USAGE
 from liteseg_ros.frames import FrameSlot
 from liteseg_ros.pipeline import Segmentation, Wants
@@ -113,6 +113,7 @@ class Camera:
         self.info_sub = None
         self.camera_info: CameraInfo | None = None
         self.input_topic = ""
+        self.reported: frames.Totals | None = None  # the counts at the last /diagnostics report
 
     def output(self, suffix: str) -> str:
         return f"{contract.camera_prefix('~', self.name)}/{suffix}"
@@ -143,7 +144,8 @@ class Camera:
         return pub is not None and pub.get_subscription_count() > 0
 
     def view(self) -> diagnostics.CameraView:
-        return diagnostics.CameraView(self.name, self.input_topic, self.counters, self.dropped, self.slot.waits)
+        return diagnostics.CameraView(self.name, self.input_topic, self.counters, self.dropped, self.slot.waits,
+                                      self.reported)
 
 
 @dataclass
@@ -218,6 +220,9 @@ class LiteSegNode(LifecycleNode):
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self._make_diagnostics_timer()
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        node_guards.guard_change_state(self, self.get_logger().warning)
+        if hasattr(self, "add_pre_set_parameters_callback"):  # Jazzy and later
+            self.add_pre_set_parameters_callback(node_guards.file_forms)
 
     def _make_diagnostics_timer(self):
         return self.create_timer(float(self.values["diagnostics_period"]), self._publish_diagnostics,
@@ -234,13 +239,16 @@ class LiteSegNode(LifecycleNode):
         handed to rclpy in the declared type, so a file that validates also declares.
         """
         overrides = self._parameter_overrides  # what rcl parsed from --params-file / -p, by name
-        given = {name: p.value for name, p in overrides.items() if not params.is_ros_builtin(name)}
+        given = {name: node_guards.given_value(name, p.value) for name, p in overrides.items()
+                 if not params.is_ros_builtin(name)}
         try:
             values = params.validate(given)
         except params.ParameterError as exc:
             raise StartupError(str(exc)) from None
         for name in given:
-            if values[name] != given[name] or type(values[name]) is not type(given[name]):
+            if values[name] == []:  # rclpy would re-type [] as a byte array: the declaration sets it instead
+                del overrides[name]
+            elif values[name] != overrides[name].value or type(values[name]) is not type(overrides[name].value):
                 overrides[name] = Parameter(name, value=values[name])
         for spec in params.PARAMS:
             if spec.name == "cameras":
@@ -324,6 +332,10 @@ class LiteSegNode(LifecycleNode):
             self.get_logger().error(f"cannot configure: {type(exc).__name__}: {exc}")
             return TransitionCallbackReturn.FAILURE
         info = self.pipeline.engine.info
+        for key, got in (("device", info.device), ("precision", info.precision)):
+            asked = str(self.values[key])
+            if asked != "auto" and not got.startswith(asked.split(":")[0]):  # a fallback the user should see
+                self.get_logger().warning(f"{key} {asked} requested but the engine runs {got}: {info.reason}")
         if self.source.random:
             self.get_logger().warning("running with RANDOM weights (allow_random_weights): outputs are noise")
         self.get_logger().info(
@@ -456,13 +468,30 @@ class LiteSegNode(LifecycleNode):
                                                callback_group=self._input_group, event_callbacks=events,
                                                qos_overriding_options=QoSOverridingOptions.with_default_policies())
             cam.input_topic = cam.sub.topic_name
-            cam.info_sub = self.create_subscription(CameraInfo, cam.input("camera_info"), cam.on_camera_info,
+            cam.info_sub = self.create_subscription(CameraInfo, self._camera_info_topic(cam), cam.on_camera_info,
                                                     qos_profile_sensor_data)
+
+    def _camera_info_topic(self, cam: Camera) -> str:
+        """image_transport's convention: camera_info is the sibling of the image topic (``/cam/image_raw``
+        -> ``/cam/camera_info``), so remapping the image alone brings its camera_info along; an explicit
+        ``camera_info`` remap still wins."""
+        name = cam.input("camera_info")
+        resolve = getattr(self, "resolve_topic_name", None)  # Iron and later
+        if resolve is None or resolve(name) != resolve(name, only_expand=True):
+            return name
+        return resolve(cam.input("image")).rsplit("/", 1)[0] + "/camera_info"
 
     def _on_message_lost(self, cam: Camera, info) -> None:
         """DDS reports samples that never reached this subscription (a publisher overwrote them)."""
         cam.counters.lost_in_dds = int(info.total_count)
-        if self.values["process_all_frames"]:
+        if not self.values["process_all_frames"]:
+            self.get_logger().warning(
+                f"{info.total_count_change} frame(s) on {cam.input_topic} were lost inside DDS before reaching the "
+                f"node ({info.total_count} in all): with Fast DDS defaults large images mostly do not arrive. Fix: "
+                f"start the camera's process with {node_guards.profile_variable()}="
+                f"{node_guards.shipped_profile()} (this node uses that profile unless you chose one)",
+                throttle_duration_sec=30.0)
+        else:
             self.get_logger().error(
                 f"process_all_frames: {info.total_count_change} frame(s) on {cam.input_topic} were lost before "
                 f"the node received them ({info.total_count} in all): the publisher's history overwrote them; "
@@ -679,6 +708,8 @@ class LiteSegNode(LifecycleNode):
         for cam in self.cameras or [None]:
             st = diagnostics.camera_status(self.get_name(), self._state_name, cam.view() if cam else None,
                                            info, self.source)
+            if cam is not None:
+                cam.reported = cam.counters.totals()
             statuses.append(DiagnosticStatus(level=bytes([st.level]), name=st.name, message=st.message,
                                              hardware_id=st.hardware_id,
                                              values=[KeyValue(key=k, value=v) for k, v in st.values.items()]))
@@ -688,26 +719,6 @@ class LiteSegNode(LifecycleNode):
 
 
 # ------------------------------------------------------------------------------------------ main
-def _params_file_error(argv: list[str]) -> str | None:
-    """A missing or unreadable ``--params-file`` of the ROS arguments, said in one line.
-
-    rcl would otherwise fail inside ``rclpy.init`` with a traceback and exit 1; checking first lets
-    the node exit 2 with a message naming the file, like every other start-up failure.
-    """
-    in_ros_args = False
-    for i, arg in enumerate(argv):
-        if arg == "--ros-args":
-            in_ros_args = True
-        elif arg == "--":
-            in_ros_args = False
-        elif in_ros_args and arg == "--params-file" and i + 1 < len(argv):
-            try:
-                params.read_params_file(argv[i + 1])
-            except params.ParameterError as exc:
-                return str(exc)
-    return None
-
-
 class _StopOnSignal:
     """SIGINT/SIGTERM -> an orderly stop of the spin loop, never a KeyboardInterrupt.
 
@@ -753,16 +764,20 @@ def main(args: list[str] | None = None) -> int:
 
     argv = list(args if args is not None else sys.argv)
     log = rclpy.logging.get_logger(NODE_NAME)
-    problem = _params_file_error(argv)
+    problem = node_guards.params_file_problem(argv)  # parsing the files is rcl's job
     if problem:
         log.fatal(problem)
         return EXIT_USAGE
     tune_malloc_at_startup()  # before the model allocates anything (LITESEG_MALLOC_TUNING=0 turns it off)
     stop = _StopOnSignal()
+    profile = node_guards.use_shipped_dds_profile()  # before rclpy.init: the participant reads it once
+    if profile:
+        log.info(f"DDS: this node uses the shipped Fast DDS profile {profile} (set "
+                 f"{node_guards.profile_variable()} to choose another); camera processes need it too")
     try:
         rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
-    except Exception as exc:  # rcl's own argument errors (a bad -p, --ros-args syntax)
-        log.fatal(f"cannot start: {str(exc).splitlines()[0]}")
+    except Exception as exc:  # rcl's own errors: a params file it cannot parse, a bad -p, --ros-args syntax
+        log.fatal(node_guards.rcl_init_problem(exc))
         return EXIT_USAGE
     node = None
     try:
@@ -781,8 +796,11 @@ def main(args: list[str] | None = None) -> int:
             node.trigger_activate()
         executor = MultiThreadedExecutor(num_threads=2)  # image callbacks apart from services (see _input_group)
         executor.add_node(node)
+        errors = node_guards.CallbackErrors(node.get_logger().error)  # one bad callback never ends the node
         while not stop.event.is_set() and not node.finished.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
+            errors.spin_once(executor, 0.1)
+        if node.finished.is_set():  # the shutdown request's answer goes out once its callback returns
+            node_guards.wait_for_callbacks(executor, timeout_s=2.0)
         if stop.event.is_set():
             node.get_logger().info("stopping (signal received)")
     except ExternalShutdownException:

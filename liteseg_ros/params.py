@@ -209,7 +209,11 @@ def check_value(name: str, value: Any, classes: ClassTable | None = None, check_
     want = spec.type_name
     if want == "float" and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if type_name_of(value) != want:
+    try:
+        got = type_name_of(value)
+    except TypeError:  # e.g. None: rcl's reading of an empty list or a key with no value
+        got = None
+    if got != want:
         raise ParameterError(f"{name}: expected {want}, got {type(value).__name__} {value!r}")
     if spec.choices and value not in spec.choices:
         raise ParameterError(f"{name}: {value!r} is not one of {', '.join(spec.choices)}")

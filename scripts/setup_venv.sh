@@ -15,7 +15,14 @@ hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 fresh() { [ -f "$STAMPS/$1" ] && [ "$(cat "$STAMPS/$1")" = "$2" ]; }
 mark() { mkdir -p "$STAMPS"; echo "$2" > "$STAMPS/$1"; }
 # pip here warns once per package about the machine's offline mirror layout; keep real errors only.
-quiet() { "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
+# Its resolver also says "ERROR: ... dependency conflicts" for launch-ros needing ament_index_python, which
+# is installed (as the ros-jazzy-ament-index-python wheel, a name pip does not match): not an error, so that
+# header and that line go; any other conflict line still shows.
+quiet() {
+  "$@" 2> >(grep -v -e 'is ignored: it is neither a file nor a directory' \
+    -e "^ERROR: pip's dependency resolver does not currently take into account all the packages" \
+    -e ' requires ament_index_python, which is not installed\.$' >&2)
+}
 
 t0=$(date +%s)
 if [ ! -x "$VENV/bin/python" ]; then
@@ -69,7 +76,7 @@ fi
 # tests skip and say how to get it. Its own stamp makes this a no-op when nothing changed.
 KIT=${LITESEG_ROS2_CLI:-$ROOT/../shared/ros2-cli}
 if [ -f "$KIT/install.sh" ]; then
-  bash "$KIT/install.sh" "$VENV" >&2
+  quiet bash "$KIT/install.sh" "$VENV" >&2
 else
   log "no ROS 2 command-line kit at $KIT: the colcon/ros2 launch tests will skip"
 fi

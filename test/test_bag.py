@@ -480,8 +480,9 @@ def test_play_into_the_live_node_with_sim_time(tmp_path, start_node, ros, tiny_c
                  "the node's publishers")
     assert node.alive(), node.output()
     # the child inherits this session's isolated DDS domain from os.environ (set by conftest)
-    proc = subprocess.run([str(EXE / "liteseg"), "play", str(src), "--clock", "--rate", "2", "--wait-for",
-                           "/camera/image_raw"], capture_output=True, text=True, timeout=120)
+    # as the README says it: by default play waits for a subscriber on the image topic (no --wait-for)
+    proc = subprocess.run([str(EXE / "liteseg"), "play", str(src), "--clock", "--rate", "2"], capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr + node.output()
     assert "published 12 messages" in proc.stdout
     ros.wait_for(lambda: len(labels) >= 6 and len(stats) >= 6, 60, "6 labels")

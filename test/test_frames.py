@@ -95,3 +95,35 @@ def test_status_values_carry_counters_rates_and_latency():
     assert v["backend"] == "onnxruntime" and v["model"] == "tiny-random" and v["license"] == "CC0"
     assert v["latency_ms_p50"] == "51.0" and v["latency_ms_p95"] == "96.0"
     assert float(v["input_rate_hz"]) > 9.0 and all(isinstance(x, str) for x in v.values())
+
+
+def test_status_warns_when_everything_since_the_last_report_went_wrong():
+    """What grew since the previous report decides: frames lost in DDS, every new frame rejected or too
+    old. Without a previous report (or with healthy growth) the same counters are OK."""
+    now = time.monotonic()
+    c = Counters(received=10, processed=10)
+    c.in_times.extend([now - 0.9 + 0.1 * i for i in range(10)])
+    c.done_times.extend([now - 0.9 + 0.1 * i for i in range(10)])
+
+    def status(previous):
+        view = diagnostics.CameraView("front", "/cam/image_raw", c, 0, 0, previous)
+        return diagnostics.camera_status("liteseg", "active", view, _Info(), _Source(), now)
+
+    assert status(None).level == diagnostics.OK
+    before = c.totals()
+    c.received, c.processed, c.lost_in_dds = 13, 13, 40
+    st = status(before)
+    assert st.level == diagnostics.WARN and "40 frame(s) on /cam/image_raw lost inside DDS" in st.message
+    assert "fastdds_large_shm.xml" in st.message and "FASTRTPS_DEFAULT_PROFILES_FILE" in st.message
+    assert status(c.totals()).level == diagnostics.OK  # no new loss since: OK again
+    before = c.totals()
+    c.received, c.rejected = 18, 5
+    st = status(before)
+    assert st.level == diagnostics.WARN and "every frame since the last report was rejected (5" in st.message
+    before = c.totals()
+    c.received, c.dropped_stale = 22, 4
+    st = status(before)
+    assert st.level == diagnostics.WARN and "older than max_input_age" in st.message
+    before = c.totals()
+    c.received, c.processed, c.rejected = 30, 20, 6  # some rejected, some processed: working
+    assert status(before).level == diagnostics.OK

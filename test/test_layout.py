@@ -23,6 +23,7 @@ RINGS = {
     "liteseg_ros.runtime": 2, "liteseg_ros.tools": 2, "liteseg_ros.free_space": 2,
     "liteseg_ros.image_codec": 3, "liteseg_ros.params": 3, "liteseg_ros.wire": 3, "liteseg_ros.fast_send": 3,
     "liteseg_ros.node": 3,
+    "liteseg_ros.node_guards": 3,
     "liteseg_ros.contract": 3, "liteseg_ros.frames": 3, "liteseg_ros.diagnostics": 3,
     "liteseg_ros.bag": 3, "liteseg_ros.msg": 3, "liteseg_ros.free_space_params": 3, "liteseg_ros.free_space_node": 3,
     "liteseg_ros.cli": 4, "liteseg_ros.commands": 4, "liteseg_ros.demo": 4, "liteseg_ros.train": 4,

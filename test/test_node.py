@@ -375,7 +375,7 @@ def test_node_and_bag_tool_accept_and_refuse_the_same_params_files(start_node, t
 
 @pytest.mark.parametrize("content,expected", [
     (None, "does not exist"),
-    ("/**:\n  ros__parameters: [unclosed\n", "not valid YAML"),
+    ("/**:\n  ros__parameters: [unclosed\n", "is not a valid ROS params file"),
 ])
 def test_unreadable_params_file_exits_2_with_one_message(start_node, tmp_path, content, expected):
     pf = tmp_path / "broken.yaml"

@@ -398,3 +398,17 @@ def test_encoder_weights_imagenet_uses_torchvisions_cache(tmp_path, monkeypatch)
     assert cfg.encoder_weights == "imagenet"
     with pytest.raises(ConfigError, match="no registered ImageNet encoder for shufflenet"):
         load_config(None, ["dataset=synthetic", "encoder_weights=imagenet", "backbone=shufflenet"])
+
+
+def test_every_command_takes_what_the_weights_parameter_takes(tmp_path, capsys):
+    """'demo' (and a file) work in `liteseg weights path` and `liteseg quantize --weights` as in `weights:`."""
+    from liteseg_ros.runtime import demo_weights_path
+
+    assert main(["weights", "path", "demo"]) == 0
+    assert capsys.readouterr().out.strip() == str(demo_weights_path())
+    assert main(["weights", "path", str(demo_weights_path())]) == 0
+    assert main(["weights", "path", "no-such-weights-name"]) == 2
+    cache = tmp_path / "cache"
+    assert main(["quantize", "--weights", "demo", "--synthetic", "2", "--holdout", "1", "--size", "64x96",
+                 "--method", "minmax", "--cache-dir", str(cache)]) == 0
+    assert list((cache / "int8").glob("*_64x96_*.onnx"))

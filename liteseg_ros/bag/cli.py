@@ -188,9 +188,14 @@ def add_play_parser(sub) -> None:
     p.add_argument("--clock-hz", type=float, default=40.0, help="/clock rate between messages (default: %(default)s)")
     p.add_argument("--loop", "-l", action="store_true", help="play again from the start when done")
     p.add_argument("--topics", nargs="+", metavar="TOPIC", help="play only these topics")
-    p.add_argument("--wait-for", nargs="+", default=[], metavar="TOPIC",
-                   help="wait until each of these topics has a subscriber before playing")
-    p.add_argument("--wait-timeout", type=float, default=60.0, help="seconds --wait-for waits (default: %(default)s)")
+    wait = p.add_mutually_exclusive_group()
+    wait.add_argument("--wait-for", nargs="+", default=None, metavar="TOPIC",
+                      help="wait until each of these topics has a subscriber before playing (default: every "
+                           "image topic played)")
+    wait.add_argument("--no-wait", dest="wait_for", action="store_const", const=[],
+                      help="play at once, without waiting for subscribers")
+    p.add_argument("--wait-timeout", type=float, default=60.0,
+                   help="seconds to wait for subscribers (default: %(default)s)")
     p.add_argument("--delay", type=float, default=0.0, help="seconds to wait before playing")
     p.add_argument("--qos", choices=("reliable", "recorded"), default="reliable",
                    help="publisher reliability: always reliable, or as recorded (default: %(default)s)")

@@ -30,14 +30,16 @@ def message_class(msgtype: str):
 
 
 def play_bag(bag: str | Path, *, rate: float = 1.0, clock: bool = False, clock_hz: float = 40.0,
-             loop: bool = False, topics: Sequence[str] | None = None, wait_for: Sequence[str] = (),
+             loop: bool = False, topics: Sequence[str] | None = None, wait_for: Sequence[str] | None = None,
              wait_timeout: float = 60.0, qos_mode: str = "reliable", start_delay: float = 0.0,
              stop_event: threading.Event | None = None, log: Callable[[str], None] = print) -> int:
     """Publish a bag's messages on rclpy with their recorded timing; returns messages published.
 
     Raw CDR from the bag is published as is (no Python message is built). ``clock``: publish
     ``/clock`` with the bag time before every message and at ``clock_hz`` in between (for nodes with
-    ``use_sim_time``). ``wait_for``: topics that must have a subscriber before playing starts.
+    ``use_sim_time``). ``wait_for``: topics that must have a subscriber before playing starts; None
+    (the default) means every image topic played, so frames published before a node has discovered
+    the player are not lost; ``()`` plays at once.
     ``qos_mode``: ``reliable`` (default; matches every subscriber) or ``recorded`` (the recorded
     reliability). Durability is the recorded one (transient local stays latched).
     """
@@ -98,6 +100,11 @@ def play_bag(bag: str | Path, *, rate: float = 1.0, clock: bool = False, clock_h
 
                 clock_pub = node.create_publisher(Clock, "/clock", QoSProfile(depth=10))
             topic_pubs = {t: p for (t, _), p in pubs.items()}
+            if wait_for is None:
+                wait_for = [t for (t, kind) in pubs if kind in ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")]
+                if wait_for:
+                    log(f"waiting up to {wait_timeout:.0f} s for a subscriber on {', '.join(wait_for)} (--no-wait: "
+                        "play at once)")
             end = time.monotonic() + wait_timeout
             for t in wait_for:
                 t = "/" + t.strip("/")

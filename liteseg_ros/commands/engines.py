@@ -85,6 +85,15 @@ def _model(args: argparse.Namespace):
         raise EngineError(str(exc)) from None
 
 
+def _weights_file(args: argparse.Namespace):
+    """The checkpoint file ``--weights`` means ('demo', a registered name, a path), or None for random weights."""
+    if args.random_weights or not args.weights:
+        return None
+    from liteseg_ros.runtime import resolve_weights
+
+    return resolve_weights(args.weights, allow_download=False, log=lambda m: print(m, file=sys.stderr))
+
+
 def add_export_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``export``: LiteSeg -> ONNX (verified against PyTorch) or a cached TensorRT engine."""
     p = subparsers.add_parser(
@@ -340,8 +349,8 @@ def _quantize(args: argparse.Namespace, model, calib: tuple, held: tuple) -> int
                                 args.float_node, args.sensitivity_limit, log=lambda m: print(m, file=sys.stderr))
         print(format_sensitivity(res), end="")
         return EXIT_OK
-    # keyed like the node's look-up: by the checkpoint file when there is one
-    out = args.out or int8_path(args.weights or model, size, args.cache_dir)
+    # keyed like the node's look-up: by the checkpoint file when there is one ('demo' and names resolved)
+    out = args.out or int8_path(_weights_file(args) or model, size, args.cache_dir)
     backends = list(QUANT_BACKENDS) if args.backend == "all" else [args.backend]
     path, reports = quantize_model(model, out, size, calib[0], held[0], backends, args.threads, args.method,
                                    calib[1], held[1], float_input_convs=args.float_input_convs,
