@@ -47,12 +47,24 @@ class FixedEngine(Engine):
 
 
 def load_pipeline(tree: Path):
-    """``liteseg_ros/pipeline.py`` of ``tree`` as its own module (it imports the shared ring-0 modules)."""
-    spec = importlib.util.spec_from_file_location(f"pipeline_{abs(hash(str(tree)))}", tree / "liteseg_ros" / "pipeline.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    """``liteseg_ros/pipeline.py`` of ``tree`` as its own module, with that tree's ``segmentation.py``
+    (the pipeline's building blocks live there); the other ring-0 modules are shared."""
+    tag = abs(hash(str(tree)))
+    mods = {}
+    for name in ("segmentation", "pipeline"):
+        spec = importlib.util.spec_from_file_location(f"{name}_{tag}", tree / "liteseg_ros" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # dataclasses look their module up there
+        saved = sys.modules.get("liteseg_ros.segmentation")
+        if "segmentation" in mods:  # the tree's pipeline imports the tree's segmentation
+            sys.modules["liteseg_ros.segmentation"] = mods["segmentation"]
+        try:
+            spec.loader.exec_module(mod)
+        finally:
+            if saved is not None:
+                sys.modules["liteseg_ros.segmentation"] = saved
+        mods[name] = mod
+    return mods["pipeline"]
 
 
 def scene(h: int, w: int, rng: np.random.Generator) -> np.ndarray:

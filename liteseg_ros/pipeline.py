@@ -26,11 +26,11 @@ from liteseg_ros.segmentation import (  # noqa: F401 - re-exported: the pipeline
     RESIZE_MODES,
     Boundary,
     Geometry,
+    NearestUpsample,
     PipelineConfig,
     Segmentation,
     Wants,
     _bgra32,
-    _resize_nearest,
     free_space_boundary,
     nearest_maps,
     upsampled_boundary,
@@ -173,16 +173,16 @@ class Pipeline:
                     snap: Snapshot | None = None) -> Segmentation:
         """Network-size label/confidence of one frame -> every product at the configured resolution.
 
-        Every product is a per-pixel function of the label, and a nearest-neighbour upsample only
-        copies label pixels, so the two commute: colouring the small network-size label and then
-        upsampling gives exactly the pixels of colouring the upsampled label, for a fraction of the
-        work at camera resolution. So the colours are looked up once at network size (one BGRA
-        table, 4 bytes per pixel, which OpenCV resizes much faster than 3-byte pixels), upsampled
-        once, and split into the RGB colour image and the BGR overlay input by channel shuffles. The
-        boundary is computed on the network-size mask and its rows mapped through the same nearest
-        index maps (:func:`nearest_maps`), also exactly. The masks are one LUT each on the
-        upsampled label (as cheap as upsampling a network-size mask). Only the confidence is
-        resampled bilinearly, at output resolution, as before.
+        Every product but the confidence is a per-pixel function of the label, and a nearest-neighbour
+        upsample only copies label pixels, so the two commute. The upsample itself is a column
+        gather at network height followed by whole-row copies (:class:`NearestUpsample`), and each
+        product's per-pixel work runs between the two steps, on a third of the camera's pixels at
+        1080p: the label is gathered once and every mask is a LUT of that gathered label; the
+        colours are looked up once at network size (one BGRA table, 4 bytes per pixel), gathered
+        once, and shuffled into the RGB colour image and the BGR overlay input before their rows
+        are copied. The boundary is computed on the network-size mask and mapped through the same
+        index maps, also exactly. Only the confidence is resampled bilinearly, at output
+        resolution, as before. Every output is one freshly allocated array, written once.
 
         ``snap``: the snapshot to use (``run`` passes the one it took for the batch); default the current.
         """
@@ -195,34 +195,33 @@ class Pipeline:
         conf = geom.crop(confidence) if confidence is not None else None
         out_h, out_w = geom.output_size(cfg.output_resolution)
         resized = label_net.shape != (out_h, out_w)
-        label = cv2.resize(label_net, (out_w, out_h), interpolation=cv2.INTER_NEAREST) if resized else label_net
-        seg = Segmentation(label=label, geometry=geom)
+        up = NearestUpsample.of(label_net.shape, (out_h, out_w))
+        label_cols = up.columns(label_net)  # the one label gather every mask shares
+        seg = Segmentation(label=up.rows_of(label_cols) if resized else label_net, geometry=geom)
         if wants.confidence and conf is not None:
             if resized:
                 conf = cv2.resize(np.ascontiguousarray(conf), (out_w, out_h), interpolation=cv2.INTER_LINEAR)
             seg.confidence = np.ascontiguousarray(conf)
         want_overlay = wants.overlay and image is not None
         if wants.color or want_overlay:
-            # (h, w, 4) B, G, R, 255 at network size; np.take on the uint32 view is one gather.
-            bgra_net = np.take(snap.palette_bgra32, label_net).view(np.uint8).reshape(*label_net.shape, 4)
-            bgra = _resize_nearest(bgra_net, (out_h, out_w)) if wants.color else None
+            # (h, w) B, G, R, 255 as uint32 at network size; np.take is one gather.
+            bgra_net = np.take(snap.palette_bgra32, label_net)
             if wants.color:
-                seg.color = cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGB)
-            if want_overlay:
-                ih, iw = geom.input_size
-                if bgra is None or bgra.shape[:2] != (ih, iw):  # the overlay is always at input size
-                    bgra = _resize_nearest(bgra_net, (ih, iw))
-                bgr = cv2.cvtColor(bgra, cv2.COLOR_BGRA2BGR)
+                seg.color = _shuffled_upsample(bgra_net, up, cv2.COLOR_BGRA2RGB)
+            if want_overlay:  # the overlay is always at input size
+                in_up = up if geom.input_size == (out_h, out_w) else NearestUpsample.of(label_net.shape,
+                                                                                       geom.input_size)
+                bgr = _shuffled_upsample(bgra_net, in_up, cv2.COLOR_BGRA2BGR)
                 src = image if color_order == "bgr" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
                 seg.overlay = cv2.addWeighted(src, 1.0 - cfg.overlay_alpha, bgr, cfg.overlay_alpha, 0.0)
         groups = snap.group_luts
         names = groups.keys() if wants.masks is None else [g for g in groups if g in wants.masks]
         for g in names:
-            seg.masks[g] = cv2.LUT(label, groups[g])
+            seg.masks[g] = up.rows_of(cv2.LUT(label_cols, groups[g]))
         if wants.boundary and BOUNDARY_GROUP in groups:
             if not resized:
                 m = seg.masks.get(BOUNDARY_GROUP)
-                seg.boundary = free_space_boundary(m if m is not None else cv2.LUT(label, groups[BOUNDARY_GROUP]))
+                seg.boundary = free_space_boundary(m if m is not None else cv2.LUT(label_net, groups[BOUNDARY_GROUP]))
             else:
                 seg.boundary = upsampled_boundary(cv2.LUT(label_net, groups[BOUNDARY_GROUP]), (out_h, out_w))
         return seg
@@ -289,6 +288,15 @@ class Pipeline:
 
     def __call__(self, image: np.ndarray, color_order: str = "bgr", wants: Wants = Wants()) -> Segmentation:
         return self.run([image], color_order, wants)[0]
+
+
+def _shuffled_upsample(bgra32: np.ndarray, up: NearestUpsample, code: int) -> np.ndarray:
+    """Network-size BGRA (uint32 per pixel) -> its 3-channel ``cvtColor(code)`` upsampled by ``up``.
+
+    The channel shuffle runs between the column gather and the row copies, on a third of the pixels.
+    """
+    cols = up.columns(bgra32)
+    return up.rows_of(cv2.cvtColor(cols.view(np.uint8).reshape(*cols.shape, 4), code))
 
 
 def _with_timings(results: list[Segmentation], t0: float, t1: float, t2: float, t3: float) -> list[Segmentation]:
