@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 
 import cv2
 import numpy as np
@@ -196,34 +198,45 @@ class Pipeline:
         out_h, out_w = geom.output_size(cfg.output_resolution)
         resized = label_net.shape != (out_h, out_w)
         up = NearestUpsample.of(label_net.shape, (out_h, out_w))
-        label_cols = up.columns(label_net)  # the one label gather every mask shares
-        seg = Segmentation(label=up.rows_of(label_cols) if resized else label_net, geometry=geom)
-        if wants.confidence and conf is not None:
-            if resized:
-                conf = cv2.resize(np.ascontiguousarray(conf), (out_w, out_h), interpolation=cv2.INTER_LINEAR)
-            seg.confidence = np.ascontiguousarray(conf)
+        seg = Segmentation(label=label_net, geometry=geom)
+        # Independent jobs, each writing its own field: _share_out runs them on OpenCV's thread
+        # count (the forward is idle meanwhile), largest first.
+        jobs: list[Callable[[], None]] = []
         want_overlay = wants.overlay and image is not None
         if wants.color or want_overlay:
-            # (h, w) B, G, R, 255 as uint32 at network size; np.take is one gather.
-            bgra_net = np.take(snap.palette_bgra32, label_net)
-            if wants.color:
-                seg.color = _shuffled_upsample(bgra_net, up, cv2.COLOR_BGRA2RGB)
-            if want_overlay:  # the overlay is always at input size
+            # (h, w) B, G, R, 255 as uint32 at network size: one gather, shared by colour and overlay
+            # (mode "wrap": a uint8 index into a 256-entry table is always in range, no error pass).
+            bgra_net = np.take(snap.palette_bgra32, label_net, mode="wrap")
+            if want_overlay:  # always at input size
                 in_up = up if geom.input_size == (out_h, out_w) else NearestUpsample.of(label_net.shape,
                                                                                        geom.input_size)
-                bgr = _shuffled_upsample(bgra_net, in_up, cv2.COLOR_BGRA2BGR)
+                bgr_cols = _shuffled_columns(bgra_net, in_up, cv2.COLOR_BGRA2BGR)
                 src = image if color_order == "bgr" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-                seg.overlay = cv2.addWeighted(src, 1.0 - cfg.overlay_alpha, bgr, cfg.overlay_alpha, 0.0)
+                seg.overlay = np.empty((*geom.input_size, 3), np.uint8)
+                for a, b in _bands(geom.input_size[0], _threads()):  # the costliest product, in row bands
+                    jobs.append(partial(_blend_rows, src[a:b], bgr_cols, in_up.rows[a:b], cfg.overlay_alpha,
+                                        seg.overlay[a:b]))
+            if wants.color:
+                jobs.append(lambda: setattr(seg, "color", up.rows_of(_shuffled_columns(bgra_net, up,
+                                                                                       cv2.COLOR_BGRA2RGB))))
+        if wants.confidence and conf is not None:
+            if resized:
+                jobs.append(lambda: setattr(seg, "confidence", cv2.resize(
+                    np.ascontiguousarray(conf), (out_w, out_h), interpolation=cv2.INTER_LINEAR)))
+            else:
+                seg.confidence = np.ascontiguousarray(conf)
         groups = snap.group_luts
         names = groups.keys() if wants.masks is None else [g for g in groups if g in wants.masks]
-        for g in names:
-            seg.masks[g] = up.rows_of(cv2.LUT(label_cols, groups[g]))
+        for g in names:  # a mask is a LUT of the label, so it is upsampled like the label
+            seg.masks[g] = label_net  # a placeholder keeping the groups' order
+            jobs.append(lambda g=g: seg.masks.__setitem__(g, up(cv2.LUT(label_net, groups[g]))))
         if wants.boundary and BOUNDARY_GROUP in groups:
-            if not resized:
-                m = seg.masks.get(BOUNDARY_GROUP)
-                seg.boundary = free_space_boundary(m if m is not None else cv2.LUT(label_net, groups[BOUNDARY_GROUP]))
-            else:
-                seg.boundary = upsampled_boundary(cv2.LUT(label_net, groups[BOUNDARY_GROUP]), (out_h, out_w))
+            mask_net = cv2.LUT(label_net, groups[BOUNDARY_GROUP])
+            jobs.append(lambda: setattr(seg, "boundary", upsampled_boundary(mask_net, (out_h, out_w)) if resized
+                                        else free_space_boundary(mask_net)))
+        if resized:
+            jobs.append(lambda: setattr(seg, "label", up(label_net)))
+        _share_out(jobs)
         return seg
 
     def run(self, images: Sequence[np.ndarray], color_order: str = "bgr",
@@ -290,13 +303,73 @@ class Pipeline:
         return self.run([image], color_order, wants)[0]
 
 
-def _shuffled_upsample(bgra32: np.ndarray, up: NearestUpsample, code: int) -> np.ndarray:
-    """Network-size BGRA (uint32 per pixel) -> its 3-channel ``cvtColor(code)`` upsampled by ``up``.
-
-    The channel shuffle runs between the column gather and the row copies, on a third of the pixels.
-    """
+def _shuffled_columns(bgra32: np.ndarray, up: NearestUpsample, code: int) -> np.ndarray:
+    """Network-size BGRA (uint32 per pixel) -> its 3-channel ``cvtColor(code)`` at the output width
+    and network height: the channel shuffle runs before the row copies, on a fraction of the pixels."""
     cols = up.columns(bgra32)
-    return up.rows_of(cv2.cvtColor(cols.view(np.uint8).reshape(*cols.shape, 4), code))
+    return cv2.cvtColor(cols.view(np.uint8).reshape(*cols.shape, 4), code)
+
+
+def _blend_rows(src: np.ndarray, bgr_cols: np.ndarray, rows: np.ndarray, alpha: float, out: np.ndarray) -> None:
+    """Rows of the overlay: ``src`` blended with the colour rows ``rows`` of ``bgr_cols``, into ``out``."""
+    bgr = np.take(bgr_cols, rows, axis=0, mode="wrap")  # "wrap": rows are in range, no error pass
+    cv2.addWeighted(src, 1.0 - alpha, bgr, alpha, 0.0, dst=out)
+
+
+def _bands(height: int, n: int) -> list[tuple[int, int]]:
+    """``n`` row ranges covering ``height`` rows (fewer when there are fewer rows)."""
+    n = max(1, min(n, height))
+    cuts = [height * i // n for i in range(n + 1)]
+    return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+
+
+def _threads() -> int:
+    """How many threads post-processing uses: OpenCV's count (``cv2.setNumThreads``), at most 4."""
+    return max(1, min(4, cv2.getNumThreads()))
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _share_out(jobs: list[Callable[[], None]]) -> None:
+    """Run independent jobs on the calling thread and up to ``_threads() - 1`` pool threads; return
+    when all are done, raising the first error.
+
+    Why threads: between two forwards nothing else computes, and OpenCV and numpy release the GIL
+    in all of these (gathers, LUTs, resizes, blends), so on a multi-core CPU the products of a
+    frame are made side by side. Each job writes only its own output, so no result depends on the
+    order or the number of threads: one thread gives the same bytes.
+    """
+    helpers = min(_threads(), len(jobs)) - 1
+    if helpers <= 0:
+        for job in jobs:
+            job()
+        return
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=3, thread_name_prefix="liteseg-post")
+        pool = _POOL
+    queue = iter(jobs)
+    lock = threading.Lock()
+
+    def drain() -> None:
+        while True:
+            with lock:
+                job = next(queue, None)
+            if job is None:
+                return
+            job()
+
+    futures = [pool.submit(drain) for _ in range(helpers)]
+    try:
+        drain()
+    finally:
+        errors = [f.exception() for f in futures]  # waits for every helper, even after an error here
+    for exc in errors:
+        if exc is not None:
+            raise exc
 
 
 def _with_timings(results: list[Segmentation], t0: float, t1: float, t2: float, t3: float) -> list[Segmentation]:
