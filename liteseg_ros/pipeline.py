@@ -135,6 +135,17 @@ class Pipeline:
                         group_luts={g: self.classes.group_lut(ids) for g, ids in cfg.mask_groups.items()},
                         torch=self._torch.state(cfg, scale, bias) if self._torch is not None else None)
 
+    def swap_engine(self, engine: Engine) -> Engine:
+        """Run ``engine`` from the next batch on; returns the engine it replaces (the caller closes it).
+
+        Call it only from the thread that calls ``run``, between batches (``background_int8`` does):
+        ``run`` reads the engine once per batch, so a batch never runs on two models.
+        """
+        if self._torch is not None and getattr(engine, "tensor_device", None) is None:
+            raise ValueError(f"this pipeline runs on torch tensors; {engine.info.backend} does not")
+        old, self.engine = self.engine, engine
+        return old
+
     # ----------------------------------------------------------------- stages
     def preprocess(self, images: Sequence[np.ndarray], color_order: str = "bgr",
                    snap: Snapshot | None = None) -> tuple[np.ndarray, list[Geometry]]:
@@ -255,11 +266,12 @@ class Pipeline:
         cfg = snap.cfg
         if self._torch is not None:
             return self._run_torch(images, color_order, per_frame, snap)
+        engine = self.engine  # read once: the whole batch runs on one model (see swap_engine)
         t0 = time.perf_counter()
         batch, geoms = self.preprocess(images, color_order, snap)
         t1 = time.perf_counter()
         need_conf = any(w.confidence for w in per_frame) or cfg.confidence_threshold > 0.0
-        out = self.engine.infer(batch, want_confidence=need_conf)
+        out = engine.infer(batch, want_confidence=need_conf)
         t2 = time.perf_counter()
         results = []
         for i, (img, g) in enumerate(zip(images, geoms, strict=True)):
