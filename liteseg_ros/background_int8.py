@@ -301,6 +301,17 @@ def for_node(values: Mapping[str, Any], weights: str, pipeline: Any, log: Callab
                               f"fp32 on {m.holdout_frames} {m.source}")
         return engine
 
-    return BackgroundInt8(quantize=quantize, agreement=agreement, store=store, build=build, cached=cached,
-                          min_agreement=float(values.get("min_label_agreement", DEFAULT_MIN_LABEL_AGREEMENT)), network_size=size,
-                          resize_mode=str(values.get("resize_mode", "stretch")), log=log, **tuning)
+    made: list[BackgroundInt8] = []
+    started_on = info.reason
+
+    def say(line: str) -> None:
+        """The log, and the running engine's reason (what ~/info and /diagnostics show) until int8 runs."""
+        log(line)
+        if not made or made[0].state != "in use":
+            info.reason = f"{started_on}; {line}"
+
+    made.append(BackgroundInt8(
+        quantize=quantize, agreement=agreement, store=store, build=build, cached=cached,
+        min_agreement=float(values.get("min_label_agreement", DEFAULT_MIN_LABEL_AGREEMENT)), network_size=size,
+        resize_mode=str(values.get("resize_mode", "stretch")), log=say, **tuning))
+    return made[0]

@@ -198,6 +198,7 @@ def test_the_node_wiring_quantizes_received_frames_into_the_engine_cache_only(ti
     home, tmpdir, work, cache_dir = (tmp_path / n for n in ("home", "tmp", "work", "cache"))
     for d in (home, tmpdir, work):
         d.mkdir()
+    monkeypatch.setenv("LITESEG_BACKGROUND_INT8", "1")  # conftest turns it off for the other tests
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("TMPDIR", str(tmpdir))
     monkeypatch.setattr("tempfile.tempdir", str(tmpdir))
@@ -245,6 +246,7 @@ def test_the_node_wiring_quantizes_received_frames_into_the_engine_cache_only(ti
 
 
 def test_for_node_says_why_it_does_not_start(tiny_checkpoint, monkeypatch):
+    monkeypatch.setenv("LITESEG_BACKGROUND_INT8", "1")  # conftest turns it off for the other tests
     pipe = Pipeline(ClassEngine(3), ClassTable.cityscapes(), PipelineConfig(network_size=NET))
     base = {"precision": "auto"}
     cases = [({"precision": "fp32"}, str(tiny_checkpoint), ["avx512_vnni"], "precision is not auto"),
