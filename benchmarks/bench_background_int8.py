@@ -6,10 +6,11 @@ with every frame's stamp fresh. Reads ~/label (arrival), the latched ~/info (whi
 the node republishes it when the background int8 engine is swapped in) and ~/stats (per-stage
 times). Reports, from the node process's start: the first label, the moment ~/info says int8; the
 label agreement with fp32 the node measured on received frames (the report it stored in the engine
-cache); the forward and end-to-end (preprocess + forward + postprocess) medians before and after
-the swap, and the eager PyTorch fp32 forward timed in this process after the node stopped (the
-baseline of ``bench_cpu_paths.py``). Then a second start on the same cache: its first label and
-the precision it starts with (the cached int8 model, picked without waiting).
+cache); the node's forward and pre + forward + post medians while it only collects frames and after
+the swap; then, with the node stopped, that int8 model end to end (``Pipeline.run``, as
+``bench_cpu_paths.py`` measures it) against the eager PyTorch fp32 forward, interleaved in this
+process. Then a second start on the same cache: its first label and the precision it starts with
+(the cached int8 model, picked without waiting).
 
 The camera size defaults to the network size, as ``bench_cpu_paths.py``'s end-to-end figure.
 
@@ -105,26 +106,52 @@ def run_node(cache: Path, args, frames: list[np.ndarray], until_int8: bool) -> d
         return {"frames": len(rows), "infer_ms": statistics.median(s.infer_ms for s in rows),
                 "e2e_ms": statistics.median(s.preprocess_ms + s.infer_ms + s.postprocess_ms for s in rows)}
 
-    before = medians([s for t, s in stats if swap is None or t < swap])
+    # before: the path it started on while it only collects frames (no quantization running yet)
+    t_first = t_start + events.get("first_label", 0.0)
+    before = medians([s for t, s in stats if t_first + 2.0 < t < t_first + args.collect_window])
     after = medians([s for t, s in stats if swap is not None and t > swap + 2.0])
     return {"events_s": events, "precisions": [p for _, p in precisions], "sent": sent, "labels": len(labels),
             "before": before, "after": after,
             "log": [ln for ln in log.splitlines() if "background int8" in ln or "engines: using" in ln][-12:]}
 
 
-def eager_ms(h: int, w: int, threads: int) -> float:
+def e2e_vs_eager(cache: Path, backend: str, h: int, w: int, threads: int, iters: int) -> dict:
+    """``bench_cpu_paths.py``'s end-to-end figure for the int8 model the node made: ``Pipeline.run`` on a
+    generated scene at the network size (label, confidence, colour, overlay, masks) against the eager
+    PyTorch fp32 forward, interleaved in blocks in this process (the node stopped)."""
     import torch
 
-    from liteseg_ros.engines.bench import time_calls
+    from liteseg_ros.classes import DEFAULT_MASK_GROUPS
+    from liteseg_ros.engines import create_engine
+    from liteseg_ros.engines.bench import summarize, time_interleaved
     from liteseg_ros.engines.cpu_tuning import set_num_threads
+    from liteseg_ros.engines.quantize import HOLDOUT_SEED, synthetic_samples
     from liteseg_ros.model import load_checkpoint
+    from liteseg_ros.pipeline import Pipeline, PipelineConfig, Wants
     from liteseg_ros.runtime import demo_weights_path
 
     set_num_threads(threads)
     model = load_checkpoint(demo_weights_path(), map_location="cpu").eval()
-    x = torch.randn(1, 3, h, w)
-    with torch.inference_mode():
-        return statistics.median(time_calls(lambda: model(x), warmup=3, iters=15))
+    meta = model.meta
+    int8 = sorted((cache / "int8").glob("*.onnx"))[0]
+    engine = create_engine(str(int8), backend, "cpu", "int8", (h, w), num_threads=threads, cache_dir=cache,
+                           log=lambda m: None)
+    cfg = PipelineConfig(network_size=(h, w), mean=tuple(meta.mean), std=tuple(meta.std),
+                         mask_groups=meta.classes.resolve_groups({g: list(v) for g, v in DEFAULT_MASK_GROUPS.items()}))
+    pipe = Pipeline(engine, meta.classes, cfg)
+    frame = synthetic_samples(1, (h, w), HOLDOUT_SEED + 100)[0].image
+    wants = Wants(label=True, confidence=True, color=True, overlay=True, masks=None, boundary=False)
+    x = torch.from_numpy(pipe.preprocess([frame], "bgr")[0])
+
+    def eager() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    eager_t, e2e_t = time_interleaved([eager, lambda: pipe.run([frame], "bgr", wants)], 2, iters,
+                                      log=lambda m: None, block=3)
+    engine.close()
+    e, i = summarize(eager_t)["median_ms"], summarize(e2e_t)["median_ms"]
+    return {"eager_ms": e, "int8_e2e_ms": i, "e2e_over_eager": e / i, "backend": backend, "file": str(int8)}
 
 
 def main() -> int:
@@ -135,7 +162,10 @@ def main() -> int:
     ap.add_argument("--after", type=float, default=20.0, help="seconds fed after int8 runs (for its timings)")
     ap.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
     ap.add_argument("--cache-dir", type=Path, help="engine cache (default: a fresh one: a first start)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads of the eager baseline")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads of the e2e-vs-eager run")
+    ap.add_argument("--iters", type=int, default=20, help="timed calls of the e2e-vs-eager run")
+    ap.add_argument("--collect-window", type=float, default=14.0,
+                    help="seconds after the first label whose stats count as 'before' (the node only collects then)")
     ap.add_argument("--json", default="/tmp/bench_background_int8.json")
     args = ap.parse_args()
     args.size = tuple(int(v) for v in args.size.split("x"))
@@ -156,7 +186,7 @@ def main() -> int:
                 reports.append({"backend": backend, "label_agreement": rep["label_agreement"],
                                 "holdout": rep["holdout"], "calibration": rep["calibration"]})
     second = run_node(cache, args, frames, until_int8=False)
-    eager = eager_ms(h, w, args.threads)
+    e2e = e2e_vs_eager(cache, reports[0]["backend"], h, w, args.threads, args.iters) if reports else {}
     ev = first["events_s"]
     print(f"background int8, network {w}x{h}, camera {cw}x{ch} at {args.rate:g} Hz, demo weights, precision auto")
     print(f"first start (fresh cache {cache}): first label {ev.get('first_label', float('nan')):.1f} s, "
@@ -165,17 +195,20 @@ def main() -> int:
     for r in reports:
         print(f"  agreement with fp32 ({r['backend']}): {r['label_agreement']:.2%} on {r['holdout']['images']} "
               f"{r['holdout']['source']} (calibrated on {r['calibration']['images']} {r['calibration']['source']})")
-    for name, m in (("before the swap", first["before"]), ("after the swap", first["after"])):
+    for name, m in (("before (collecting)", first["before"]), ("after the swap", first["after"])):
         if m:
-            print(f"  {name}: forward {m['infer_ms']:.2f} ms, pre+forward+post {m['e2e_ms']:.2f} ms "
-                  f"= {eager / m['e2e_ms']:.2f}x the eager fp32 forward ({eager:.2f} ms), {m['frames']} frames")
+            print(f"  in the node {name}: forward {m['infer_ms']:.2f} ms, pre+forward+post {m['e2e_ms']:.2f} ms "
+                  f"({m['frames']} frames)")
+    if e2e:
+        print(f"  that int8 model end to end ({e2e['backend']}, interleaved with eager here): {e2e['int8_e2e_ms']:.2f} ms "
+              f"= {e2e['e2e_over_eager']:.2f}x the eager PyTorch fp32 forward ({e2e['eager_ms']:.2f} ms)")
     ev2 = second["events_s"]
     print(f"second start (same cache): first label {ev2.get('first_label', float('nan')):.1f} s, starts on "
           f"{second['precisions'][0] if second['precisions'] else '?'}")
     for ln in first["log"]:
         print(f"  log: {ln[-160:]}")
     Path(args.json).write_text(json.dumps({"first": first, "second": second, "reports": reports,
-                                           "eager_ms": eager, "network": f"{w}x{h}", "camera": f"{cw}x{ch}"},
+                                           "e2e_vs_eager": e2e, "network": f"{w}x{h}", "camera": f"{cw}x{ch}"},
                                           indent=2, default=str))
     return 0
 

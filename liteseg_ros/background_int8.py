@@ -96,6 +96,9 @@ class BackgroundInt8:
                 self._set("rejected", self._below(found))
             else:
                 self._start(partial(self._finish, found))
+        else:
+            self._set("collecting", f"keeping one received frame in {stride} ({calib_frames} to calibrate on, "
+                                    f"{holdout_frames} to check with), at the network size, in memory")
 
     # ------------------------------------------------------------------ the worker's side
     def offer(self, images: Sequence[np.ndarray]) -> None:
