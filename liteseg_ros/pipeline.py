@@ -211,7 +211,9 @@ class Pipeline:
         up = NearestUpsample.of(label_net.shape, (out_h, out_w))
         seg = Segmentation(label=label_net, geometry=geom)
         # Independent jobs, each writing its own field: _share_out runs them on OpenCV's thread
-        # count (the forward is idle meanwhile), largest first.
+        # count (the forward is idle meanwhile), largest first; small frames on this thread alone,
+        # where handing jobs over would cost more than it saves.
+        threads = _threads() if geom.input_size[0] * geom.input_size[1] >= PARALLEL_MIN_PIXELS else 1
         jobs: list[Callable[[], None]] = []
         want_overlay = wants.overlay and image is not None
         if wants.color or want_overlay:
@@ -224,7 +226,7 @@ class Pipeline:
                 bgr_cols = _shuffled_columns(bgra_net, in_up, cv2.COLOR_BGRA2BGR)
                 src = image if color_order == "bgr" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
                 seg.overlay = np.empty((*geom.input_size, 3), np.uint8)
-                for a, b in _bands(geom.input_size[0], _threads()):  # the costliest product, in row bands
+                for a, b in _bands(geom.input_size[0], threads):  # the costliest product, in row bands
                     jobs.append(partial(_blend_rows, src[a:b], bgr_cols, in_up.rows[a:b], cfg.overlay_alpha,
                                         seg.overlay[a:b]))
             if wants.color:
@@ -247,7 +249,7 @@ class Pipeline:
                                         else free_space_boundary(mask_net)))
         if resized:
             jobs.append(lambda: setattr(seg, "label", up(label_net)))
-        _share_out(jobs)
+        _share_out(jobs, threads)
         return seg
 
     def run(self, images: Sequence[np.ndarray], color_order: str = "bgr",
@@ -340,20 +342,23 @@ def _threads() -> int:
     return max(1, min(4, cv2.getNumThreads()))
 
 
+#: Frames from this many pixels (about 1280x820) up make their products on several threads: below,
+#: handing jobs to threads costs about as much as it saves (measured with bench_postprocess.py).
+PARALLEL_MIN_PIXELS = 1 << 20
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 
-def _share_out(jobs: list[Callable[[], None]]) -> None:
-    """Run independent jobs on the calling thread and up to ``_threads() - 1`` pool threads; return
-    when all are done, raising the first error.
+def _share_out(jobs: list[Callable[[], None]], threads: int | None = None) -> None:
+    """Run independent jobs on the calling thread and up to ``threads - 1`` pool threads (default
+    ``_threads()``); return when all are done, raising the first error.
 
     Why threads: between two forwards nothing else computes, and OpenCV and numpy release the GIL
     in all of these (gathers, LUTs, resizes, blends), so on a multi-core CPU the products of a
     frame are made side by side. Each job writes only its own output, so no result depends on the
     order or the number of threads: one thread gives the same bytes.
     """
-    helpers = min(_threads(), len(jobs)) - 1
+    helpers = min(threads or _threads(), len(jobs)) - 1
     if helpers <= 0:
         for job in jobs:
             job()
