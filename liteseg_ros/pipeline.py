@@ -10,6 +10,7 @@ Data flows one way: images -> ``preprocess`` (resize/letterbox + normalise into 
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -346,6 +347,7 @@ def _threads() -> int:
 #: handing jobs to threads costs about as much as it saves (measured with bench_postprocess.py).
 PARALLEL_MIN_PIXELS = 1 << 20
 _POOL: ThreadPoolExecutor | None = None
+_POOL_PID = 0
 _POOL_LOCK = threading.Lock()
 
 
@@ -363,10 +365,10 @@ def _share_out(jobs: list[Callable[[], None]], threads: int | None = None) -> No
         for job in jobs:
             job()
         return
-    global _POOL
+    global _POOL, _POOL_PID
     with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=3, thread_name_prefix="liteseg-post")
+        if _POOL is None or _POOL_PID != os.getpid():  # a forked child has the object but not its threads
+            _POOL, _POOL_PID = ThreadPoolExecutor(max_workers=3, thread_name_prefix="liteseg-post"), os.getpid()
         pool = _POOL
     queue = iter(jobs)
     lock = threading.Lock()
