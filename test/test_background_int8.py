@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from liteseg_ros.background_int8 import BackgroundInt8, Int8Model, for_node
+from liteseg_ros.background_int8 import BackgroundInt8, Int8Model, for_node, int8_pays
 from liteseg_ros.classes import ClassTable
 from liteseg_ros.engines.base import Engine, EngineInfo, EngineOutput
 from liteseg_ros.pipeline import Pipeline, PipelineConfig, Wants
@@ -261,3 +262,58 @@ def test_for_node_says_why_it_does_not_start(tiny_checkpoint, monkeypatch):
     log = []
     assert for_node(base, str(tiny_checkpoint), pipe, log=log.append, flags=["avx512_vnni"]) is None
     assert "off" in log[-1]
+
+
+@pytest.mark.skipif(not int8_pays(), reason="the CPU has no VNNI/AMX: a node does not start background int8")
+def test_a_node_swaps_in_int8_made_from_the_frames_it_receives(start_node, ros, tiny_checkpoint, tmp_path,
+                                                                monkeypatch):
+    """The real node: starts on ONNX Runtime fp32 at once, makes int8 from received frames in the
+    background, then ~/info says int8 and labels keep coming; the report in the engine cache names the
+    received frames."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, QoSReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from liteseg_ros import image_codec
+    from liteseg_ros.engines.cache import load_report
+    from liteseg_ros.msg import SegmentationInfo
+    from liteseg_ros.synthetic import SceneConfig, drive
+
+    monkeypatch.setenv("LITESEG_BACKGROUND_INT8", "1")  # conftest turns it off for the other tests
+    cache = tmp_path / "cache"
+    node = start_node({"weights": str(tiny_checkpoint), "backend": "onnxruntime", "precision": "auto",
+                       "network_width": 64, "network_height": 48, "engine_cache_dir": str(cache),
+                       "min_label_agreement": 0.0})
+    latched = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    infos = ros.collect(SegmentationInfo, "/liteseg/info", latched)
+    labels = ros.collect(Image, "/liteseg/label")
+    pub = ros.node.create_publisher(Image, "/image", QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE))
+    ros.wait_for(lambda: pub.get_subscription_count() > 0 or not node.alive(), 120, "node subscription")
+    assert node.alive(), node.output()
+    ros.wait_for(lambda: infos, 30, "~/info")
+    assert infos[0].precision == "fp32"
+    images = [s.image for s in drive(5, 20, SceneConfig(height=72, width=96))]
+    end = time.monotonic() + 600
+    i = 0
+    while not any(m.precision == "int8" for m in infos):
+        assert time.monotonic() < end and node.alive(), node.output()[-3000:]
+        msg = Image()
+        image_codec.fill_image(msg, images[i % len(images)], "bgr8")
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(time.time_ns(), 10**9)
+        pub.publish(msg)
+        i += 1
+        time.sleep(0.03)
+    before = len(labels)
+    for k in range(5):
+        msg = Image()
+        image_codec.fill_image(msg, images[k], "bgr8")
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(time.time_ns(), 10**9)
+        pub.publish(msg)
+        time.sleep(0.1)
+    ros.wait_for(lambda: len(labels) > before, 30, "labels after the swap")
+    log = node.output()
+    assert "background int8: quantizing: quantizing from 24 received frames" in log
+    assert "background int8: in use" in log
+    rep = load_report(next((cache / "int8").glob("*.onnx")), "onnxruntime")
+    assert rep["holdout"] == {"images": 8, "source": "received frames"}
+    assert node.alive()
