@@ -188,15 +188,18 @@ class Pipeline:
         """Network-size label/confidence of one frame -> every product at the configured resolution.
 
         Every product but the confidence is a per-pixel function of the label, and a nearest-neighbour
-        upsample only copies label pixels, so the two commute. The upsample itself is a column
-        gather at network height followed by whole-row copies (:class:`NearestUpsample`), and each
-        product's per-pixel work runs between the two steps, on a third of the camera's pixels at
-        1080p: the label is gathered once and every mask is a LUT of that gathered label; the
-        colours are looked up once at network size (one BGRA table, 4 bytes per pixel), gathered
-        once, and shuffled into the RGB colour image and the BGR overlay input before their rows
-        are copied. The boundary is computed on the network-size mask and mapped through the same
-        index maps, also exactly. Only the confidence is resampled bilinearly, at output
-        resolution, as before. Every output is one freshly allocated array, written once.
+        upsample only copies label pixels, so the two commute: the per-pixel work runs at network
+        size and the result is upsampled. The upsample itself is a column step at network height
+        (``cv2.merge`` of k copies for a whole factor k) followed by whole-row copies
+        (:class:`NearestUpsample`), several times cheaper than OpenCV's per-pixel nearest resize.
+        Masks are LUTs of the network-size label; the colours are looked up once at network size (one
+        BGRA table, 4 bytes per pixel), taken to the output width once, and shuffled into the RGB
+        colour image and the BGR overlay input before their rows are copied; the overlay blend runs
+        in row bands. The boundary is computed on the network-size mask and mapped through the same
+        index maps, also exactly. Only the confidence is resampled bilinearly, at output resolution,
+        as before. From about a megapixel these independent products are made side by side
+        (:func:`_share_out`); each is one freshly allocated array, written once, so the bytes do not
+        depend on the thread count.
 
         ``snap``: the snapshot to use (``run`` passes the one it took for the batch); default the current.
         """

@@ -4,8 +4,9 @@ Ring 2 (numpy and OpenCV only; never torch, rclpy, message packages or the node)
 (pre/post-processing with numpy and OpenCV on the host) and ``pipeline_torch`` (the same on the
 engine's GPU) both build a :class:`Segmentation` from these pieces, so their results are defined
 in one place: the settings (:class:`PipelineConfig`), which outputs are wanted (:class:`Wants`), how a
-frame maps into the network input and back (:class:`Geometry`, :func:`nearest_maps`) and the
-free-space boundary (:func:`free_space_boundary`, :func:`upsampled_boundary`).
+frame maps into the network input and back (:class:`Geometry`, :func:`nearest_maps`, the exact and
+cheap nearest upsample :class:`NearestUpsample`) and the free-space boundary
+(:func:`free_space_boundary`, :func:`upsampled_boundary`).
 """
 from __future__ import annotations
 
