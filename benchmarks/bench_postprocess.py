@@ -47,12 +47,24 @@ class FixedEngine(Engine):
 
 
 def load_pipeline(tree: Path):
-    """``liteseg_ros/pipeline.py`` of ``tree`` as its own module (it imports the shared ring-0 modules)."""
-    spec = importlib.util.spec_from_file_location(f"pipeline_{abs(hash(str(tree)))}", tree / "liteseg_ros" / "pipeline.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    """``liteseg_ros/pipeline.py`` of ``tree`` as its own module, with that tree's ``segmentation.py``
+    (the pipeline's building blocks live there); the other ring-0 modules are shared."""
+    tag = abs(hash(str(tree)))
+    mods = {}
+    for name in ("segmentation", "pipeline"):
+        spec = importlib.util.spec_from_file_location(f"{name}_{tag}", tree / "liteseg_ros" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # dataclasses look their module up there
+        saved = sys.modules.get("liteseg_ros.segmentation")
+        if "segmentation" in mods:  # the tree's pipeline imports the tree's segmentation
+            sys.modules["liteseg_ros.segmentation"] = mods["segmentation"]
+        try:
+            spec.loader.exec_module(mod)
+        finally:
+            if saved is not None:
+                sys.modules["liteseg_ros.segmentation"] = saved
+        mods[name] = mod
+    return mods["pipeline"]
 
 
 def scene(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
@@ -111,6 +123,54 @@ def message_rows(pipe, label, conf, classes, repeat: int, nh: int, nw: int) -> l
     return rows
 
 
+#: the outputs of the throughput target (label, overlay and one mask subscribed)
+TARGET = "label+overlay+mask"
+
+
+def target_wants(none: dict) -> dict:
+    return {**none, "overlay": True, "masks": frozenset({"drivable"})}
+
+
+def forward_rows(pipes, label, conf, repeat: int, nh: int, nw: int, threads: int) -> list[dict]:
+    """Pre + post against the ONNX Runtime fp32 forward (demo weights, the network size), interleaved
+    call by call in this process so machine load hits the forward and the stages alike."""
+    from liteseg_ros import params
+    from liteseg_ros.runtime import build_pipeline
+
+    values = {**params.defaults(), "network_width": nw, "network_height": nh, "backend": "onnxruntime",
+              "precision": "fp32", "num_threads": threads, "weights": "demo"}
+    ort, _ = build_pipeline(dict(values, mask_groups={}), log=lambda m: None)
+    rows = []
+    rng = np.random.default_rng(2)
+    none = dict(label=True, confidence=False, color=False, overlay=False, masks=frozenset(), boundary=False)
+    for cam in CAMERAS:
+        img = rng.integers(0, 256, (*cam, 3), dtype=np.uint8)
+        batch, _ = ort.preprocess([img])
+        calls = {"forward": lambda b=batch: ort.engine.infer(b)}
+        for k, (mod, pipe) in pipes.items():
+            g = mod.Geometry.fit(cam, (nh, nw), "stretch")
+            calls[f"{k} pre"] = lambda p=pipe, img=img: p.preprocess([img])
+            for name, w in (("all", mod.Wants()), (TARGET, mod.Wants(**target_wants(none)))):
+                calls[f"{k} post {name}"] = lambda p=pipe, w=w, g=g, img=img: p.postprocess(label, conf, g, img,
+                                                                                           "bgr", w)
+        times: dict[str, list[float]] = {k: [] for k in calls}
+        for f in calls.values():
+            f()
+        for _ in range(repeat):
+            for k, f in calls.items():
+                t0 = time.perf_counter()
+                f()
+                times[k].append((time.perf_counter() - t0) * 1e3)
+        for stat, fn in (("min", min), ("median", statistics.median)):
+            fwd = fn(times["forward"])
+            for k in pipes:
+                for name in ("all", TARGET):
+                    pre, post = fn(times[f"{k} pre"]), fn(times[f"{k} post {name}"])
+                    rows.append({"camera": f"{cam[1]}x{cam[0]}", "tree": k, "outputs": name, "stat": stat,
+                                 "forward_ms": fwd, "pre_ms": pre, "post_ms": post, "share": (pre + post) / fwd})
+    return rows
+
+
 def pipe_geometry(pipe, cam, nh: int, nw: int):
     from liteseg_ros.pipeline import Geometry
 
@@ -131,6 +191,10 @@ def main() -> int:
                          "deserialize_message + decode; new: wire.parse_image + decode) and building the 7 "
                          "output messages (old: fill_image + the conversion and serialization publish() does; "
                          "new: wire.image_bytes), interleaved; DDS transport excluded")
+    ap.add_argument("--forward", action="store_true",
+                    help="also time the ONNX Runtime fp32 forward (demo weights, --network) interleaved with "
+                         "preprocess and postprocess, and print (pre + post) / forward per camera")
+    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for --forward")
     ap.add_argument("--json", default="/tmp/bench_postprocess.json")
     a = ap.parse_args()
     tune_malloc()
@@ -158,7 +222,7 @@ def main() -> int:
         stages = {"preprocess": None, "post: all": {}, "post: label only": none,
                   "post: +confidence": {**none, "confidence": True}, "post: +color": {**none, "color": True},
                   "post: +overlay": {**none, "overlay": True}, "post: +masks (3)": {**none, "masks": None},
-                  "post: +boundary": {**none, "boundary": True}}
+                  "post: +boundary": {**none, "boundary": True}, "post: " + TARGET: target_wants(none)}
         for stage, wants in stages.items():
             times: dict[str, list[float]] = {k: [] for k in pipes}
             calls = {}
@@ -183,12 +247,20 @@ def main() -> int:
         rows += message_rows(pipes["new"][1], label, conf, classes, a.repeat, nh, nw)
     base = "base" in pipes
     print(f"pre/post-processing, network {nw}x{nh}, best of {a.repeat} (ms)" + (", base = " + str(a.baseline) if base else ""))
-    print(f"{'camera':>10} {'stage':<18} {'new':>8}" + (f" {'base':>8} {'base/new':>9}" if base else ""))
+    print(f"{'camera':>10} {'stage':<26} {'new':>8}" + (f" {'base':>8} {'base/new':>9}" if base else ""))
     for r in rows:
-        line = f"{r['camera']:>10} {r['stage']:<18} {r['new_min_ms']:8.2f}"
+        line = f"{r['camera']:>10} {r['stage']:<26} {r['new_min_ms']:8.2f}"
         if "base_min_ms" in r:
             line += f" {r['base_min_ms']:8.2f} {r['base_min_ms'] / r['new_min_ms']:8.2f}x"
         print(line)
+    if a.forward:
+        fwd_rows = forward_rows(pipes, label, conf, a.repeat, nh, nw, a.threads)
+        print(f"(pre + post) / ONNX Runtime fp32 forward ({a.threads} threads), interleaved, {a.repeat} rounds")
+        print(f"{'camera':>10} {'tree':>4} {'outputs':<18} {'stat':>6} {'forward':>8} {'pre':>6} {'post':>6} {'share':>7}")
+        for r in fwd_rows:
+            print(f"{r['camera']:>10} {r['tree']:>4} {r['outputs']:<18} {r['stat']:>6} {r['forward_ms']:8.2f} "
+                  f"{r['pre_ms']:6.2f} {r['post_ms']:6.2f} {r['share']:7.1%}")
+        rows += fwd_rows
     Path(a.json).write_text(json.dumps(rows, indent=2))
     return 0
 

@@ -203,6 +203,7 @@ class LiteSegNode(LifecycleNode):
         self.values = self._declare_parameters()
         self.pipeline = None
         self.source = None
+        self._int8 = None  # background_int8.for_node: int8 from received frames, swapped in by the worker
         self._pubs: dict[str, Any] = {}  # node-wide: info, label_info
         self.cameras: list[Camera] = []
         self._cv = threading.Condition()
@@ -344,6 +345,10 @@ class LiteSegNode(LifecycleNode):
             f" ready in {time.monotonic() - t0:.1f} s; backend choice: {info.reason}")
         self.get_logger().info(f"weights licence: {self.source.license or 'unknown (not a registered name)'}")
         self.get_logger().info(f"fast send path: {fast_send.status()}")  # its self-check now, not at the 1st frame
+        from liteseg_ros import background_int8
+
+        self._int8 = background_int8.for_node(self.values, self.source.weights, self.pipeline,
+                                              self.get_logger().info)
         lossless = bool(self.values["process_all_frames"])
         cap = int(self.values["queue_size"]) if lossless else 1
         self.cameras = [Camera(name, FrameSlot(cap, self._cv, lossless))
@@ -395,6 +400,9 @@ class LiteSegNode(LifecycleNode):
             self.destroy_publisher(pub)
         self._pubs.clear()
         self.cameras = []
+        if self._int8 is not None:
+            self._int8, int8 = None, self._int8
+            int8.close()
         if self.pipeline is not None:
             self.pipeline.engine.close()
         self.pipeline = None
@@ -643,6 +651,10 @@ class LiteSegNode(LifecycleNode):
         jobs = [j for j in (self._prepare(cam, raw) for cam, raw in batch) if j is not None]
         if not jobs:
             return None
+        if self._int8 is not None:  # between batches, on this thread: the only place the engine changes
+            if self._int8.apply(self.pipeline):
+                self._publish_info()
+            self._int8.offer([j.image for j in jobs])
         t1 = time.perf_counter()
         segs = self.pipeline.run([j.image for j in jobs], color_order="bgr", wants=[j.wants for j in jobs])
         return jobs, segs, t1

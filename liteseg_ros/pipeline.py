@@ -10,10 +10,13 @@ Data flows one way: images -> ``preprocess`` (resize/letterbox + normalise into 
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 
 import cv2
 import numpy as np
@@ -26,11 +29,11 @@ from liteseg_ros.segmentation import (  # noqa: F401 - re-exported: the pipeline
     RESIZE_MODES,
     Boundary,
     Geometry,
+    NearestUpsample,
     PipelineConfig,
     Segmentation,
     Wants,
     _bgra32,
-    _resize_nearest,
     free_space_boundary,
     nearest_maps,
     upsampled_boundary,
@@ -133,6 +136,17 @@ class Pipeline:
                         group_luts={g: self.classes.group_lut(ids) for g, ids in cfg.mask_groups.items()},
                         torch=self._torch.state(cfg, scale, bias) if self._torch is not None else None)
 
+    def swap_engine(self, engine: Engine) -> Engine:
+        """Run ``engine`` from the next batch on; returns the engine it replaces (the caller closes it).
+
+        Call it only from the thread that calls ``run``, between batches (``background_int8`` does):
+        ``run`` reads the engine once per batch, so a batch never runs on two models.
+        """
+        if self._torch is not None and getattr(engine, "tensor_device", None) is None:
+            raise ValueError(f"this pipeline runs on torch tensors; {engine.info.backend} does not")
+        old, self.engine = self.engine, engine
+        return old
+
     # ----------------------------------------------------------------- stages
     def preprocess(self, images: Sequence[np.ndarray], color_order: str = "bgr",
                    snap: Snapshot | None = None) -> tuple[np.ndarray, list[Geometry]]:
@@ -173,16 +187,19 @@ class Pipeline:
                     snap: Snapshot | None = None) -> Segmentation:
         """Network-size label/confidence of one frame -> every product at the configured resolution.
 
-        Every product is a per-pixel function of the label, and a nearest-neighbour upsample only
-        copies label pixels, so the two commute: colouring the small network-size label and then
-        upsampling gives exactly the pixels of colouring the upsampled label, for a fraction of the
-        work at camera resolution. So the colours are looked up once at network size (one BGRA
-        table, 4 bytes per pixel, which OpenCV resizes much faster than 3-byte pixels), upsampled
-        once, and split into the RGB colour image and the BGR overlay input by channel shuffles. The
-        boundary is computed on the network-size mask and its rows mapped through the same nearest
-        index maps (:func:`nearest_maps`), also exactly. The masks are one LUT each on the
-        upsampled label (as cheap as upsampling a network-size mask). Only the confidence is
-        resampled bilinearly, at output resolution, as before.
+        Every product but the confidence is a per-pixel function of the label, and a nearest-neighbour
+        upsample only copies label pixels, so the two commute: the per-pixel work runs at network
+        size and the result is upsampled. The upsample itself is a column step at network height
+        (``cv2.merge`` of k copies for a whole factor k) followed by whole-row copies
+        (:class:`NearestUpsample`), several times cheaper than OpenCV's per-pixel nearest resize.
+        Masks are LUTs of the network-size label; the colours are looked up once at network size (one
+        BGRA table, 4 bytes per pixel), taken to the output width once, and shuffled into the RGB
+        colour image and the BGR overlay input before their rows are copied; the overlay blend runs
+        in row bands. The boundary is computed on the network-size mask and mapped through the same
+        index maps, also exactly. Only the confidence is resampled bilinearly, at output resolution,
+        as before. From about a megapixel these independent products are made side by side
+        (:func:`_share_out`); each is one freshly allocated array, written once, so the bytes do not
+        depend on the thread count.
 
         ``snap``: the snapshot to use (``run`` passes the one it took for the batch); default the current.
         """
@@ -195,36 +212,48 @@ class Pipeline:
         conf = geom.crop(confidence) if confidence is not None else None
         out_h, out_w = geom.output_size(cfg.output_resolution)
         resized = label_net.shape != (out_h, out_w)
-        label = cv2.resize(label_net, (out_w, out_h), interpolation=cv2.INTER_NEAREST) if resized else label_net
-        seg = Segmentation(label=label, geometry=geom)
-        if wants.confidence and conf is not None:
-            if resized:
-                conf = cv2.resize(np.ascontiguousarray(conf), (out_w, out_h), interpolation=cv2.INTER_LINEAR)
-            seg.confidence = np.ascontiguousarray(conf)
+        up = NearestUpsample.of(label_net.shape, (out_h, out_w))
+        seg = Segmentation(label=label_net, geometry=geom)
+        # Independent jobs, each writing its own field: _share_out runs them on OpenCV's thread
+        # count (the forward is idle meanwhile), largest first; small frames on this thread alone,
+        # where handing jobs over would cost more than it saves.
+        threads = _threads() if geom.input_size[0] * geom.input_size[1] >= PARALLEL_MIN_PIXELS else 1
+        jobs: list[Callable[[], None]] = []
         want_overlay = wants.overlay and image is not None
         if wants.color or want_overlay:
-            # (h, w, 4) B, G, R, 255 at network size; np.take on the uint32 view is one gather.
-            bgra_net = np.take(snap.palette_bgra32, label_net).view(np.uint8).reshape(*label_net.shape, 4)
-            bgra = _resize_nearest(bgra_net, (out_h, out_w)) if wants.color else None
-            if wants.color:
-                seg.color = cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGB)
-            if want_overlay:
-                ih, iw = geom.input_size
-                if bgra is None or bgra.shape[:2] != (ih, iw):  # the overlay is always at input size
-                    bgra = _resize_nearest(bgra_net, (ih, iw))
-                bgr = cv2.cvtColor(bgra, cv2.COLOR_BGRA2BGR)
+            # (h, w) B, G, R, 255 as uint32 at network size: one gather, shared by colour and overlay
+            # (mode "wrap": a uint8 index into a 256-entry table is always in range, no error pass).
+            bgra_net = np.take(snap.palette_bgra32, label_net, mode="wrap")
+            if want_overlay:  # always at input size
+                in_up = up if geom.input_size == (out_h, out_w) else NearestUpsample.of(label_net.shape,
+                                                                                       geom.input_size)
+                bgr_cols = _shuffled_columns(bgra_net, in_up, cv2.COLOR_BGRA2BGR)
                 src = image if color_order == "bgr" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-                seg.overlay = cv2.addWeighted(src, 1.0 - cfg.overlay_alpha, bgr, cfg.overlay_alpha, 0.0)
+                seg.overlay = np.empty((*geom.input_size, 3), np.uint8)
+                for a, b in _bands(geom.input_size[0], threads):  # the costliest product, in row bands
+                    jobs.append(partial(_blend_rows, src[a:b], bgr_cols, in_up.rows[a:b], cfg.overlay_alpha,
+                                        seg.overlay[a:b]))
+            if wants.color:
+                jobs.append(lambda: setattr(seg, "color", up.rows_of(_shuffled_columns(bgra_net, up,
+                                                                                       cv2.COLOR_BGRA2RGB))))
+        if wants.confidence and conf is not None:
+            if resized:
+                jobs.append(lambda: setattr(seg, "confidence", cv2.resize(
+                    np.ascontiguousarray(conf), (out_w, out_h), interpolation=cv2.INTER_LINEAR)))
+            else:
+                seg.confidence = np.ascontiguousarray(conf)
         groups = snap.group_luts
         names = groups.keys() if wants.masks is None else [g for g in groups if g in wants.masks]
-        for g in names:
-            seg.masks[g] = cv2.LUT(label, groups[g])
+        for g in names:  # a mask is a LUT of the label, so it is upsampled like the label
+            seg.masks[g] = label_net  # a placeholder keeping the groups' order
+            jobs.append(lambda g=g: seg.masks.__setitem__(g, up(cv2.LUT(label_net, groups[g]))))
         if wants.boundary and BOUNDARY_GROUP in groups:
-            if not resized:
-                m = seg.masks.get(BOUNDARY_GROUP)
-                seg.boundary = free_space_boundary(m if m is not None else cv2.LUT(label, groups[BOUNDARY_GROUP]))
-            else:
-                seg.boundary = upsampled_boundary(cv2.LUT(label_net, groups[BOUNDARY_GROUP]), (out_h, out_w))
+            mask_net = cv2.LUT(label_net, groups[BOUNDARY_GROUP])
+            jobs.append(lambda: setattr(seg, "boundary", upsampled_boundary(mask_net, (out_h, out_w)) if resized
+                                        else free_space_boundary(mask_net)))
+        if resized:
+            jobs.append(lambda: setattr(seg, "label", up(label_net)))
+        _share_out(jobs, threads)
         return seg
 
     def run(self, images: Sequence[np.ndarray], color_order: str = "bgr",
@@ -243,11 +272,12 @@ class Pipeline:
         cfg = snap.cfg
         if self._torch is not None:
             return self._run_torch(images, color_order, per_frame, snap)
+        engine = self.engine  # read once: the whole batch runs on one model (see swap_engine)
         t0 = time.perf_counter()
         batch, geoms = self.preprocess(images, color_order, snap)
         t1 = time.perf_counter()
         need_conf = any(w.confidence for w in per_frame) or cfg.confidence_threshold > 0.0
-        out = self.engine.infer(batch, want_confidence=need_conf)
+        out = engine.infer(batch, want_confidence=need_conf)
         t2 = time.perf_counter()
         results = []
         for i, (img, g) in enumerate(zip(images, geoms, strict=True)):
@@ -289,6 +319,79 @@ class Pipeline:
 
     def __call__(self, image: np.ndarray, color_order: str = "bgr", wants: Wants = Wants()) -> Segmentation:
         return self.run([image], color_order, wants)[0]
+
+
+def _shuffled_columns(bgra32: np.ndarray, up: NearestUpsample, code: int) -> np.ndarray:
+    """Network-size BGRA (uint32 per pixel) -> its 3-channel ``cvtColor(code)`` at the output width
+    and network height: the channel shuffle runs before the row copies, on a fraction of the pixels."""
+    cols = up.columns(bgra32)
+    return cv2.cvtColor(cols.view(np.uint8).reshape(*cols.shape, 4), code)
+
+
+def _blend_rows(src: np.ndarray, bgr_cols: np.ndarray, rows: np.ndarray, alpha: float, out: np.ndarray) -> None:
+    """Rows of the overlay: ``src`` blended with the colour rows ``rows`` of ``bgr_cols``, into ``out``."""
+    bgr = np.take(bgr_cols, rows, axis=0, mode="wrap")  # "wrap": rows are in range, no error pass
+    cv2.addWeighted(src, 1.0 - alpha, bgr, alpha, 0.0, dst=out)
+
+
+def _bands(height: int, n: int) -> list[tuple[int, int]]:
+    """``n`` row ranges covering ``height`` rows (fewer when there are fewer rows)."""
+    n = max(1, min(n, height))
+    cuts = [height * i // n for i in range(n + 1)]
+    return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+
+
+def _threads() -> int:
+    """How many threads post-processing uses: OpenCV's count (``cv2.setNumThreads``), at most 4."""
+    return max(1, min(4, cv2.getNumThreads()))
+
+
+#: Frames from this many pixels (about 1280x820) up make their products on several threads: below,
+#: handing jobs to threads costs about as much as it saves (measured with bench_postprocess.py).
+PARALLEL_MIN_PIXELS = 1 << 20
+_POOL: ThreadPoolExecutor | None = None
+_POOL_PID = 0
+_POOL_LOCK = threading.Lock()
+
+
+def _share_out(jobs: list[Callable[[], None]], threads: int | None = None) -> None:
+    """Run independent jobs on the calling thread and up to ``threads - 1`` pool threads (default
+    ``_threads()``); return when all are done, raising the first error.
+
+    Why threads: between two forwards nothing else computes, and OpenCV and numpy release the GIL
+    in all of these (gathers, LUTs, resizes, blends), so on a multi-core CPU the products of a
+    frame are made side by side. Each job writes only its own output, so no result depends on the
+    order or the number of threads: one thread gives the same bytes.
+    """
+    helpers = min(threads or _threads(), len(jobs)) - 1
+    if helpers <= 0:
+        for job in jobs:
+            job()
+        return
+    global _POOL, _POOL_PID
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_PID != os.getpid():  # a forked child has the object but not its threads
+            _POOL, _POOL_PID = ThreadPoolExecutor(max_workers=3, thread_name_prefix="liteseg-post"), os.getpid()
+        pool = _POOL
+    queue = iter(jobs)
+    lock = threading.Lock()
+
+    def drain() -> None:
+        while True:
+            with lock:
+                job = next(queue, None)
+            if job is None:
+                return
+            job()
+
+    futures = [pool.submit(drain) for _ in range(helpers)]
+    try:
+        drain()
+    finally:
+        errors = [f.exception() for f in futures]  # waits for every helper, even after an error here
+    for exc in errors:
+        if exc is not None:
+            raise exc
 
 
 def _with_timings(results: list[Segmentation], t0: float, t1: float, t2: float, t3: float) -> list[Segmentation]:

@@ -33,6 +33,9 @@ os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_XML)
 os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_XML)
 os.environ.setdefault("RCUTILS_LOGGING_BUFFERED_STREAM", "0")
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+# Nodes under test stay on the engine they start with: many tests compare labels with fp32, and a
+# background quantization would swap int8 in under them (test_background_int8.py turns it back on).
+os.environ.setdefault("LITESEG_BACKGROUND_INT8", "0")
 
 
 def ros_env(**extra: str) -> dict[str, str]:

@@ -21,6 +21,7 @@ RINGS = {
     "liteseg_ros.model": 1,
     "liteseg_ros.engines": 2, "liteseg_ros.pipeline": 2, "liteseg_ros.pipeline_torch": 2,
     "liteseg_ros.runtime": 2, "liteseg_ros.tools": 2, "liteseg_ros.free_space": 2,
+    "liteseg_ros.background_int8": 2,
     "liteseg_ros.image_codec": 3, "liteseg_ros.params": 3, "liteseg_ros.wire": 3, "liteseg_ros.fast_send": 3,
     "liteseg_ros.node": 3,
     "liteseg_ros.node_guards": 3,

@@ -278,6 +278,67 @@ def test_postprocess_is_bit_identical_to_the_full_resolution_definition(net, siz
             assert_same_products(got, want)
 
 
+@pytest.mark.parametrize("threshold", [0.0, 0.5])
+def test_camera_resolution_products_equal_the_reference_at_1080p(threshold):
+    """The real sizes (360x640 network, 1920x1080 camera, every output, both colour orders): the fast
+    path (column step, row copies, products made on several threads) gives the reference's bytes,
+    and so does the same path on one thread."""
+    import cv2
+
+    rng = np.random.default_rng(1080)
+    net, size = (360, 640), (1080, 1920)
+    groups = CLASSES.resolve_groups({"drivable": ["road"], "walkable": ["sidewalk"], "dynamic": ["car", "person"]})
+    cfg = PipelineConfig(network_size=net, mask_groups=groups, overlay_alpha=0.45, confidence_threshold=threshold)
+    pipe = Pipeline(DominantChannelEngine(), CLASSES, cfg)
+    geom = Geometry.fit(size, net, "stretch")
+    label = scene_label(*net, rng)
+    conf = rng.integers(0, 256, net, dtype=np.uint8)
+    img = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    threads = cv2.getNumThreads()
+    for order in ("bgr", "rgb"):
+        want = reference_postprocess(pipe, label, conf, geom, img, order, Wants.all())
+        assert want.label.shape == size and want.overlay.shape == (*size, 3) and len(want.masks) == 3
+        assert_same_products(pipe.postprocess(label, conf, geom, img, order, Wants.all()), want)
+        try:
+            cv2.setNumThreads(1)
+            assert_same_products(pipe.postprocess(label, conf, geom, img, order, Wants.all()), want)
+        finally:
+            cv2.setNumThreads(threads)
+    target = Wants(confidence=False, color=False, masks=frozenset({"drivable"}), boundary=False)
+    assert_same_products(pipe.postprocess(label, conf, geom, img, "bgr", target),
+                         reference_postprocess(pipe, label, conf, geom, img, "bgr", target))
+
+
+def test_a_failing_product_raises_after_every_running_job_has_finished():
+    """Post-processing jobs run on several threads; an error in one reaches the caller, and only once
+    no other job is still writing (nothing of the frame is being made after it returns)."""
+    import time
+
+    import cv2
+
+    from liteseg_ros import pipeline
+
+    started, finished = [], []
+
+    def slow(i):
+        started.append(i)
+        time.sleep(0.1)
+        finished.append(i)
+
+    def bad():
+        time.sleep(0.01)  # the slow jobs are under way on the other threads
+        raise ValueError("broken job")
+
+    threads = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(3)
+        with pytest.raises(ValueError, match="broken job"):
+            pipeline._share_out([lambda: slow(0), lambda: slow(1), bad])
+        assert len(started) >= 1 and sorted(finished) == sorted(started)
+    finally:
+        cv2.setNumThreads(threads)
+
+
 @pytest.mark.parametrize("src,dst", [((36, 64), (108, 192)), ((360, 640), (1080, 1920)), ((360, 640), (1024, 2048)),
                                      ((45, 80), (31, 59)), ((7, 9), (7, 9)), ((360, 640), (721, 1283))])
 def test_nearest_maps_reproduce_opencv_nearest_resize(src, dst):
