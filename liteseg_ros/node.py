@@ -52,6 +52,7 @@ from liteseg_ros import contract, diagnostics, frames, image_codec, params, wire
 from liteseg_ros.defaults import EXIT_USAGE
 from liteseg_ros.frames import FrameSlot
 from liteseg_ros.pipeline import Segmentation, Wants
+from liteseg_ros.weights import cancel_downloads
 
 try:  # Iron and later
     from rclpy.event_handler import SubscriptionEventCallbacks
@@ -748,6 +749,7 @@ class _StopOnSignal:
     def _handle(self, signum, frame) -> None:
         self.count += 1
         self.event.set()
+        cancel_downloads()  # a weights download in a service-triggered configure stops too
         if self.count >= 3:
             os._exit(128 + signum)
 
