@@ -141,7 +141,7 @@ def cached_model_info(weights: str, backbone: str, cache_dir: str | os.PathLike 
     path, entry = _resolve(weights, allow_download, log, False)
     if path is None or is_onnx_weights(path):
         return None
-    data = read_meta(path, cache_dir)
+    data = read_meta(path, cache_dir, log)
     if data is None:
         return None
     meta = data["meta"]

@@ -341,6 +341,10 @@ def _quantize(args: argparse.Namespace, model, calib: tuple, held: tuple) -> int
     path, reports = quantize_model(model, out, size, calib[0], held[0], backends, args.threads, args.method,
                                    calib[1], held[1], float_input_convs=args.float_input_convs,
                                    float_nodes=args.float_node)
+    if not args.out:  # in the engine cache: recorded, so the node's look-up trusts it
+        from liteseg_ros.engines.cache import model_key, write_record
+
+        write_record(path, model_key(args.weights or model))
     for b, rep in reports.items():
         print(format_report(rep), end="")
         jpath, tpath = report_paths(path, b)

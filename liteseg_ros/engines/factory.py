@@ -91,11 +91,12 @@ def onnx_for(model, input_size: tuple[int, int], cache_dir: str | os.PathLike | 
     Runtime (benchmarks/bench_engines.py); tools that need logits export with ``with_logits=True``
     and open the file with ``OnnxRuntimeEngine``, or use the pytorch backend.
     """
-    from .cache import is_valid_file, onnx_cache_path, state_key
+    from .cache import cached_file_ok, onnx_cache_path, state_key, write_record
 
     get = model if callable(model) and not hasattr(model, "state_dict") else (lambda: model)
-    path = onnx_cache_path(key or state_key(get()), input_size, cache_dir, uint8, precision)
-    if is_valid_file(path):
+    key = key or state_key(get())
+    path = onnx_cache_path(key, input_size, cache_dir, uint8, precision)
+    if cached_file_ok(path, key, log):
         return path
     from .export import export_onnx
 
@@ -103,6 +104,7 @@ def onnx_for(model, input_size: tuple[int, int], cache_dir: str | os.PathLike | 
         f"exporting {path.name} (cold start; later starts reuse it)")
     export_onnx(get(), path, tuple(int(v) for v in input_size), dynamic=False, with_logits=False, uint8=uint8,
                 precision=precision)
+    write_record(path, key)
     return path
 
 
@@ -362,11 +364,13 @@ def _measured_agreement(weights: WeightsSource, engine: Engine, choice: Choice) 
                                                    f"images")
     if weights.is_onnx:
         return None, "no quantization report for this runtime next to the file"
-    from .cache import cache_root
+    from liteseg_ros import safe_files
+
+    from .cache import cache_root, cached_file_ok, write_record
 
     key = f"{path.stem}.{choice.backend}.{choice.precision}.{engine.info.extra.get('cpu_caps', '')}".replace(",", "-")
     cache = cache_root(weights.cache_dir) / "agreement" / f"{key}.json"
-    if cache.is_file():
+    if cached_file_ok(cache, key, weights.log):
         try:
             return float(json.loads(cache.read_text())["label_agreement"]), "start-up check, cached"
         except (OSError, ValueError, KeyError):
@@ -375,8 +379,12 @@ def _measured_agreement(weights: WeightsSource, engine: Engine, choice: Choice) 
 
     res = compare_on_samples(engine, reference_pipeline(weights.model, weights.input_size),
                              synthetic_samples(2, weights.input_size, HOLDOUT_SEED))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"label_agreement": res["label_agreement"], "file": str(path)}))
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        safe_files.write_text(cache, json.dumps({"label_agreement": res["label_agreement"], "file": str(path)}))
+        write_record(cache, key)
+    except OSError as exc:  # a read-only cache costs the check at the next start, nothing else
+        weights.log(f"engines: cannot cache the agreement check in {cache.parent}: {exc.strerror}")
     return float(res["label_agreement"]), "start-up check on 2 generated scenes"
 
 
