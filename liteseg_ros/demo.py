@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from liteseg_ros import safe_files
 from liteseg_ros.defaults import EXIT_USAGE, NETWORK_SIZE, format_size, is_image_file, parse_size
 from liteseg_ros.share import ShareFileError, share_file
 from liteseg_ros.train.config import HELD_OUT_FIRST_SEED
@@ -219,13 +220,13 @@ def run_demo(args: argparse.Namespace) -> int:
 
         node_params.update(P.read_params_file(args.params_file))
     params_path = args.out / "demo_params.yaml"
-    params_path.write_text(yaml.safe_dump({"/**": {"ros__parameters": _nest(node_params)}}))
+    safe_files.write_text(params_path, yaml.safe_dump({"/**": {"ros__parameters": _nest(node_params)}}))
     exe = Path(sys.executable).parent / "liteseg_node"
     cmd = [str(exe) if exe.exists() else "liteseg_node", "--ros-args", "--params-file", str(params_path),
            "-r", "image:=/demo/camera/image_raw", "-r", "__node:=liteseg"]
     log_path = args.out / "node.log"
     print(f"[demo] starting the node: {shlex.join(cmd)}  (log: {log_path})", flush=True)
-    log = open(log_path, "w")  # noqa: SIM115 - closed in finally
+    log = safe_files.open_streaming(log_path)  # closed in finally
     node_proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     import rclpy
@@ -346,10 +347,11 @@ def _report(args, col: Collected, sent: int, play_s: float) -> int:
     video_path = args.out / "overlay.mp4"
     first = image_codec.decode_image(overlay[done[0]])
     h, w = first.shape[:2]
-    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), max(1.0, args.rate), (w, h))
-    for s in done:
-        writer.write(image_codec.decode_image(overlay[s]))
-    writer.release()
+    with safe_files.fresh_path(video_path) as tmp_video:
+        writer = cv2.VideoWriter(str(tmp_video), cv2.VideoWriter_fourcc(*"mp4v"), max(1.0, args.rate), (w, h))
+        for s in done:
+            writer.write(image_codec.decode_image(overlay[s]))
+        writer.release()
     picks = [done[round(k * (len(done) - 1) / 3)] for k in range(4)] if len(done) >= 4 else done
     rows = []
     for s in picks:
@@ -357,7 +359,9 @@ def _report(args, col: Collected, sent: int, play_s: float) -> int:
                      image_codec.decode_image(overlay[s]),
                      image_codec.decode_image(col.outputs["drivable"][s])[:, :, 0]])
     sheet_path = args.out / "contact_sheet.png"
-    cv2.imwrite(str(sheet_path), contact_sheet(rows, ["input", "colour (label)", "overlay", "drivable mask"]))
+    ok, png = cv2.imencode(".png", contact_sheet(rows, ["input", "colour (label)", "overlay", "drivable mask"]))
+    if ok:
+        safe_files.write_bytes(sheet_path, png.tobytes())
     lat = list(col.latency_ms.values())
     stats = col.last_stats
     span = (max(done) - min(done)) / 1e9 if len(done) > 1 else 0.0

@@ -108,7 +108,10 @@ def fresh_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         inner = private / target.name
         yield inner
-        st = os.lstat(inner)
+        try:
+            st = os.lstat(inner)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{target}: nothing was written") from None
         if not stat.S_ISREG(st.st_mode):
             raise UnsafeFileError(f"{inner} is not a regular file after writing it")
         fd = os.open(inner, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
@@ -120,6 +123,16 @@ def fresh_path(path: str | os.PathLike) -> Iterator[Path]:
         _fsync_dir(target.parent)
     finally:
         shutil.rmtree(private, ignore_errors=True)
+
+
+def open_streaming(path: str | os.PathLike, mode: str = "w") -> IO:
+    """A file another process streams into while it runs (a log): whatever sits at ``path`` is removed
+    first (a link itself, never its target), then a fresh file is created there with O_EXCL, so a
+    link planted between the two makes this fail instead of writing through it."""
+    p = Path(path)
+    if p.is_symlink() or p.exists():
+        _remove_foreign(p)
+    return os.fdopen(create_fresh(p), mode)
 
 
 def open_own_for_append(path: str | os.PathLike) -> IO[bytes] | None:
