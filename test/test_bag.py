@@ -682,3 +682,37 @@ def test_onnx_weights_in_the_bag_tool(tmp_path, small_bag, tiny_checkpoint, caps
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "pickled" not in err and len(read_bag(tmp_path / "out")[0]["/liteseg/label"]) == 6
+
+
+# ------------------------------------------------------------------------------------------ play: hostile types
+def _bag_naming_types(path: Path, types: list[str]) -> None:
+    """A bag whose connections name ``types`` (each with one std_msgs/String-shaped message)."""
+    with Writer(path, version=9, storage_plugin=StoragePlugin.SQLITE3) as wr:
+        raw = bytes(TS.serialize_cdr(T["std_msgs/msg/String"](data="x"), "std_msgs/msg/String"))
+        for i, msgtype in enumerate(types):
+            conn = wr.add_connection(f"/t{i}", msgtype, msgdef="string data", rihs01="RIHS01_" + "0" * 64)
+            wr.write(conn, T0 + i, raw)
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("types", [["venv/__main__/Clock"], ["venv/msg/Clock", "os/msg/Path", "std_msgs/msg/String"]],
+                         ids=["only_hostile", "hostile_and_good"])
+def test_play_imports_only_installed_ros_message_packages(tmp_path, types):
+    """Before: ``venv/__main__/Clock`` ran Python's venv tool (virtual environments in the working
+    folder and inside the bag) and exited 0."""
+    work = tmp_path / "work"
+    work.mkdir()
+    src = tmp_path / "in"
+    _bag_naming_types(src, types)
+    before = {p: _tree(p) for p in (work, src)}
+    proc = subprocess.run([str(EXE / "liteseg"), "play", str(src)], cwd=work, capture_output=True, text=True,
+                          timeout=120)
+    assert {p: _tree(p) for p in before} == before and list(work.iterdir()) == []
+    for bad in (t for t in types if not t.startswith("std_msgs")):
+        assert bad in proc.stderr, proc.stderr
+    if types == ["venv/__main__/Clock"]:
+        assert proc.returncode == 2 and "nothing to play" in proc.stderr, proc.stdout + proc.stderr
+        assert "not a ROS message type 'package/msg/Name'" in proc.stderr
+    else:
+        assert proc.returncode == 0 and "published 1 messages" in proc.stdout, proc.stdout + proc.stderr
+        assert "no installed ROS message package provides venv/msg/Clock" in proc.stderr
