@@ -23,7 +23,14 @@ import cv2
 import numpy as np
 
 from liteseg_ros import safe_files
-from liteseg_ros.defaults import EXIT_USAGE, NETWORK_SIZE, format_size, is_image_file, parse_size
+from liteseg_ros.defaults import (
+    EXIT_USAGE,
+    NETWORK_SIZE,
+    format_size,
+    is_image_file,
+    parse_size,
+    positive_float,
+)
 from liteseg_ros.share import ShareFileError, share_file
 from liteseg_ros.train.config import HELD_OUT_FIRST_SEED
 
@@ -51,12 +58,12 @@ def add_demo_parser(sub) -> None:
                    help=f"generated camera size HxW (default {format_size(NETWORK_SIZE)})")
     p.add_argument("--network-size", type=parse_size, default=None, help="network HxW (default: 180x320 for the "
                    f"demo weights, the scale they were trained at; else {format_size(NETWORK_SIZE)})")
-    p.add_argument("--rate", type=float, default=10.0, help="camera rate in Hz (default 10)")
+    p.add_argument("--rate", type=positive_float, default=10.0, help="camera rate in Hz (default 10)")
     p.add_argument("--seed", type=int, default=DEMO_SEED,
                    help=f"generated drive seed (default {DEMO_SEED}: held out, never a training scene of the demo weights)")
     p.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output/)")
     p.add_argument("--params-file", type=Path, help="extra node parameters (YAML)")
-    p.add_argument("--timeout", type=float, default=180.0, help="give up waiting for the node after this many s")
+    p.add_argument("--timeout", type=positive_float, default=180.0, help="give up waiting for the node after this many s")
     p.set_defaults(func=run_demo)
 
 

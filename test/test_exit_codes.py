@@ -25,6 +25,12 @@ def liteseg(*args: str, cwd=None) -> subprocess.CompletedProcess:
     (["bench", "--random-weights", "--backends", "magic"], "magic"),
     (["info", "--weights", "/nonexistent/w.pt"], "/nonexistent/w.pt"),
     (["export", "--random-weights", "--size", "big"], "HEIGHTxWIDTH"),  # argparse's own usage error
+    (["play", "bag", "--clock", "--clock-hz", "0"], "--clock-hz: must be > 0"),  # was ZeroDivisionError
+    (["play", "bag", "--clock", "--clock-hz", "-5"], "--clock-hz: must be > 0"),
+    (["play", "bag", "--rate", "nan"], "--rate/-r: nan is not a finite number"),
+    (["play", "bag", "--delay", "inf"], "--delay: inf is not a finite number"),
+    (["bag", "in", "out", "-p", "overlay_alpha:=.nan", "-p", "confidence_threshold:=.inf"],
+     "overlay_alpha: nan is not a finite number"),
 ])
 def test_bad_input_exits_2_with_one_message(args, says, tmp_path):
     proc = liteseg(*args, cwd=tmp_path)
@@ -47,3 +53,21 @@ def test_the_demo_refuses_an_empty_image_folder_before_starting_the_node(tmp_pat
     assert proc.returncode == EXIT_USAGE, proc.stderr
     assert "no images in" in proc.stderr and "starting the node" not in proc.stdout
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("classes", [0, 300])
+def test_info_on_a_state_dict_with_an_impossible_class_count(tmp_path, classes):
+    """Before: a traceback (LiteSeg's or ClassTable's ValueError) and exit 0."""
+    import torch
+
+    from liteseg_ros.model import LiteSeg
+
+    sd = LiteSeg("mobilenetv2", 19).state_dict()
+    w = sd["last_conv.6.weight"]
+    sd["last_conv.6.weight"] = torch.zeros(classes, *w.shape[1:])
+    sd["last_conv.6.bias"] = torch.zeros(classes)
+    torch.save(sd, tmp_path / "sd.pth")
+    proc = liteseg("info", "--weights", str(tmp_path / "sd.pth"), cwd=tmp_path)
+    assert proc.returncode == EXIT_USAGE, proc.stderr
+    assert f"has {classes} classes; a LiteSeg network needs 1 to 254" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -18,7 +18,14 @@ from liteseg_ros import params
 from liteseg_ros.bag.play import play_bag
 from liteseg_ros.bag.segment import segment_bag, settings_from
 from liteseg_ros.bag.store import STORAGES, BagError
-from liteseg_ros.defaults import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from liteseg_ros.defaults import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    non_negative_float,
+    positive_float,
+)
 
 
 def _param_override(text: str) -> tuple[str, Any]:
@@ -183,15 +190,15 @@ def add_play_parser(sub) -> None:
         "publishers are reliable by default (they match reliable and best-effort subscribers) and keep "
         "the recorded durability.")
     p.add_argument("bag", type=Path, metavar="BAG")
-    p.add_argument("--rate", "-r", type=float, default=1.0, help="playback speed factor (default: %(default)s)")
+    p.add_argument("--rate", "-r", type=positive_float, default=1.0, help="playback speed factor (default: %(default)s)")
     p.add_argument("--clock", action="store_true", help="publish /clock with the bag time")
-    p.add_argument("--clock-hz", type=float, default=40.0, help="/clock rate between messages (default: %(default)s)")
+    p.add_argument("--clock-hz", type=positive_float, default=40.0, help="/clock rate between messages (default: %(default)s)")
     p.add_argument("--loop", "-l", action="store_true", help="play again from the start when done")
     p.add_argument("--topics", nargs="+", metavar="TOPIC", help="play only these topics")
     p.add_argument("--wait-for", nargs="+", default=[], metavar="TOPIC",
                    help="wait until each of these topics has a subscriber before playing")
-    p.add_argument("--wait-timeout", type=float, default=60.0, help="seconds --wait-for waits (default: %(default)s)")
-    p.add_argument("--delay", type=float, default=0.0, help="seconds to wait before playing")
+    p.add_argument("--wait-timeout", type=non_negative_float, default=60.0, help="seconds --wait-for waits (default: %(default)s)")
+    p.add_argument("--delay", type=non_negative_float, default=0.0, help="seconds to wait before playing")
     p.add_argument("--qos", choices=("reliable", "recorded"), default="reliable",
                    help="publisher reliability: always reliable, or as recorded (default: %(default)s)")
     p.set_defaults(func=_run_play)

@@ -87,8 +87,10 @@ def play_bag(bag: str | Path, *, rate: float = 1.0, clock: bool = False, clock_h
 
     from liteseg_ros import wire
 
-    if rate <= 0:
-        raise BagError(f"--rate must be > 0, got {rate}")
+    if not (0 < rate < float("inf")):  # also NaN
+        raise BagError(f"--rate must be a finite number > 0, got {rate}")
+    if clock and not (0 < clock_hz < float("inf")):
+        raise BagError(f"--clock-hz must be a finite number > 0, got {clock_hz}")
     src = resolve_input(Path(bag))
     ctx = Context()
     rclpy.init(context=ctx, args=["liteseg_play"])
