@@ -540,3 +540,20 @@ def test_a_planted_partial_is_never_written_through(env, official, tmp_path, pla
     path = weights.fetch(NAME, log=lambda m: None)
     assert victim.read_bytes() == b"precious"
     assert not path.is_symlink() and path.read_bytes() == official[0] and _cache_files(cache) == [FILE]
+
+
+def test_a_local_file_named_like_a_registered_name_is_not_loaded_in_its_place(env, official, tmp_path,
+                                                                             monkeypatch, tiny_checkpoint):
+    """Before: ./<registered name> in the working folder was loaded, unverified, with no word."""
+    from liteseg_ros.runtime import resolve_weights
+
+    server, cache, entry = env
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / NAME).write_bytes(tiny_checkpoint.read_bytes())  # someone else's weights under the name
+    monkeypatch.chdir(work)
+    logs: list[str] = []
+    path = resolve_weights(NAME, allow_download=True, log=logs.append)
+    assert path == cache / FILE and path.read_bytes() == official[0]
+    assert any(f"./{NAME} exists but {NAME!r} is a registered name" in m for m in logs), logs
+    assert resolve_weights(f"./{NAME}", log=logs.append) == Path(f"./{NAME}")  # asked for explicitly
