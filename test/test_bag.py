@@ -716,3 +716,48 @@ def test_play_imports_only_installed_ros_message_packages(tmp_path, types):
     else:
         assert proc.returncode == 0 and "published 1 messages" in proc.stdout, proc.stdout + proc.stderr
         assert "no installed ROS message package provides venv/msg/Clock" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ hostile input, failing output
+def test_a_frame_longer_than_the_limits_allow_is_refused_by_its_length(tmp_path, params_file, capsys):
+    """Before: a frame was deserialised (and copied to the output) whatever its length; a 126 KB zstd
+    bag of 32768x32768 images took 5 GB of memory and wrote 3 GB."""
+    from liteseg_ros.image_codec import max_message_bytes
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    written = write_bag(src, "sqlite3", {"/front/image_raw": "bgr8"}, n=3, h=160, w=240, chatter=False)
+    limit = max_message_bytes(1000)
+    assert all(len(raw) > limit for _, raw in written["/front/image_raw"])
+    rc = cli.main(["bag", str(src), str(out), "-t", "/front/image_raw", "--params-file", str(params_file),
+                   "-p", "max_input_pixels:=1000", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "every frame was rejected" in err, err
+    assert f"more than the {limit} an image within max_input_pixels=1000 can take (not copied)" in err
+    got, _ = read_bag(out)
+    assert "/front/image_raw" not in got or got["/front/image_raw"] == []
+
+
+_FSIZE = """
+import resource, signal, sys
+from liteseg_ros.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writing past the limit fails with EFBIG, as a full disk does
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_a_full_disk_while_writing_is_an_output_failure_exit_1(tmp_path, params_file, storage):
+    """Before: sqlite's "database or disk is full" read as "cannot read input bag" (exit 2); mcap's
+    EFBIG ended in a traceback."""
+    src = tmp_path / "in"
+    write_bag(src, "sqlite3", {"/front/image_raw": "bgr8"}, n=12, chatter=False, distinct=3)
+    args = ["bag", str(src), str(tmp_path / "out"), "-t", "/front/image_raw", "--params-file", str(params_file),
+            "--storage", storage, "--no-progress"]
+    assert cli.main([*args[:2], str(tmp_path / "warm"), *args[3:]]) == 0  # the engine cache is filled first
+    proc = subprocess.run([sys.executable, "-c", _FSIZE, "150000", *args], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"cannot write the output bag {tmp_path / 'out'}" in proc.stderr, proc.stderr[-3000:]
+    assert "cannot read input bag" not in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists() and no_leftovers(tmp_path)

@@ -17,7 +17,7 @@ from typing import Any
 from liteseg_ros import params
 from liteseg_ros.bag.play import play_bag
 from liteseg_ros.bag.segment import segment_bag, settings_from
-from liteseg_ros.bag.store import STORAGES, BagError
+from liteseg_ros.bag.store import STORAGES, BagError, BagOutputError
 from liteseg_ros.defaults import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -148,6 +148,9 @@ def _bag_command(args, values: Mapping[str, Any], stop: threading.Event) -> int:
                               on_interrupt=args.on_interrupt, progress=not args.no_progress,
                               max_frames=args.max_frames, stop_event=stop,
                               log=lambda m: print(m, file=sys.stderr))
+    except BagOutputError as exc:  # a failure while working (full disk, storage limit), not bad input
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except (BagError, ModelLoadError, EngineError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
