@@ -46,6 +46,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from node_load import rss_mb  # noqa: E402 - the node harnesses' one RSS reader
+
 NODE = "liteseg_fuzz"
 NET = {"network_width": 96, "network_height": 64, "num_threads": 1}
 PUBLIC = {"create": 0, "configure": 1, "cleanup": 2, "activate": 3, "deactivate": 4, "destroy": 8}
@@ -55,17 +58,6 @@ SHUTDOWN = (5, 6, 7)
 #: as this known finding (``KNOWN_INVALID_TRANSITION_CRASH``) rather than a new one.
 KNOWN_INVALID_TRANSITION_CRASH = "Transition is not registered"
 INTERNAL = (10, 11, 12, 20, 21, 22, 30, 31, 32, 40, 41, 42, 50, 51, 52, 60, 61, 62, 97, 98, 99)
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process in MB (0 when it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 class Stats:

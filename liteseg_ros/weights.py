@@ -224,7 +224,11 @@ def url_of(entry: WeightsEntry, base_url: str | None = None) -> str:
 def git_blob_id(path: str | os.PathLike) -> str:
     """The git blob id of a file: SHA-1 over ``b"blob <size>\\0"`` followed by its bytes."""
     path = Path(path)
-    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    return hash_file(path, hashlib.sha1(f"blob {path.stat().st_size}\0".encode()))
+
+
+def hash_file(path: str | os.PathLike, digest: Any) -> str:
+    """``digest`` (a hashlib object, perhaps already fed a prefix) updated with the file's bytes, in hex."""
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)

@@ -67,11 +67,7 @@ def file_digest(path: str | os.PathLike) -> str:
     st = p.stat()
     memo = (str(p), st.st_size, st.st_mtime_ns)
     if memo not in _digests:
-        digest = hashlib.sha256()
-        with open(p, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-        _digests[memo] = digest.hexdigest()
+        _digests[memo] = _sha256(p)
     return _digests[memo]
 
 
@@ -128,11 +124,9 @@ def record_path(path: str | os.PathLike) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    from liteseg_ros.weights import hash_file
+
+    return hash_file(path, hashlib.sha256())
 
 
 def write_record(path: str | os.PathLike, key: str) -> None:
