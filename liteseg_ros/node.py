@@ -52,6 +52,7 @@ from liteseg_ros import contract, diagnostics, fast_send, frames, image_codec, n
 from liteseg_ros.defaults import EXIT_USAGE
 from liteseg_ros.frames import FrameSlot
 from liteseg_ros.pipeline import Segmentation, Wants
+from liteseg_ros.weights import cancel_downloads
 
 try:  # Iron and later
     from rclpy.event_handler import SubscriptionEventCallbacks
@@ -634,7 +635,11 @@ class LiteSegNode(LifecycleNode):
             self._reject(cam, f"cannot deserialize a {self._msg_type.__name__}: {exc}")
             return None
         now = self.get_clock().now()
-        age_ms = (now - Time.from_msg(msg.header.stamp, clock_type=now.clock_type)).nanoseconds / 1e6
+        stamp = msg.header.stamp
+        if stamp.sec < 0 or not 0 <= stamp.nanosec < 1_000_000_000:  # rclpy refuses it; this frame alone goes
+            self._reject(cam, f"header.stamp {stamp.sec} s {stamp.nanosec} ns is not a valid time")
+            return None
+        age_ms = (now - Time.from_msg(stamp, clock_type=now.clock_type)).nanoseconds / 1e6
         max_age = float(self.values["max_input_age"])
         if max_age > 0.0 and age_ms > max_age * 1e3:
             cam.counters.dropped_stale += 1
@@ -646,9 +651,18 @@ class LiteSegNode(LifecycleNode):
             return None
         return Job(cam, msg, image, wants, stats_wanted, age_ms, t0, time.perf_counter())
 
+    def _prepare_one(self, cam: Camera, raw: bytes) -> Job | None:
+        """:meth:`_prepare` inside the frame's own try: whatever is wrong with one frame rejects that
+        frame on its own camera, never the others in the batch."""
+        try:
+            return self._prepare(cam, raw)
+        except Exception as exc:
+            self._reject(cam, f"{type(exc).__name__}: {exc}")
+            return None
+
     def _process(self, batch: list[tuple[Camera, bytes]]) -> tuple[list[Job], list[Segmentation], float] | None:
         """Decode and segment a batch; what the publisher thread needs, or None when nothing is left."""
-        jobs = [j for j in (self._prepare(cam, raw) for cam, raw in batch) if j is not None]
+        jobs = [j for j in (self._prepare_one(cam, raw) for cam, raw in batch) if j is not None]
         if not jobs:
             return None
         if self._int8 is not None:  # between batches, on this thread: the only place the engine changes
@@ -762,6 +776,7 @@ class _StopOnSignal:
     def _handle(self, signum, frame) -> None:
         self.count += 1
         self.event.set()
+        cancel_downloads()  # a weights download in a service-triggered configure stops too
         if self.count >= 3:
             os._exit(128 + signum)
 
