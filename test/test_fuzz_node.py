@@ -3,9 +3,9 @@
 ``LITESEG_NODE_FUZZ_SECONDS`` (default 6) sets the random phase; the long run is in fuzz/README.md.
 Two runs: lifecycle requests restricted to transitions valid from the node's state (one lifecycle
 client, two parameter clients), which must break no invariant; and every transition id from every
-state with concurrent lifecycle clients, where an invalid transition currently ends the node inside
-rclpy's lifecycle service - reported as the known finding ``KNOWN_INVALID_TRANSITION_CRASH`` and
-expected (xfail) until the node answers such requests with success=false. Anything else fails.
+state with concurrent lifecycle clients, where a transition the state does not allow must be answered
+with success=false while the node keeps serving (rclpy 7.1's own lifecycle service would end the node:
+the fuzzer names that ``KNOWN_INVALID_TRANSITION_CRASH`` in its report, and here it fails the test).
 """
 from __future__ import annotations
 
@@ -45,8 +45,5 @@ def test_valid_lifecycle_requests_and_random_parameters_break_no_invariant(tmp_p
 
 def test_every_transition_id_from_every_state_with_concurrent_clients(tmp_path):
     res = run_fuzzer(tmp_path, "--clients", "3")
-    if [v for v in res["violations"] if v.startswith("KNOWN_INVALID_TRANSITION_CRASH")] == res["violations"] != []:
-        pytest.xfail("KNOWN_INVALID_TRANSITION_CRASH: an invalid lifecycle transition ends the node (the fix is on "
-                     "the lifecycle branch); expected until that is merged, then this xfail no longer triggers")
     assert res["violations"] == [], res["stdout"] + res["node_log"]
     assert sum(res["tried"].values()) > 10
