@@ -13,9 +13,9 @@ import shutil
 from conftest import start_runtime
 
 from liteseg_ros.engines import cache
-from liteseg_ros.engines.bench import random_weight_model
 from liteseg_ros.engines.tensorrt import cached_plan, engine_cache_key, engine_cache_path, write_plan
 from liteseg_ros.model import save_checkpoint
+from liteseg_ros.tools.bench import random_weight_model
 
 
 def test_a_record_names_a_missing_record_another_key_and_changed_content(tmp_path):

@@ -80,8 +80,8 @@ def _onnx_that_fails_at_run_time(path) -> None:
     import onnx
     from onnx import helper, numpy_helper
 
-    from liteseg_ros.engines.bench import random_weight_model
     from liteseg_ros.engines.export import export_onnx
+    from liteseg_ros.tools.bench import random_weight_model
 
     export_onnx(random_weight_model(seed=1), path, (64, 96))
     m = onnx.load(str(path))

@@ -171,7 +171,7 @@ def test_export_out(tiny_checkpoint, tmp_path, how):
 
 _FULL_DISK = """
 import resource, signal, sys
-from liteseg_ros.engines.bench import random_weight_model
+from liteseg_ros.tools.bench import random_weight_model
 from liteseg_ros.engines.export import export_onnx
 model = random_weight_model(seed=1)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
