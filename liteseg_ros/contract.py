@@ -9,10 +9,11 @@ Why one module: the bag tool promises "the node's outputs under the node's names
 places, the topic names, the fields of each message and the batching rule drift apart one small
 edit at a time. Here each is defined once:
 
-- :data:`OUTPUTS` and :func:`camera_outputs`: every per-camera output (suffix under the camera's
-  prefix, message type, the parameter that switches it on);
-- :func:`wants`: which outputs a frame must produce, from the parameters and (for the node) which
-  topics have subscribers;
+- :data:`OUTPUTS` (defined in ``segmentation``, below the pipeline that derives its types from it)
+  and :func:`camera_outputs`: every per-camera output (suffix under the camera's prefix, message
+  type, encoding, product, the parameter that switches it on, what it needs);
+- :func:`wants`: which products a frame must make, from the rows, the parameters and (for the node)
+  which topics have subscribers;
 - :func:`frame_messages`, :func:`stats_message`, :func:`info_message`, :func:`label_info_message`,
   :func:`label_camera_info`: Segmentation -> messages, each carrying the input header unchanged;
 - :class:`BatchRule`: which frames of several cameras share one forward.

@@ -1,9 +1,13 @@
-"""What one frame's segmentation is, and the geometry both pipeline stages share.
+"""What one frame's segmentation is, what is published of it, and the geometry both pipeline stages share.
 
-Ring 2 (numpy and OpenCV only; never torch, rclpy, message packages or the node). ``pipeline``
-(pre/post-processing with numpy and OpenCV on the host) and ``pipeline_torch`` (the same on the
-engine's GPU) both build a :class:`Segmentation` from these pieces, so their results are defined
-in one place: the settings (:class:`PipelineConfig`), which outputs are wanted (:class:`Wants`), how a
+Ring 2 (numpy and OpenCV only; never torch, rclpy, message packages or the node). The output table
+(:data:`OUTPUTS`: topic suffix, message type, encoding, the product it carries, its toggle, what it
+needs) lives here, below the pipeline, because the pipeline's types are derived from it: a
+:class:`Segmentation` has one field per product, :class:`Wants` one flag per product; the contract
+(ROS edge) re-exports the table and derives the rest. ``pipeline`` (pre/post-processing with numpy
+and OpenCV on the host) and ``pipeline_torch`` (the same on the engine's GPU) both build a
+:class:`Segmentation` from these pieces, each with one registered producer per product, so their
+results are defined in one place: the settings (:class:`PipelineConfig`), which outputs are wanted (:class:`Wants`), how a
 frame maps into the network input and back (:class:`Geometry`, :func:`nearest_maps`, the exact and
 cheap nearest upsample :class:`NearestUpsample`) and the free-space boundary
 (:func:`free_space_boundary`, :func:`upsampled_boundary`).
@@ -72,8 +76,8 @@ class Output:
     per-group outputs have ``<group>`` in it and one topic per mask group;
     msgtype: its message type; encoding: the Image encoding of an image output (None otherwise);
     product: the :class:`Segmentation` field it carries (None: made from the frame's counters);
-    toggle: the boolean parameter that switches it on (None: always, while someone listens);
-    about: what the toggle's parameter description says of it;
+    toggle: the boolean parameter that switches it on (None: always, while someone listens; the
+    ``publish_*`` parameters are made from these, their descriptions from the rows);
     custom: needs our own messages (built by colcon or scripts/setup_venv.sh);
     live_input: needs a live input besides the image (camera_info), so a bag cannot make it;
     group: needs this mask group to be configured (the boundary is drawn from the drivable mask;
@@ -86,7 +90,6 @@ class Output:
     encoding: str | None
     product: str | None
     toggle: str | None
-    about: str = ""
     custom: bool = False
     live_input: bool = False
     group: str | None = None
