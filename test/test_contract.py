@@ -84,9 +84,15 @@ def test_readme_topics_table_lists_exactly_the_output_table():
         assert topics[suffix].startswith(shown), (suffix, topics[suffix], shown)
 
 
-def test_shipped_yaml_lists_exactly_the_output_toggles_with_their_topics():
-    """config/liteseg.yaml has one publish_* key per toggle of the table, each saying which topics it
-    switches; the parameter table has them, live, default on."""
+def test_shipped_yaml_and_readme_list_exactly_the_output_toggles_with_their_topics():
+    """config/liteseg.yaml and the README's parameter table have one publish_* entry per toggle of the
+    output table, each naming the topics it switches; the parameter table has them, live, default on."""
+    readme = {line.split("|")[1].strip().strip("`"): line for line in (REPO / "README.md").read_text().splitlines()
+              if line.startswith("| `publish_")}
+    assert set(readme) == set(contract.TOGGLES)
+    for o in contract.OUTPUTS:
+        if o.toggle is not None:
+            assert f"`~/{o.suffix}`" in readme[o.toggle], (o.toggle, o.suffix)
     text = (REPO / "config" / "liteseg.yaml").read_text()
     keys = params.yaml_keys(REPO / "config" / "liteseg.yaml")
     assert {k for k in keys if k.startswith("publish_")} == set(contract.TOGGLES)
@@ -112,7 +118,11 @@ def test_every_product_has_a_producer_in_each_backend_and_a_field_in_wants_and_s
     assert {f.name for f in dataclasses.fields(Wants)} == products
     assert products <= {f.name for f in dataclasses.fields(Segmentation)}
     # every output the node advertises is either sent per frame or made from live inputs / counters
-    sent = {s for s, *_ in contract.image_outputs(_segmentation(), Wants.all())} | {"drivable_boundary"}
+    seg = _segmentation()
+    for p in contract.PRODUCTS:  # a frame that has every product (pixels of the label's shape)
+        if getattr(seg, p) is None:
+            setattr(seg, p, seg.label)
+    sent = {s for s, *_ in contract.image_outputs(seg, Wants.all())} | {"drivable_boundary"}
     others = {o.suffix for o in contract.OUTPUTS if o.live_input or o.product is None}
     assert {o.suffix for o in contract.camera_outputs(["drivable"], True)} == sent | others
     assert all(o.msgtype in contract.MESSAGES for o in contract.OUTPUTS
