@@ -68,14 +68,15 @@ def test_the_example_names_our_topics():
     pytest.importorskip("rclpy")
     from liteseg_ros.node import NODE_NAME
 
-    ours = {f"/{NODE_NAME}/{o.suffix}": o.msgtype for o in contract.OUTPUTS}
-    ours[f"/{NODE_NAME}/{contract.LABEL_INFO_SUFFIX}"] = contract.LABEL_INFO
+    rows = {f"/{NODE_NAME}/{o.suffix}": o for o in contract.OUTPUTS}
+    label_info = f"/{NODE_NAME}/{contract.LABEL_INFO_SUFFIX}"
     for source in layer_sources():
-        assert ours[source["segmentation_topic"]] == contract.IMAGE
-        assert source["segmentation_topic"].endswith("/label")
-        assert source["confidence_topic"].endswith("/confidence") and source["confidence_topic"] in ours
-        assert ours[source["labels_topic"]] == contract.LABEL_INFO
-        assert source["pointcloud_topic"] not in ours  # the depth camera's, not ours
+        # the layer reads mono8 images: class ids, and confidence 0..255
+        mask, conf = rows[source["segmentation_topic"]], rows[source["confidence_topic"]]
+        assert (mask.msgtype, mask.encoding, mask.product) == (contract.IMAGE, "mono8", "label")
+        assert (conf.msgtype, conf.encoding, conf.product) == (contract.IMAGE, "mono8", "confidence")
+        assert source["labels_topic"] == label_info
+        assert source["pointcloud_topic"] not in rows and source["pointcloud_topic"] != label_info  # the camera's
 
 
 @pytest.mark.ros
