@@ -1,13 +1,16 @@
 # The two commands (README): `make demo` runs the product, `make test` runs every test.
 # Each does its own set-up: scripts/setup_venv.sh creates/refreshes .venv (idempotent, stamp files).
-VENV ?= .venv
+# LITESEG_ROS_DISTRO=kilted make test: the same on ROS 2 Kilted's wheels, in .venv-kilted.
+LITESEG_ROS_DISTRO ?= jazzy
+export LITESEG_ROS_DISTRO
+VENV ?= $(if $(filter jazzy,$(LITESEG_ROS_DISTRO)),.venv,.venv-$(LITESEG_ROS_DISTRO))
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test lint bench clean
 
 setup:
-	@bash scripts/setup_venv.sh
+	@LITESEG_VENV=$(abspath $(VENV)) bash scripts/setup_venv.sh
 
 demo: setup
 	$(PY) -m liteseg_ros.cli demo $(DEMO_ARGS)

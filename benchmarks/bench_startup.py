@@ -30,6 +30,8 @@ import threading
 import time
 from pathlib import Path
 
+from liteseg_ros.defaults import FASTDDS_PROFILE_VARIABLES, fastdds_profile_variable
+
 REPO = Path(__file__).resolve().parents[1]
 FASTDDS_XML = REPO / "config" / "fastdds_large_shm.xml"
 
@@ -38,9 +40,10 @@ def node_env() -> dict[str, str]:
     """An isolated DDS domain, localhost only, unbuffered logs (the test harness's settings)."""
     env = dict(os.environ)
     env.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+    for name in FASTDDS_PROFILE_VARIABLES:  # only the one this distro reads, set below
+        env.pop(name, None)
     env.update({"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "RCUTILS_LOGGING_BUFFERED_STREAM": "0",
-                "PYTHONUNBUFFERED": "1", "FASTDDS_DEFAULT_PROFILES_FILE": str(FASTDDS_XML),
-                "FASTRTPS_DEFAULT_PROFILES_FILE": str(FASTDDS_XML)})
+                "PYTHONUNBUFFERED": "1", fastdds_profile_variable(): str(FASTDDS_XML)})
     return env
 
 

@@ -8,7 +8,10 @@ it: when it changes, it changes everywhere at once.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import math
+import os
+from collections.abc import Mapping
 
 #: The network input size (height, width) the node, the tools and the benchmarks use unless told
 #: otherwise: a 16:9 camera frame at a third of 1080p, where LiteSeg's CPU paths run in real time.
@@ -93,3 +96,44 @@ def positive_float(text: str) -> float:
 def non_negative_float(text: str) -> float:
     """argparse type: a finite number >= 0 (delays, timeouts)."""
     return _float_arg(text, 0.0, inclusive=True)
+
+
+# Fast DDS reads an XML profile (ours: config/fastdds_large_shm.xml, large shared-memory segments, so big
+# camera frames arrive) from an environment variable whose name changed with Fast DDS 3.
+#: The two names: Fast DDS 2.x (up to ROS 2 Jazzy) reads only the first; 3.x (Kilted on) reads the
+#: second and still honours the first, with a deprecation warning at every start.
+FASTDDS_PROFILE_VARIABLES: tuple[str, str] = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE")
+#: The ROS 2 releases that ship Fast DDS 2.x; every later one (Kilted, Rolling, ...) ships 3.x.
+FASTDDS2_DISTROS: frozenset[str] = frozenset({"foxy", "galactic", "humble", "iron", "jazzy"})
+#: rclpy's major version in the last release with Fast DDS 2.x (Jazzy: 7.1; Kilted: 9.1), for a venv of
+#: the PyPI wheels, where nothing sets ROS_DISTRO.
+FASTDDS2_LAST_RCLPY_MAJOR = 7
+
+
+def fastdds_profile_variable_for(distro: str, rclpy_version: str = "") -> str:
+    """The one profile variable the Fast DDS of this ROS distro reads (pure: the rule, stated once).
+
+    ``distro`` is ``$ROS_DISTRO`` (set by a sourced ROS install); when it is empty, rclpy's version
+    decides. When neither is known, the old name: Fast DDS 2 reads nothing else, and 3 still reads it.
+    Setting both is not the answer: Kilted logs a warning about the old name in every process.
+    """
+    old, new = FASTDDS_PROFILE_VARIABLES
+    if distro.strip():
+        return old if distro.strip().lower() in FASTDDS2_DISTROS else new
+    try:
+        major = int(rclpy_version.split(".")[0])
+    except ValueError:
+        return old
+    return old if major <= FASTDDS2_LAST_RCLPY_MAJOR else new
+
+
+def fastdds_profile_variable(environ: Mapping[str, str] | None = None) -> str:
+    """:func:`fastdds_profile_variable_for` this process's ROS: ``ROS_DISTRO``, else the installed rclpy."""
+    distro = (os.environ if environ is None else environ).get("ROS_DISTRO", "")
+    version = ""
+    if not distro.strip():
+        try:
+            version = importlib.metadata.version("rclpy")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return fastdds_profile_variable_for(distro, version)

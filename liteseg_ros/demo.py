@@ -28,7 +28,9 @@ import numpy as np
 from liteseg_ros import safe_files
 from liteseg_ros.defaults import (
     EXIT_USAGE,
+    FASTDDS_PROFILE_VARIABLES,
     NETWORK_SIZE,
+    fastdds_profile_variable,
     format_size,
     is_image_file,
     parse_size,
@@ -246,9 +248,8 @@ def run_demo(args: argparse.Namespace) -> int:
     except ShareFileError as exc:
         print(f"warning: {exc}; large frames may be lost over Fast DDS shared memory", file=sys.stderr)
         xml = None
-    if xml is not None:
-        os.environ.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(xml))
-        os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(xml))
+    if xml is not None and not any(os.environ.get(v) for v in FASTDDS_PROFILE_VARIABLES):
+        os.environ[fastdds_profile_variable()] = str(xml)  # only the name this distro reads
     if "ROS_DOMAIN_ID" not in os.environ:  # keep the demo off a robot's default domain 0
         os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
 

@@ -25,6 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from liteseg_ros import params
+from liteseg_ros.defaults import (
+    FASTDDS_PROFILE_VARIABLES,
+    fastdds_profile_variable,
+    fastdds_profile_variable_for,
+)
 from liteseg_ros.share import share_dir
 
 # ------------------------------------------------------------------------------------------ params files
@@ -191,26 +196,15 @@ def wait_for_callbacks(executor: Any, timeout_s: float) -> None:
 
 # ------------------------------------------------------------------------------------------ DDS
 
-#: Profile variable names by distro: Jazzy's Fast DDS 2.14 reads FASTRTPS_DEFAULT_PROFILES_FILE; Fast DDS 3
-#: (Kilted and later) reads FASTDDS_DEFAULT_PROFILES_FILE and warns about the old name.
-PROFILE_VARIABLES = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE")
+#: Profile variable names (Jazzy's Fast DDS 2.14 reads the first; Fast DDS 3, Kilted on, the second): the
+#: rule lives in ``defaults`` with the other rules every layer shares.
+PROFILE_VARIABLES = FASTDDS_PROFILE_VARIABLES
 SHIPPED_PROFILE = "fastdds_large_shm.xml"
 
 
 def profile_variable(distro: str | None = None) -> str:
-    """The one Fast DDS profile variable this ROS distro's Fast DDS reads."""
-    distro = (distro or os.environ.get("ROS_DISTRO", "") or _installed_distro()).lower()
-    return PROFILE_VARIABLES[0] if distro in ("", "humble", "iron", "jazzy") else PROFILE_VARIABLES[1]
-
-
-def _installed_distro() -> str:
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-
-        major = int(version("rclpy").split(".")[0])
-    except (ImportError, PackageNotFoundError, ValueError):
-        return ""
-    return {3: "humble", 5: "iron", 7: "jazzy"}.get(major, "kilted" if major >= 9 else "")
+    """The one Fast DDS profile variable this ROS distro's Fast DDS reads (this process's ROS by default)."""
+    return fastdds_profile_variable_for(distro) if distro else fastdds_profile_variable()
 
 
 def shipped_profile() -> Path:

