@@ -44,16 +44,12 @@ from liteseg_ros.interfaces import (
     LabelInfo,
     PublisherEventCallbacks,
     SubscriptionEventCallbacks,
+    UnsupportedEventTypeError,
     rclpy_types,
 )
 from liteseg_ros.process import StartupError
 from liteseg_ros.segmentation import Segmentation
 from liteseg_ros.worker import Camera, Hooks, Job, Worker
-
-try:
-    from rclpy.event_handler import UnsupportedEventTypeError
-except ImportError:  # Humble: no matched events, outputs are counted
-    UnsupportedEventTypeError = RuntimeError
 
 __all__ = ["NODE_NAME", "LiteSegNode", "StartupError", "main"]
 
@@ -118,9 +114,6 @@ class LiteSegNode(LifecycleNode):
         return {name: (list(v) if isinstance(v, (list, tuple)) else v)
                 for name, v in ((n, self.get_parameter(n).value) for n in values)}
 
-    def _mask_groups(self, values: dict[str, Any] | None = None) -> dict[str, list[str]]:
-        return params.mask_groups_of(values or self.values)
-
     def _on_set_parameters(self, changes: list[Parameter]) -> SetParametersResult:
         """Validate live changes and apply them atomically (rclpy's Humble-compatible hook)."""
         if not hasattr(self, "values"):
@@ -136,7 +129,7 @@ class LiteSegNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason=str(exc))
         if self.pipeline is not None:
             try:
-                groups = self.pipeline.classes.resolve_groups(self._mask_groups(new))
+                groups = self.pipeline.classes.resolve_groups(params.mask_groups_of(new))
                 self.pipeline.update(overlay_alpha=float(new["overlay_alpha"]),
                                      confidence_threshold=float(new["confidence_threshold"]),
                                      output_resolution=new["output_resolution"], mask_groups=groups)
@@ -251,20 +244,10 @@ class LiteSegNode(LifecycleNode):
         self.pipeline = None
 
     def _warn_unmatched_qos_overrides(self) -> None:
-        """A QoS override names the resolved topic (``qos_overrides./camera/image_raw.subscription...``);
-        one that matches none of our topics is silently ignored by rclpy, so say so once."""
         ours = {c.input_topic for c in self.cameras} | {c.info_sub.topic_name for c in self.cameras if c.info_sub}
-        ours |= {p.topic_name for c in self.cameras for p in c.pubs.values()}
-        ours |= {p.topic_name for p in self._pubs.values()}
-        for name in self._parameter_overrides:
-            if not name.startswith(params.QOS_OVERRIDES_PREFIX):
-                continue
-            topic = name[len(params.QOS_OVERRIDES_PREFIX):].rsplit(".", 2)[0]
-            if topic not in ours:
-                self.get_logger().warning(
-                    f"parameter {name} matches none of this node's topics and has no effect: the key must "
-                    f"name the resolved topic, e.g. qos_overrides.{self.cameras[0].input_topic}"
-                    f".subscription.reliability (topics: {', '.join(sorted(ours))})")
+        ours |= {p.topic_name for c in self.cameras for p in c.pubs.values()} | {p.topic_name for p in self._pubs.values()}
+        for warning in node_guards.unmatched_qos_overrides(self._parameter_overrides, ours, self.cameras[0].input_topic):
+            self.get_logger().warning(warning)
 
     # ----------------------------------------------------------------------------- topics
     def _create_publishers(self) -> None:
@@ -336,35 +319,19 @@ class LiteSegNode(LifecycleNode):
                                                callback_group=self._input_group, event_callbacks=events,
                                                qos_overriding_options=QoSOverridingOptions.with_default_policies())
             cam.input_topic = cam.sub.topic_name
-            cam.info_sub = self.create_subscription(CameraInfo, self._camera_info_topic(cam), cam.on_camera_info,
+            info_topic = node_guards.camera_info_topic(self, cam.input("camera_info"), cam.input("image"))
+            cam.info_sub = self.create_subscription(CameraInfo, info_topic, cam.on_camera_info,
                                                     qos_profile_sensor_data)
-
-    def _camera_info_topic(self, cam: Camera) -> str:
-        """image_transport's convention: camera_info is the sibling of the image topic (``/cam/image_raw``
-        -> ``/cam/camera_info``), so remapping the image alone brings its camera_info along; an explicit
-        ``camera_info`` remap still wins."""
-        name = cam.input("camera_info")
-        resolve = getattr(self, "resolve_topic_name", None)  # Iron and later
-        if resolve is None or resolve(name) != resolve(name, only_expand=True):
-            return name
-        return resolve(cam.input("image")).rsplit("/", 1)[0] + "/camera_info"
 
     def _on_message_lost(self, cam: Camera, info) -> None:
         """DDS reports samples that never reached this subscription (a publisher overwrote them)."""
         cam.counters.lost_in_dds = int(info.total_count)
-        if not self.values["process_all_frames"]:
-            self.get_logger().warning(
-                f"{info.total_count_change} frame(s) on {cam.input_topic} were lost inside DDS before reaching the "
-                f"node ({info.total_count} in all): with Fast DDS defaults large images mostly do not arrive. Fix: "
-                f"start the camera's process with {node_guards.profile_variable()}="
-                f"{node_guards.shipped_profile()} (this node uses that profile unless you chose one)",
-                throttle_duration_sec=30.0)
+        lossless = bool(self.values["process_all_frames"])
+        text = node_guards.frames_lost_text(cam.input_topic, info.total_count_change, info.total_count, lossless)
+        if lossless:
+            self.get_logger().error(text, throttle_duration_sec=float(self.values["error_log_period"]))
         else:
-            self.get_logger().error(
-                f"process_all_frames: {info.total_count_change} frame(s) on {cam.input_topic} were lost before "
-                f"the node received them ({info.total_count} in all): the publisher's history overwrote them; "
-                "publish with KEEP_ALL (or a deeper reliable history) to replay every frame",
-                throttle_duration_sec=float(self.values["error_log_period"]))
+            self.get_logger().warning(text, throttle_duration_sec=30.0)
 
     def _unsubscribe(self) -> None:
         for cam in self.cameras:
@@ -467,17 +434,6 @@ class LiteSegNode(LifecycleNode):
         self._stop_worker()
 
 
-def _before_init(log) -> None:
-    """Before the model allocates anything, and before rclpy.init: the DDS participant reads the profile once."""
-    from liteseg_ros.engines.cpu_tuning import tune_malloc_at_startup
-
-    tune_malloc_at_startup()  # LITESEG_MALLOC_TUNING=0 turns it off
-    profile = node_guards.use_shipped_dds_profile()
-    if profile:
-        log.info(f"DDS: this node uses the shipped Fast DDS profile {profile} (set "
-                 f"{node_guards.profile_variable()} to choose another); camera processes need it too")
-
-
 def main(args: list[str] | None = None) -> int:
     """Console entry point: ``liteseg_node --ros-args --params-file config/liteseg.yaml -r image:=/cam``.
 
@@ -486,7 +442,7 @@ def main(args: list[str] | None = None) -> int:
     Image callbacks run apart from services on a second executor thread (see ``_input_group``).
     """
     argv = list(args if args is not None else sys.argv)
-    return process.run(LiteSegNode, NODE_NAME, argv, threads=2, before_init=_before_init)
+    return process.run(LiteSegNode, NODE_NAME, argv, threads=2, before_init=node_guards.before_rclpy_init)
 
 
 if __name__ == "__main__":
