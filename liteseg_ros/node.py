@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
@@ -52,14 +52,6 @@ from liteseg_ros.segmentation import Segmentation
 from liteseg_ros.worker import Camera, Hooks, Job, Worker
 
 __all__ = ["NODE_NAME", "LiteSegNode", "StartupError", "main"]
-
-
-class _ImageToSend(NamedTuple):
-    """An image output as the contract hands it to the node: sent by ``wire.send_image``, never a message."""
-
-    pixels: Any
-    encoding: str
-    header: Any
 
 
 NODE_NAME = "liteseg"
@@ -193,8 +185,9 @@ class LiteSegNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Subscribe and start the worker; the latched ~/info goes out first."""
+        """Enable the camera outputs (lifecycle publishers), subscribe, start the worker; ~/info goes out first."""
         self._publish_info()
+        result = super().on_activate(state)  # before any frame can arrive: an inactive output drops it
         for cam in self.cameras:
             cam.slot.open()
         hooks = Hooks(deserialise=self._deserialise, age_ms=self._age_ms, wants=self._wants, send=self._publish,
@@ -206,7 +199,7 @@ class LiteSegNode(LifecycleNode):
         self._warn_unmatched_qos_overrides()
         self._state_name = "active"
         self.get_logger().info(f"active: segmenting {', '.join(c.input_topic for c in self.cameras)}")
-        return super().on_activate(state)
+        return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._unsubscribe()
@@ -232,8 +225,10 @@ class LiteSegNode(LifecycleNode):
 
     def _release(self) -> None:
         """Free the engine (device memory) and every publisher."""
-        for pub in [*self._pubs.values(), *(p for c in self.cameras for p in c.pubs.values())]:
+        for pub in self._pubs.values():
             self.destroy_publisher(pub)
+        for pub in (p for c in self.cameras for p in c.pubs.values()):
+            self.destroy_lifecycle_publisher(pub)
         self._pubs.clear()
         self.cameras = []
         if self._int8 is not None:
@@ -269,12 +264,15 @@ class LiteSegNode(LifecycleNode):
             self._pubs["label_info"] = self._pub(LabelInfo, f"~/{contract.LABEL_INFO_SUFFIX}", latched)
         self._make_camera_publishers()
 
-    def _pub(self, kind, topic: str, profile: QoSProfile | None = None, matched=None):
+    def _pub(self, kind, topic: str, profile: QoSProfile | None = None, matched=None, lifecycle: bool = False):
         profile = profile or QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE,
                                         durability=QoSDurabilityPolicy.VOLATILE, history=QoSHistoryPolicy.KEEP_LAST)
         events = PublisherEventCallbacks(matched=matched) if matched is not None else None
-        return self.create_publisher(kind, topic, profile, event_callbacks=events,
-                                     qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        pub = (self.create_lifecycle_publisher if lifecycle else self.create_publisher)(
+            kind, topic, profile, event_callbacks=events, qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        if lifecycle and self._state_name == "active":  # a mask group added live: enabled like its siblings
+            pub.on_activate(None)
+        return pub
 
     def _make_camera_publishers(self) -> None:
         """The contract's outputs of every camera that do not exist yet (new mask groups arrive live).
@@ -282,7 +280,8 @@ class LiteSegNode(LifecycleNode):
         Whether an output is computed depends on its subscribers; each publisher's "matched" event
         keeps that count on the Camera as subscribers come and go, so the worker reads a number
         instead of asking rmw for every output on every frame. Where rclpy or the rmw has no such
-        event, the count is asked when needed (Camera.listening).
+        event, the count is asked when needed (Camera.listening). They are lifecycle publishers: they
+        send only while the node is active (ros2/demos' lifecycle_py), the fast send path included.
         """
         for cam in self.cameras:
             for out in contract.camera_outputs(self.pipeline.config.mask_groups, HAVE_CUSTOM_MSGS):
@@ -292,12 +291,12 @@ class LiteSegNode(LifecycleNode):
                 if HAVE_MATCHED_EVENTS:
                     try:
                         cam.matched[out.suffix] = 0  # before the publisher exists: its first event comes after
-                        cam.pubs[out.suffix] = self._pub(kind, topic, matched=lambda info, cam=cam, s=out.suffix:
-                                                         cam.on_matched(s, info.current_count))
+                        cam.pubs[out.suffix] = self._pub(kind, topic, lifecycle=True, matched=lambda info, cam=cam,
+                                                         s=out.suffix: cam.on_matched(s, info.current_count))
                         continue
                     except UnsupportedEventTypeError:
                         del cam.matched[out.suffix]
-                cam.pubs[out.suffix] = self._pub(kind, topic)
+                cam.pubs[out.suffix] = self._pub(kind, topic, lifecycle=True)
 
     def _subscribe(self) -> None:
         """Sensor-data QoS (best effort, depth 1) receives from best-effort cameras and reliable bag players."""
@@ -370,11 +369,11 @@ class LiteSegNode(LifecycleNode):
         the pixels into a buffer the publisher reuses and sends it through rcl with the GIL released.
         """
         cam, header, wants = job.camera, job.msg.header, job.wants
-        for suffix, msg in contract.frame_messages(rclpy_types, header, seg, wants, _ImageToSend):
+        for suffix, msg in contract.frame_messages(rclpy_types, header, seg, wants, wire.ImageToSend):
             pub = cam.pubs.get(suffix)
             if pub is None:
                 continue
-            if isinstance(msg, _ImageToSend):
+            if isinstance(msg, wire.ImageToSend):
                 wire.send_image(pub, msg.pixels, msg.encoding, msg.header)
             else:
                 pub.publish(msg)
