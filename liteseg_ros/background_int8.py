@@ -268,8 +268,11 @@ def for_node(values: Mapping[str, Any], weights: str, pipeline: Any, log: Callab
         return [q.Sample(f, None, f"received {i}") for i, f in enumerate(frames)]
 
     def quantize(frames: list[np.ndarray]) -> Path:
+        from liteseg_ros.engines.cache import model_key, write_record
+
         out, _ = q.quantize_model(module(), path, size, samples(frames), [], backends=[], num_threads=threads,
                                   calib_source="received frames", log=log)
+        write_record(out, model_key(str(weights)))  # what the engine cache checks before it trusts the file
         return out
 
     def agreement(p: Path, frames: list[np.ndarray]) -> tuple[float, dict]:
@@ -280,16 +283,17 @@ def for_node(values: Mapping[str, Any], weights: str, pipeline: Any, log: Callab
     def store(p: Path, rep: dict) -> None:
         import json
 
+        from liteseg_ros import safe_files
         from liteseg_ros.engines.cache import report_paths
 
         jpath, tpath = report_paths(p, backend)
-        jpath.write_text(json.dumps(rep, indent=1))
-        tpath.write_text(q.format_report(rep))
+        safe_files.write_text(jpath, json.dumps(rep, indent=1))
+        safe_files.write_text(tpath, q.format_report(rep))
 
     def cached() -> Int8Model | None:
-        from liteseg_ros.engines.cache import is_valid_file, load_report
+        from liteseg_ros.engines.cache import cached_file_ok, load_report, model_key
 
-        rep = load_report(path, backend) if is_valid_file(path) else None
+        rep = load_report(path, backend) if cached_file_ok(path, model_key(str(weights)), log) else None
         if rep is None:
             return None
         return Int8Model(path, float(rep["label_agreement"]), int(rep.get("holdout", {}).get("images", 0)),

@@ -8,6 +8,7 @@ it: when it changes, it changes everywhere at once.
 from __future__ import annotations
 
 import argparse
+import math
 
 #: The network input size (height, width) the node, the tools and the benchmarks use unless told
 #: otherwise: a 16:9 camera frame at a third of 1080p, where LiteSeg's CPU paths run in real time.
@@ -60,3 +61,35 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 #: Interrupted (Ctrl-C / SIGINT): what was written so far is kept and said so.
 EXIT_INTERRUPTED = 130
+
+
+def finite_problem(value: object) -> str:
+    """Why ``value`` is not a usable number ('' when it is): the one rule every parameter, params file
+    and command-line number follows. NaN passes every range check (all comparisons are false) and inf
+    divides to zero, so both are refused wherever a float comes in."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value!r} is not a finite number"
+    return ""
+
+
+def _float_arg(text: str, minimum: float, inclusive: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    problem = finite_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    if value < minimum or (not inclusive and value == minimum):
+        raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {minimum:g}, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (rates, frequencies)."""
+    return _float_arg(text, 0.0, inclusive=False)
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (delays, timeouts)."""
+    return _float_arg(text, 0.0, inclusive=True)

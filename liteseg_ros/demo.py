@@ -25,7 +25,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from liteseg_ros.defaults import EXIT_USAGE, NETWORK_SIZE, format_size, is_image_file, parse_size
+from liteseg_ros import safe_files
+from liteseg_ros.defaults import (
+    EXIT_USAGE,
+    NETWORK_SIZE,
+    format_size,
+    is_image_file,
+    parse_size,
+    positive_float,
+)
 from liteseg_ros.share import ShareFileError, share_file
 from liteseg_ros.train.config import HELD_OUT_FIRST_SEED
 
@@ -53,12 +61,12 @@ def add_demo_parser(sub) -> None:
                    help=f"generated camera size HxW (default {format_size(NETWORK_SIZE)})")
     p.add_argument("--network-size", type=parse_size, default=None, help="network HxW (default: 180x320 for the "
                    f"demo weights, the scale they were trained at; else {format_size(NETWORK_SIZE)})")
-    p.add_argument("--rate", type=float, default=10.0, help="camera rate in Hz (default 10)")
+    p.add_argument("--rate", type=positive_float, default=10.0, help="camera rate in Hz (default 10)")
     p.add_argument("--seed", type=int, default=DEMO_SEED,
                    help=f"generated drive seed (default {DEMO_SEED}: held out, never a training scene of the demo weights)")
     p.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output/)")
     p.add_argument("--params-file", type=Path, help="extra node parameters (YAML)")
-    p.add_argument("--timeout", type=float, default=180.0, help="give up waiting for the node after this many s")
+    p.add_argument("--timeout", type=positive_float, default=180.0, help="give up waiting for the node after this many s")
     p.set_defaults(func=run_demo)
 
 
@@ -277,13 +285,13 @@ def run_demo(args: argparse.Namespace) -> int:
 
         node_params.update(P.read_params_file(args.params_file))
     params_path = args.out / "demo_params.yaml"
-    params_path.write_text(yaml.safe_dump({"/**": {"ros__parameters": _nest(node_params)}}))
+    safe_files.write_text(params_path, yaml.safe_dump({"/**": {"ros__parameters": _nest(node_params)}}))
     exe = Path(sys.executable).parent / "liteseg_node"
     cmd = [str(exe) if exe.exists() else "liteseg_node", "--ros-args", "--params-file", str(params_path),
            "-r", "image:=/demo/camera/image_raw", "-r", "camera_info:=/demo/camera/camera_info", "-r", "__node:=liteseg"]
     log_path = args.out / "node.log"
     print(f"[demo] starting the node: {shlex.join(cmd)}  (log: {log_path})", flush=True)
-    log = open(log_path, "w")  # noqa: SIM115 - closed in finally
+    log = safe_files.open_streaming(log_path)  # closed in finally
     node_proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     fs_proc = fs_log = None
     if cameras is not None:  # the free-space node on the segmentation node's drivable mask
@@ -429,6 +437,13 @@ def run_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def _write_png(path: Path, image: np.ndarray) -> None:
+    """A picture written the safe way (a fresh file renamed over ``path``, never through a planted link)."""
+    ok, png = cv2.imencode(".png", image)
+    if ok:
+        safe_files.write_bytes(path, png.tobytes())
+
+
 def _report(args, col: Collected, sent: int, play_s: float) -> int:
     from liteseg_ros import image_codec
 
@@ -441,10 +456,11 @@ def _report(args, col: Collected, sent: int, play_s: float) -> int:
     video_path = args.out / "overlay.mp4"
     first = image_codec.decode_image(overlay[done[0]])
     h, w = first.shape[:2]
-    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), max(1.0, args.rate), (w, h))
-    for s in done:
-        writer.write(image_codec.decode_image(overlay[s]))
-    writer.release()
+    with safe_files.fresh_path(video_path) as tmp_video:
+        writer = cv2.VideoWriter(str(tmp_video), cv2.VideoWriter_fourcc(*"mp4v"), max(1.0, args.rate), (w, h))
+        for s in done:
+            writer.write(image_codec.decode_image(overlay[s]))
+        writer.release()
     grids, scans = col.outputs.get("grid", {}), col.outputs.get("scan", {})
     shown = [s for s in done if s in grids] or done  # the free-space node starts a frame or two late
     picks = [shown[round(k * (len(shown) - 1) / 3)] for k in range(4)] if len(shown) >= 4 else shown
@@ -459,13 +475,12 @@ def _report(args, col: Collected, sent: int, play_s: float) -> int:
                             else np.full(size + (3,), 32, np.uint8))
     sheet_path = args.out / "contact_sheet.png"
     captions = ["input", "colour (label)", "overlay", "drivable mask"] + (["free space: grid + scan"] if grids else [])
-    cv2.imwrite(str(sheet_path), contact_sheet(rows, captions))
+    _write_png(sheet_path, contact_sheet(rows, captions))
     free_space_path = None
     if grids and picks[-1] in grids:  # one frame's overlay beside what a planner gets from it
         free_space_path = args.out / "free_space.png"
-        cv2.imwrite(str(free_space_path), contact_sheet([[rows[-1][2], rows[-1][4]]],
-                                                        ["overlay", "free space from above: grid + scan (red)"],
-                                                        width=480))
+        _write_png(free_space_path, contact_sheet([[rows[-1][2], rows[-1][4]]],
+                                                  ["overlay", "free space from above: grid + scan (red)"], width=480))
     lat = list(col.latency_ms.values())
     stats = col.last_stats
     span = (max(done) - min(done)) / 1e9 if len(done) > 1 else 0.0

@@ -111,6 +111,15 @@ _SPECS: dict[str, _Spec] = {
 #: Every ``Image.encoding`` that :func:`decode_image` accepts.
 SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_SPECS)
 
+
+def max_message_bytes(max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """The longest serialized Image or CompressedImage worth deserialising under ``max_pixels``: the
+    pixel data the limits allow in the widest encoding, plus 64 KiB for the header's strings. A
+    longer message is refused by its length alone, before any copy of it is made (a bag can hold
+    gigabytes of zeros that compress to kilobytes)."""
+    widest = max(s.bytes_per_pixel for s in _SPECS.values())
+    return min(MAX_BYTES, _check_max_pixels(max_pixels) * widest) + (1 << 16)
+
 # (8-bit encoding, want) -> cv2 conversion code; None means the bytes are already in that order.
 # Bayer codes as in cv_bridge: OpenCV names a pattern by the 2x2 block starting at pixel (1, 1),
 # so ROS bayer_rggb8 (R at (0, 0)) is OpenCV "BayerBG".

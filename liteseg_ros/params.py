@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from liteseg_ros.classes import DEFAULT_MASK_GROUPS, ClassTable
-from liteseg_ros.defaults import BACKBONES, NETWORK_SIZE
+from liteseg_ros.defaults import BACKBONES, NETWORK_SIZE, finite_problem
 from liteseg_ros.engines.selection import (
     BACKENDS,
     DEFAULT_MIN_LABEL_AGREEMENT,
@@ -215,6 +215,8 @@ def check_value(name: str, value: Any, classes: ClassTable | None = None, check_
         got = None
     if got != want:
         raise ParameterError(f"{name}: expected {want}, got {type(value).__name__} {value!r}")
+    if finite_problem(value):
+        raise ParameterError(f"{name}: {finite_problem(value)}")
     if spec.choices and value not in spec.choices:
         raise ParameterError(f"{name}: {value!r} is not one of {', '.join(spec.choices)}")
     if want == "string[]":

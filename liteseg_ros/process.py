@@ -21,6 +21,7 @@ from rclpy.signals import SignalHandlerOptions
 
 from liteseg_ros import node_guards
 from liteseg_ros.defaults import EXIT_USAGE
+from liteseg_ros.weights import cancel_downloads
 
 
 class StartupError(RuntimeError):
@@ -58,6 +59,7 @@ class StopOnSignal:
     def _handle(self, signum, frame) -> None:
         self.count += 1
         self.event.set()
+        cancel_downloads()  # a weights download in a service-triggered configure stops too
         if self.count >= 3:
             os._exit(128 + signum)
 

@@ -65,15 +65,20 @@ def _resolve(weights: str, allow_download: bool, log: Callable[[str], None], pro
             raise ModelLoadError(f"the bundled demo weights are missing ({p}); reinstall liteseg_ros")
         return p, None
     p = Path(os.path.expandvars(os.path.expanduser(weights)))
-    if p.is_file():
-        return p, None
-    if p.is_dir():
-        raise ModelLoadError(f"weights {p} is a directory; give the checkpoint (or .onnx) file inside it "
-                             "(parameter 'weights')")
-    if p.exists():
-        raise ModelLoadError(f"weights {p} is not a regular file (parameter 'weights')")
     from liteseg_ros import weights as known
 
+    if p.exists() and known.looks_like_name(weights) and _registered(weights):
+        # a file in the working folder that carries a registered name: the name wins (a verified file),
+        # so a stray or planted file is never loaded unverified in its place
+        log(f"warning: ./{weights} exists but {weights!r} is a registered name: using the registered, "
+            f"verified weights; give ./{weights} to load the local file instead")
+    elif p.is_file():
+        return p, None
+    elif p.is_dir():
+        raise ModelLoadError(f"weights {p} is a directory; give the checkpoint (or .onnx) file inside it "
+                             "(parameter 'weights')")
+    elif p.exists():
+        raise ModelLoadError(f"weights {p} is not a regular file (parameter 'weights')")
     try:
         entry = known.lookup(weights)
         if entry is None and known.looks_like_name(weights):
@@ -86,6 +91,15 @@ def _resolve(weights: str, allow_download: bool, log: Callable[[str], None], pro
     except known.WeightsError as exc:
         raise ModelLoadError(str(exc)) from None
     raise ModelLoadError(f"weights not found: {p} does not exist (and is neither 'demo' nor a registered name)")
+
+
+def _registered(name: str) -> bool:
+    from liteseg_ros import weights as known
+
+    try:
+        return known.lookup(name) is not None
+    except known.WeightsError:
+        return False
 
 
 #: Backends that run an ONNX file given as ``weights`` (``auto`` picks one of them on a CPU).

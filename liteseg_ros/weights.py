@@ -29,7 +29,10 @@ import contextlib
 import errno
 import hashlib
 import os
+import queue
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -49,6 +52,17 @@ ENV_REGISTRY = "LITESEG_WEIGHTS_REGISTRY"
 ENV_ALLOW = "LITESEG_ALLOW_DOWNLOAD"
 KINDS = ("liteseg", "encoder")
 _CHUNK = 1 << 16
+#: A download with no registered size stops past ``approx_mb`` times this (plus :data:`BOUND_SLACK`).
+BOUND_FACTOR = 2.0
+BOUND_SLACK = 1 << 20
+#: The bound for an entry with neither ``size`` nor ``approx_mb``.
+BOUND_UNKNOWN = 1 << 30
+#: No byte for this long: the download is stalled.
+STALL_S = 30.0
+#: The overall deadline is this long, plus the bound at :data:`MIN_RATE` bytes per second.
+DEADLINE_BASE_S = 120.0
+MIN_RATE = 50_000
+_cancel = threading.Event()
 
 
 class WeightsError(RuntimeError):
@@ -210,7 +224,11 @@ def url_of(entry: WeightsEntry, base_url: str | None = None) -> str:
 def git_blob_id(path: str | os.PathLike) -> str:
     """The git blob id of a file: SHA-1 over ``b"blob <size>\\0"`` followed by its bytes."""
     path = Path(path)
-    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    return hash_file(path, hashlib.sha1(f"blob {path.stat().st_size}\0".encode()))
+
+
+def hash_file(path: str | os.PathLike, digest: Any) -> str:
+    """``digest`` (a hashlib object, perhaps already fed a prefix) updated with the file's bytes, in hex."""
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
@@ -252,10 +270,12 @@ def resolve(name: str, allow_download: bool = False, log: Callable[[str], None] 
 
 
 def fetch(name: str, base_url: str | None = None, progress: bool = False, log: Callable[[str], None] = print,
-          timeout: float = 60.0) -> Path:
+          timeout: float = STALL_S, deadline: float | None = None) -> Path:
     """Download ``name`` into the cache (resuming a ``.partial``), verify it, then move it into place.
 
-    Returns the final path. Already cached and valid: returns at once. A file that fails the check is
+    Returns the final path. Already cached and valid: returns at once. ``timeout``: seconds without a
+    byte before the download counts as stalled; ``deadline``: seconds for the whole download (default:
+    from the size bound, see :func:`size_bound`). A file that fails the check is
     deleted (DownloadError/IntegrityError say why, with both blob ids); an interrupted download stays
     ``<file>.partial`` for the next fetch to resume and never appears under the final name.
     """
@@ -277,7 +297,8 @@ def fetch(name: str, base_url: str | None = None, progress: bool = False, log: C
                 log(f"weights: cached {final.name} does not verify; downloading it again")
         url = url_of(entry, base_url)
         log(f"weights: downloading {name} from {url}")
-        _download(url, partial, entry, progress, timeout)
+        _cancel.clear()
+        _download(url, partial, entry, progress, timeout, deadline)
         try:
             verify(partial, entry)
         except IntegrityError as exc:
@@ -305,69 +326,199 @@ def _locked(folder: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _download(url: str, partial: Path, entry: WeightsEntry, progress: bool, timeout: float) -> None:
-    """Append the rest of ``url`` to ``partial`` (HTTP Range when it already holds bytes)."""
-    import http.client
+
+
+def cancel_downloads() -> None:
+    """Make every download in progress stop soon with a DownloadError (a signal handler may call it:
+    it only sets an event). The next :func:`fetch` starts afresh."""
+    _cancel.set()
+
+
+def size_bound(entry: WeightsEntry) -> tuple[int, str]:
+    """(most bytes a download of ``entry`` may have, how that bound was chosen) - said in every refusal."""
+    if entry.size is not None:
+        return entry.size, "the registered size"
+    if entry.approx_mb:
+        bound = int(entry.approx_mb * 1e6 * BOUND_FACTOR) + BOUND_SLACK
+        return bound, f"no registered size: bound {BOUND_FACTOR:g} x approx_mb {entry.approx_mb:g} MB + 1 MiB"
+    return BOUND_UNKNOWN, "no registered size or approx_mb: bound 1 GiB"
+
+
+def _deadline_for(bound: int) -> float:
+    return DEADLINE_BASE_S + bound / MIN_RATE
+
+
+@contextlib.contextmanager
+def _signals_cancel() -> Iterator[None]:
+    """SIGINT/SIGTERM stop a download made on the main thread, then go on to the handler that was
+    there (the node's orderly stop, Python's KeyboardInterrupt): a node configuring with
+    ``allow_download`` stays interruptible."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Any] = {}
+    caught: list[int] = []
+
+    def handle(signum, frame):
+        _cancel.set()
+        caught.append(signum)
+        old = previous.get(signum)
+        if callable(old):
+            old(signum, frame)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handle)
+        except (ValueError, OSError):
+            pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        for sig in caught:  # a signal whose default action ends the process still ends it, once we are tidy
+            if previous.get(sig) == signal.SIG_DFL:
+                os.kill(os.getpid(), sig)
+
+
+def _reader(resp, chunks: queue.Queue, stall: float) -> None:
+    """Read the body in a daemon thread: the caller waits on the queue, so it can stop at any moment."""
+    try:
+        while True:
+            chunk = resp.read1(_CHUNK)
+            chunks.put(chunk)
+            if not chunk:
+                return
+    except Exception as exc:  # noqa: BLE001 - handed to the caller, which words it
+        chunks.put(exc)
+
+
+def _download(url: str, partial: Path, entry: WeightsEntry, progress: bool, stall: float,
+              deadline: float | None = None) -> None:
+    """Append the rest of ``url`` to ``partial`` (HTTP Range when it already holds bytes of ours).
+
+    Bounded: more bytes than :func:`size_bound` allows, no byte for ``stall`` seconds, the overall
+    ``deadline`` (seconds; default from the bound) passed, or :func:`cancel_downloads` called each
+    stop it with a DownloadError. A ``.partial`` that is not a regular file of ours (a planted
+    symlink) is removed, never written through (``safe_files.open_own_for_append``).
+    """
     import urllib.error
     import urllib.request
 
-    have = partial.stat().st_size if partial.is_file() else 0
+    from liteseg_ros import safe_files
+
+    limit, why = size_bound(entry)
+    deadline = _deadline_for(limit) if deadline is None else deadline
+    t_end = time.monotonic() + deadline
+    try:
+        out = safe_files.open_own_for_append(partial)
+    except safe_files.UnsafeFileError as exc:
+        raise DownloadError(f"{entry.name}: {exc}") from None
+    have = out.tell() if out is not None else 0
+    if have > limit:
+        out.close()
+        partial.unlink(missing_ok=True)
+        out, have = None, 0
     headers = {"User-Agent": "liteseg_ros"}
     if have:
         headers["Range"] = f"bytes={have}-"
     retry = f"`{fetch_command(entry.name)}` resumes it"
     try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=stall)
     except urllib.error.HTTPError as exc:
+        if out is not None:
+            out.close()
         if exc.code == 416 and have:  # nothing left to send: the partial file is complete, verify it
             return
         raise DownloadError(f"{entry.name}: {url} answered HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
+        if out is not None:
+            out.close()
         reason = getattr(exc, "reason", exc)
         raise DownloadError(f"{entry.name}: cannot download {url} ({reason}); without internet, run "
                             f"`{fetch_command(entry.name)}` elsewhere and copy {entry.file} into "
                             f"{partial.parent}, or point {ENV_URL} at a mirror") from None
-    with resp:
+    bar = None
+    try:
         resumed = have and resp.status == 206 and resp.headers.get("Content-Range", "").startswith(
             f"bytes {have}-")
         if not resumed:
-            have = 0  # the server sent the whole file: start over
+            have = 0
         length = resp.headers.get("Content-Length")
         total = have + int(length) if length and length.isdigit() else None
         if entry.size is not None and total is not None and total != entry.size:
             raise DownloadError(f"{entry.name}: {url} offers {total} bytes, the registered file has "
                                 f"{entry.size}; refused before downloading")
-        bar = None
+        if total is not None and total > limit:
+            raise DownloadError(f"{entry.name}: {url} offers {total} bytes, more than {limit} ({why}); "
+                                f"refused before downloading")
+        if not resumed:  # the server sends the whole file: start over in a fresh file
+            if out is not None:
+                out.close()
+                partial.unlink(missing_ok=True)
+            try:
+                out = os.fdopen(safe_files.create_fresh(partial), "wb")
+            except OSError as exc:
+                raise DownloadError(f"{entry.name}: cannot create {partial}: {exc.strerror}") from None
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
                        desc=entry.file, file=sys.stderr, dynamic_ncols=True)
-        try:
-            with open(partial, "ab" if resumed else "wb") as f:
-                while True:
-                    try:
-                        chunk = resp.read(_CHUNK)
-                    except (http.client.IncompleteRead, OSError) as exc:
-                        raise DownloadError(f"{entry.name}: download interrupted after "
-                                            f"{f.tell()} bytes ({exc}); "
-                                            f"{retry}") from None
-                    if not chunk:
-                        break
-                    f.write(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk))
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                partial.unlink(missing_ok=True)
-                raise DownloadError(f"{entry.name}: no space left in {partial.parent} (set {ENV_DIR})") from None
-            raise DownloadError(f"{entry.name}: cannot write {partial}: {exc.strerror}") from None
-        finally:
-            if bar is not None:
-                bar.close()
-    got = partial.stat().st_size
+        chunks: queue.Queue = queue.Queue(maxsize=16)
+        threading.Thread(target=_reader, args=(resp, chunks, stall), name="liteseg-download",
+                         daemon=True).start()
+        got = have
+        last = time.monotonic()
+        with _signals_cancel():
+            while True:
+                if _cancel.is_set():
+                    raise DownloadError(f"{entry.name}: download stopped (interrupted) after {got} bytes; {retry}")
+                now = time.monotonic()
+                if now > t_end:
+                    raise DownloadError(f"{entry.name}: download took longer than its {deadline:g} s deadline "
+                                        f"({got} bytes received); try a faster mirror ({ENV_URL}); {retry}")
+                if now - last > stall:
+                    raise DownloadError(f"{entry.name}: no data from {url} for {stall:g} s (stalled after "
+                                        f"{got} bytes); {retry}")
+                try:
+                    item = chunks.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if isinstance(item, TimeoutError):
+                    last = -float("inf")  # the read itself waited ``stall`` seconds: stalled
+                    continue
+                if isinstance(item, Exception):
+                    raise DownloadError(f"{entry.name}: download interrupted after {got} bytes ({item}); "
+                                        f"{retry}")
+                if not item:
+                    break
+                last = time.monotonic()
+                if got + len(item) > limit:
+                    out.close()
+                    partial.unlink(missing_ok=True)
+                    raise DownloadError(f"{entry.name}: {url} sent more than {limit} bytes ({why}); stopped "
+                                        f"and deleted what arrived (a broken or hostile mirror)")
+                out.write(item)
+                got += len(item)
+                if bar is not None:
+                    bar.update(len(item))
+        out.flush()
+        os.fsync(out.fileno())
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            out.close()
+            partial.unlink(missing_ok=True)
+            raise DownloadError(f"{entry.name}: no space left in {partial.parent} (set {ENV_DIR})") from None
+        raise DownloadError(f"{entry.name}: cannot write {partial}: {exc.strerror}") from None
+    finally:
+        resp.close()
+        if out is not None and not out.closed:
+            out.close()
+        if bar is not None:
+            bar.close()
     if total is not None and got < total:
         raise DownloadError(f"{entry.name}: the connection closed after {got} of {total} bytes; {retry}")
 

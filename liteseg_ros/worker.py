@@ -252,6 +252,10 @@ class Worker:
         except Exception as exc:
             self.reject(cam, f"cannot deserialize: {exc}")
             return None
+        stamp = msg.header.stamp
+        if stamp.sec < 0 or not 0 <= stamp.nanosec < 1_000_000_000:  # rclpy refuses it; this frame alone goes
+            self.reject(cam, f"header.stamp {stamp.sec} s {stamp.nanosec} ns is not a valid time")
+            return None
         age_ms = self.hooks.age_ms(msg)
         max_age = float(values["max_input_age"])
         if max_age > 0.0 and age_ms > max_age * 1e3:
@@ -264,9 +268,18 @@ class Worker:
             return None
         return Job(cam, msg, image, wants, stats_wanted, age_ms, t0, time.perf_counter())
 
+    def _prepare_one(self, cam: Camera, raw: bytes) -> Job | None:
+        """:meth:`prepare` inside the frame's own try: whatever is wrong with one frame rejects that
+        frame on its own camera, never the others in the batch."""
+        try:
+            return self.prepare(cam, raw)
+        except Exception as exc:
+            self.reject(cam, f"{type(exc).__name__}: {exc}")
+            return None
+
     def process(self, batch: list[tuple[Camera, bytes]]) -> tuple[list[Job], list[Segmentation], float] | None:
         """Decode and segment a batch; what the publisher thread needs, or None when nothing is left."""
-        jobs = [j for j in (self.prepare(cam, raw) for cam, raw in batch) if j is not None]
+        jobs = [j for j in (self._prepare_one(cam, raw) for cam, raw in batch) if j is not None]
         if not jobs:
             return None
         if self.int8 is not None:  # between batches, on this thread: the only place the engine changes

@@ -683,3 +683,82 @@ def test_onnx_weights_in_the_bag_tool(tmp_path, small_bag, tiny_checkpoint, caps
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "pickled" not in err and len(read_bag(tmp_path / "out")[0]["/liteseg/label"]) == 6
+
+
+# ------------------------------------------------------------------------------------------ play: hostile types
+def _bag_naming_types(path: Path, types: list[str]) -> None:
+    """A bag whose connections name ``types`` (each with one std_msgs/String-shaped message)."""
+    with Writer(path, version=9, storage_plugin=StoragePlugin.SQLITE3) as wr:
+        raw = bytes(TS.serialize_cdr(T["std_msgs/msg/String"](data="x"), "std_msgs/msg/String"))
+        for i, msgtype in enumerate(types):
+            conn = wr.add_connection(f"/t{i}", msgtype, msgdef="string data", rihs01="RIHS01_" + "0" * 64)
+            wr.write(conn, T0 + i, raw)
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("types", [["venv/__main__/Clock"], ["venv/msg/Clock", "os/msg/Path", "std_msgs/msg/String"]],
+                         ids=["only_hostile", "hostile_and_good"])
+def test_play_imports_only_installed_ros_message_packages(tmp_path, types):
+    """Before: ``venv/__main__/Clock`` ran Python's venv tool (virtual environments in the working
+    folder and inside the bag) and exited 0."""
+    work = tmp_path / "work"
+    work.mkdir()
+    src = tmp_path / "in"
+    _bag_naming_types(src, types)
+    before = {p: _tree(p) for p in (work, src)}
+    proc = subprocess.run([str(EXE / "liteseg"), "play", str(src)], cwd=work, capture_output=True, text=True,
+                          timeout=120)
+    assert {p: _tree(p) for p in before} == before and list(work.iterdir()) == []
+    for bad in (t for t in types if not t.startswith("std_msgs")):
+        assert bad in proc.stderr, proc.stderr
+    if types == ["venv/__main__/Clock"]:
+        assert proc.returncode == 2 and "nothing to play" in proc.stderr, proc.stdout + proc.stderr
+        assert "not a ROS message type 'package/msg/Name'" in proc.stderr
+    else:
+        assert proc.returncode == 0 and "published 1 messages" in proc.stdout, proc.stdout + proc.stderr
+        assert "no installed ROS message package provides venv/msg/Clock" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ hostile input, failing output
+def test_a_frame_longer_than_the_limits_allow_is_refused_by_its_length(tmp_path, params_file, capsys):
+    """Before: a frame was deserialised (and copied to the output) whatever its length; a 126 KB zstd
+    bag of 32768x32768 images took 5 GB of memory and wrote 3 GB."""
+    from liteseg_ros.image_codec import max_message_bytes
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    written = write_bag(src, "sqlite3", {"/front/image_raw": "bgr8"}, n=3, h=160, w=240, chatter=False)
+    limit = max_message_bytes(1000)
+    assert all(len(raw) > limit for _, raw in written["/front/image_raw"])
+    rc = cli.main(["bag", str(src), str(out), "-t", "/front/image_raw", "--params-file", str(params_file),
+                   "-p", "max_input_pixels:=1000", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "every frame was rejected" in err, err
+    assert f"more than the {limit} an image within max_input_pixels=1000 can take (not copied)" in err
+    got, _ = read_bag(out)
+    assert "/front/image_raw" not in got or got["/front/image_raw"] == []
+
+
+_FSIZE = """
+import resource, signal, sys
+from liteseg_ros.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writing past the limit fails with EFBIG, as a full disk does
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_a_full_disk_while_writing_is_an_output_failure_exit_1(tmp_path, params_file, storage):
+    """Before: sqlite's "database or disk is full" read as "cannot read input bag" (exit 2); mcap's
+    EFBIG ended in a traceback."""
+    src = tmp_path / "in"
+    write_bag(src, "sqlite3", {"/front/image_raw": "bgr8"}, n=12, chatter=False, distinct=3)
+    args = ["bag", str(src), str(tmp_path / "out"), "-t", "/front/image_raw", "--params-file", str(params_file),
+            "--storage", storage, "--no-progress"]
+    assert cli.main([*args[:2], str(tmp_path / "warm"), *args[3:]]) == 0  # the engine cache is filled first
+    proc = subprocess.run([sys.executable, "-c", _FSIZE, "150000", *args], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"cannot write the output bag {tmp_path / 'out'}" in proc.stderr, proc.stderr[-3000:]
+    assert "cannot read input bag" not in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists() and no_leftovers(tmp_path)

@@ -126,3 +126,40 @@ def test_burst_on_one_camera_counts_its_drops_only(three_cameras, ros):
     assert front.dropped > 0 and front.processed + front.dropped == front.received
     assert right.dropped == 0 and right.processed == right.received >= 2  # the slow camera is never starved
 
+
+
+@pytest.mark.parametrize("stamp", [(-1, 0), (5, 1_500_000_000)], ids=["negative_sec", "nanosec_overflow"])
+def test_a_bad_stamp_on_one_camera_is_rejected_for_that_camera_alone(start_node, ros, tiny_checkpoint, stamp):
+    """Before: front frames with ``header.stamp.sec = -1`` failed every batch ("Seconds value must not be
+    negative"), so rear got 0 of 40 labels."""
+    cams = {"front": (64, 96), "rear": (64, 96)}
+    node = start_node({"weights": str(tiny_checkpoint), "network_width": 96, "network_height": 64,
+                       "cameras": list(cams), "batch_window_ms": 50.0, "batch_cameras": True})
+    labels = {c: ros.collect(Image, f"/liteseg/{c}/label") for c in cams}
+    stats = ros.collect(FrameStats, "/liteseg/front/stats")
+    pubs = {c: ros.node.create_publisher(Image, f"/{c}/image", BEST_EFFORT) for c in cams}
+    for c, p in pubs.items():
+        ros.wait_for(lambda p=p: p.get_subscription_count() > 0 or not node.alive(), 90, f"{c} subscription")
+        assert node.alive(), node.output()
+    for _ in range(18):  # warm-up of the engine on rear alone (see three_cameras)
+        pubs["rear"].publish(msg_for(*cams["rear"], 1, "rear"))
+        try:
+            ros.wait_for(lambda: 1 in stamps(labels["rear"]), 5, "rear warm-up")
+            break
+        except AssertionError:
+            continue
+    sent = set()
+    for k in range(12):
+        bad = msg_for(*cams["front"], 0, "front")
+        bad.header.stamp.sec, bad.header.stamp.nanosec = stamp
+        pubs["front"].publish(bad)
+        pubs["rear"].publish(msg_for(*cams["rear"], 3000 + k, "rear"))
+        sent.add(3000 + k)
+        time.sleep(0.3)
+    ros.wait_for(lambda: len(stamps(labels["rear"]) & sent) >= 10, 60,
+                 f"rear labelled while front sends bad stamps\n{node.output()}")
+    assert not labels["front"] and node.alive()
+    pubs["front"].publish(msg_for(*cams["front"], 3500, "front"))
+    ros.wait_for(lambda: 3500 in stamps(labels["front"]), 30, "front recovers")
+    ros.wait_for(lambda: stats and stats[-1].rejected >= 10, 10, "front's rejected count")
+    assert "not a valid time" in node.output()

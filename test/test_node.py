@@ -387,6 +387,22 @@ def test_unreadable_params_file_exits_2_with_one_message(start_node, tmp_path, c
     assert expected in out and str(pf) in out and "Traceback" not in out, out
 
 
+NON_FINITE = ("overlay_alpha", "confidence_threshold", "diagnostics_period", "batch_window_ms", "min_label_agreement")
+
+
+def test_non_finite_floats_exit_2_with_one_message(start_node):
+    """Before: ``overlay_alpha:=.nan`` (and the others) gave a traceback and exit 1."""
+    extra = []
+    for i, key in enumerate(NON_FINITE):
+        extra += ["-p", f"{key}:={('.nan', '.inf', '-.inf')[i % 3]}"]
+    node = start_node(extra_args=extra)
+    assert node.proc.wait(60) == 2
+    out = node.output()
+    assert "Traceback" not in out and "configuring" not in out, out
+    for key in NON_FINITE:
+        assert f"{key}: " in out and "is not a finite number" in out, (key, out)
+
+
 def test_qos_override_for_no_topic_is_reported(start_node, ros, tiny_checkpoint):
     node = start_node({"weights": str(tiny_checkpoint), **NET,
                        "qos_overrides": {"/image": {"subscription": {"reliability": "reliable"}},

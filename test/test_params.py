@@ -121,3 +121,15 @@ def test_shipped_yaml_and_readme_list_exactly_the_parameter_table():
     readme = (repo / "README.md").read_text()
     missing = [name for name in table if f"`{name}`" not in readme]
     assert not missing, f"README does not document {missing}"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_floats_are_refused_for_every_float_parameter(value):
+    """NaN passes a range check (every comparison is false); one rule refuses it for every float."""
+    floats = [p.name for p in params.PARAMS if p.type_name == "float"]
+    assert {"overlay_alpha", "confidence_threshold", "diagnostics_period", "batch_window_ms",
+            "min_label_agreement"} <= set(floats)
+    with pytest.raises(params.ParameterError) as exc:
+        params.validate(dict.fromkeys(floats, value))
+    assert len(exc.value.errors) == len(floats)
+    assert all("is not a finite number" in e for e in exc.value.errors)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import http.server
 import json
+import signal
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -412,3 +414,160 @@ def test_every_command_takes_what_the_weights_parameter_takes(tmp_path, capsys):
     assert main(["quantize", "--weights", "demo", "--synthetic", "2", "--holdout", "1", "--size", "64x96",
                  "--method", "minmax", "--cache-dir", str(cache)]) == 0
     assert list((cache / "int8").glob("*_64x96_*.onnx"))
+
+
+# ------------------------------------------------------------------------------------------ hostile mirrors
+class HostileServer:
+    """A real HTTP server on 127.0.0.1 that misbehaves on purpose: ``endless`` streams without end and
+    without a Content-Length (stopping itself at ``cap`` bytes, so that a download with no bound ends
+    too), ``huge`` announces 10**12 bytes, ``trickle`` sends one byte every 0.3 s, ``stall`` sends the
+    headers and then nothing. ``sent`` counts the body bytes that left the server."""
+
+    def __init__(self, behaviour: str, cap: int = 64 << 20) -> None:
+        self.sent = 0
+        self.done = threading.Event()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                if behaviour == "huge":
+                    self.send_header("Content-Length", str(10**12))
+                elif behaviour in ("trickle", "stall"):
+                    self.send_header("Content-Length", "5000")
+                self.end_headers()
+                block = b"x" * 65536
+                try:
+                    while server.sent < cap and not server.done.is_set():
+                        if behaviour == "stall":
+                            time.sleep(0.1)
+                            continue
+                        data = block[:1] if behaviour == "trickle" else block
+                        self.wfile.write(data)
+                        self.wfile.flush()
+                        server.sent += len(data)
+                        if behaviour == "trickle":
+                            time.sleep(0.3)
+                except OSError:
+                    pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/mirror"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.done.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _hostile_entry(env, monkeypatch, tmp_path, **fields) -> None:
+    server, cache, entry = env
+    reg = tmp_path / "hostile.yaml"
+    reg.write_text(yaml.safe_dump({"weights": {NAME: {**entry, **fields}}}))
+    monkeypatch.setenv(weights.ENV_REGISTRY, str(reg))
+
+
+@pytest.mark.parametrize("fields", [{"size": 5000}, {"approx_mb": 0.5}], ids=["size", "approx_mb"])
+def test_a_mirror_streaming_without_end_is_cut_at_the_bound(env, monkeypatch, tmp_path, fields):
+    """Before: the whole stream (here capped at 64 MB by the server itself) landed in ``.partial``."""
+    server, cache, entry = env
+    _hostile_entry(env, monkeypatch, tmp_path, **fields)
+    bound = weights.size_bound(weights.get(NAME))[0]
+    hostile = HostileServer("endless")
+    try:
+        with pytest.raises(weights.DownloadError, match=rf"sent more than {bound} bytes \((the registered size|"
+                                                        rf"no registered size: bound 2 x approx_mb 0.5 MB)"):
+            weights.fetch(NAME, base_url=hostile.url, log=lambda m: None)
+    finally:
+        hostile.close()
+    assert hostile.sent < bound + (16 << 20)  # socket buffers at most, not the stream
+    assert _cache_files(cache) == []
+
+
+def test_an_announced_length_over_the_bound_is_refused_before_downloading(env, monkeypatch, tmp_path):
+    server, cache, entry = env
+    _hostile_entry(env, monkeypatch, tmp_path, approx_mb=18)
+    hostile = HostileServer("huge")
+    try:
+        with pytest.raises(weights.DownloadError, match=r"offers 1000000000000 bytes, more than 37048576 "
+                                                        r"\(no registered size: bound 2 x approx_mb 18 MB"):
+            weights.fetch(NAME, base_url=hostile.url, log=lambda m: None)
+    finally:
+        hostile.close()
+    assert hostile.sent < (16 << 20)
+
+
+@pytest.mark.parametrize("behaviour", ["trickle", "stall"])
+def test_a_trickling_or_stalled_mirror_meets_a_deadline(env, behaviour):
+    """Before: the 60 s timeout was per read, so one byte every few seconds ran for hours."""
+    hostile = HostileServer(behaviour)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(weights.DownloadError, match="deadline" if behaviour == "trickle" else "stalled"):
+            weights.fetch(NAME, base_url=hostile.url, log=lambda m: None, timeout=1.0, deadline=2.0)
+    finally:
+        hostile.close()
+    assert time.monotonic() - t0 < 6
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_node_configuring_with_a_stuck_download_stops_on_one_signal(env, start_node, monkeypatch, sig):
+    """Before: the node ignored SIGINT and SIGTERM until a third signal while a download trickled."""
+    hostile = HostileServer("trickle")
+    monkeypatch.setenv(weights.ENV_URL, hostile.url)
+    try:
+        node = start_node({"weights": NAME, "allow_download": True, "network_width": 96, "network_height": 64})
+        deadline = time.monotonic() + 90
+        while "downloading" not in node.output() and time.monotonic() < deadline and node.alive():
+            time.sleep(0.2)
+        assert "downloading" in node.output(), node.output()
+        time.sleep(1.0)
+        node.proc.send_signal(sig)
+        t0 = time.monotonic()
+        node.proc.wait(15)
+        assert time.monotonic() - t0 < 10, node.output()
+    finally:
+        hostile.close()
+
+
+@pytest.mark.parametrize("planted", ["symlink", "hardlink"])
+def test_a_planted_partial_is_never_written_through(env, official, tmp_path, planted):
+    """Before: a symlink at ``<file>.partial`` was appended to (its target overwritten), and after the
+    download verified ``<file>`` itself became that link."""
+    server, cache, entry = env
+    cache.mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    partial = cache / (FILE + ".partial")
+    if planted == "symlink":
+        partial.symlink_to(victim)
+    else:
+        partial.hardlink_to(victim)
+    path = weights.fetch(NAME, log=lambda m: None)
+    assert victim.read_bytes() == b"precious"
+    assert not path.is_symlink() and path.read_bytes() == official[0] and _cache_files(cache) == [FILE]
+
+
+def test_a_local_file_named_like_a_registered_name_is_not_loaded_in_its_place(env, official, tmp_path,
+                                                                             monkeypatch, tiny_checkpoint):
+    """Before: ./<registered name> in the working folder was loaded, unverified, with no word."""
+    from liteseg_ros.runtime import resolve_weights
+
+    server, cache, entry = env
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / NAME).write_bytes(tiny_checkpoint.read_bytes())  # someone else's weights under the name
+    monkeypatch.chdir(work)
+    logs: list[str] = []
+    path = resolve_weights(NAME, allow_download=True, log=logs.append)
+    assert path == cache / FILE and path.read_bytes() == official[0]
+    assert any(f"./{NAME} exists but {NAME!r} is a registered name" in m for m in logs), logs
+    assert resolve_weights(f"./{NAME}", log=logs.append) == Path(f"./{NAME}")  # asked for explicitly

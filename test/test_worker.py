@@ -199,3 +199,24 @@ def test_demand_follows_matched_events_and_is_counted_without_them():
     assert cam.listening("label")
     cam.on_matched("label", 0)
     assert not cam.listening("label")
+
+
+def test_an_invalid_stamp_or_a_failing_hook_rejects_that_frame_only(values, pipeline):
+    rec = Recorder()
+    w, (a, b), log = make(values, pipeline, rec, batch_cameras=True)
+    bad = wire.parse_image(frame(1))
+    bad.header.stamp.nanosec = 2_000_000_000  # rclpy's Time refuses it
+    w.hooks.deserialise = lambda raw: bad if raw == b"bad stamp" else wire.parse_image(raw)
+    jobs, _, _ = w.process([(a, b"bad stamp"), (b, frame(2))])
+    assert [j.camera.name for j in jobs] == ["b"] and a.counters.rejected == 1
+    assert any("header.stamp 1 s 2000000000 ns is not a valid time" in line for line in log.lines)
+
+    def age(msg):  # a hook that raises for one camera's frame: only that frame is lost
+        if msg.header.stamp.sec == 3:
+            raise OverflowError("stamp out of range")
+        return 0.0
+
+    w.hooks.age_ms = age
+    jobs, _, _ = w.process([(a, frame(3)), (b, frame(4))])
+    assert [j.camera.name for j in jobs] == ["b"] and a.counters.rejected == 2 and b.counters.rejected == 0
+    assert any("OverflowError: stamp out of range" in line for line in log.lines)

@@ -17,8 +17,15 @@ from typing import Any
 from liteseg_ros import params
 from liteseg_ros.bag.play import play_bag
 from liteseg_ros.bag.segment import segment_bag, settings_from
-from liteseg_ros.bag.store import STORAGES, BagError
-from liteseg_ros.defaults import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from liteseg_ros.bag.store import STORAGES, BagError, BagOutputError
+from liteseg_ros.defaults import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    non_negative_float,
+    positive_float,
+)
 
 
 def _param_override(text: str) -> tuple[str, Any]:
@@ -141,6 +148,9 @@ def _bag_command(args, values: Mapping[str, Any], stop: threading.Event) -> int:
                               on_interrupt=args.on_interrupt, progress=not args.no_progress,
                               max_frames=args.max_frames, stop_event=stop,
                               log=lambda m: print(m, file=sys.stderr))
+    except BagOutputError as exc:  # a failure while working (full disk, storage limit), not bad input
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except (BagError, ModelLoadError, EngineError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -183,9 +193,9 @@ def add_play_parser(sub) -> None:
         "publishers are reliable by default (they match reliable and best-effort subscribers) and keep "
         "the recorded durability.")
     p.add_argument("bag", type=Path, metavar="BAG")
-    p.add_argument("--rate", "-r", type=float, default=1.0, help="playback speed factor (default: %(default)s)")
+    p.add_argument("--rate", "-r", type=positive_float, default=1.0, help="playback speed factor (default: %(default)s)")
     p.add_argument("--clock", action="store_true", help="publish /clock with the bag time")
-    p.add_argument("--clock-hz", type=float, default=40.0, help="/clock rate between messages (default: %(default)s)")
+    p.add_argument("--clock-hz", type=positive_float, default=40.0, help="/clock rate between messages (default: %(default)s)")
     p.add_argument("--loop", "-l", action="store_true", help="play again from the start when done")
     p.add_argument("--topics", nargs="+", metavar="TOPIC", help="play only these topics")
     wait = p.add_mutually_exclusive_group()
@@ -194,9 +204,9 @@ def add_play_parser(sub) -> None:
                            "image topic played)")
     wait.add_argument("--no-wait", dest="wait_for", action="store_const", const=[],
                       help="play at once, without waiting for subscribers")
-    p.add_argument("--wait-timeout", type=float, default=60.0,
+    p.add_argument("--wait-timeout", type=non_negative_float, default=60.0,
                    help="seconds to wait for subscribers (default: %(default)s)")
-    p.add_argument("--delay", type=float, default=0.0, help="seconds to wait before playing")
+    p.add_argument("--delay", type=non_negative_float, default=0.0, help="seconds to wait before playing")
     p.add_argument("--qos", choices=("reliable", "recorded"), default="reliable",
                    help="publisher reliability: always reliable, or as recorded (default: %(default)s)")
     p.set_defaults(func=_run_play)

@@ -6,6 +6,8 @@ the only bag module that imports rclpy (lazily, inside :func:`play_bag`). It sta
 """
 from __future__ import annotations
 
+import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -14,19 +16,53 @@ from typing import Any
 
 from liteseg_ros.bag.store import BagError, resolve_input, topic_table
 
+_PACKAGE = re.compile(r"[a-z][a-z0-9_]*")  # REP-144 package names
+_TYPE = re.compile(r"[A-Z][A-Za-z0-9]*")  # rosidl message names
+
+
+def _snake(name: str) -> str:
+    """rosidl's file name of a message type (``CompressedImage`` -> ``compressed_image``)."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+
+
+def message_module(msgtype: str) -> str:
+    """The module of an installed ROS message type ``pkg/msg/Name``, checked before anything is imported.
+
+    A bag names its types itself, so a type is a string from the file: importing whatever module it
+    names would run that module's code (``venv/__main__/Clock`` ran Python's venv tool). The type is
+    resolved only the way rosidl lays message packages out: ``pkg`` a ROS package name, ``msg``, a
+    CamelCase ``Name``; ``pkg`` an installed package holding the rosidl type support library
+    (``<pkg>_s__rosidl_typesupport_c*``) and ``msg/_<name>.py``. BagError otherwise.
+    """
+    parts = msgtype.split("/")
+    if (len(parts) != 3 or parts[1] != "msg" or not _PACKAGE.fullmatch(parts[0])
+            or not _TYPE.fullmatch(parts[2])):
+        raise BagError(f"cannot publish type {msgtype!r}: not a ROS message type 'package/msg/Name'")
+    pkg, _, name = parts
+    # every folder ``pkg`` on sys.path, as import (and pkgutil.extend_path) would find them; nothing runs
+    for folder in (Path(entry or ".") / pkg for entry in sys.path):
+        try:
+            typesupport = folder.is_dir() and any(folder.glob(f"{pkg}_s__rosidl_typesupport_c*"))
+        except OSError:
+            continue
+        if typesupport and (folder / "msg" / f"_{_snake(name)}.py").is_file():
+            return f"{pkg}.msg"
+    raise BagError(f"no installed ROS message package provides {msgtype} (looked for the rosidl-generated "
+                   f"{pkg}/msg/_{_snake(name)}.py); install or build {pkg}")
+
 
 def message_class(msgtype: str):
-    """'pkg/msg/Type' -> the rclpy message class (imports pkg.msg)."""
+    """'pkg/msg/Type' -> the rclpy message class, for installed ROS message packages only
+    (:func:`message_module`); BagError otherwise, also when importing it fails or tries to exit."""
     import importlib
 
-    parts = msgtype.split("/")
-    if len(parts) != 3:
-        raise BagError(f"cannot publish type {msgtype!r}: expected 'package/msg/Type'")
-    pkg, kind, name = parts
+    module = message_module(msgtype)
     try:
-        return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
-    except (ImportError, AttributeError) as exc:
-        raise BagError(f"no Python message class for {msgtype} ({exc}); install or build {pkg}") from None
+        return getattr(importlib.import_module(module), msgtype.rsplit("/", 1)[1])
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a module's import may raise anything
+        raise BagError(f"no Python message class for {msgtype} ({type(exc).__name__}: {exc}); "
+                       f"install or build {msgtype.split('/')[0]}") from None
 
 
 def play_bag(bag: str | Path, *, rate: float = 1.0, clock: bool = False, clock_hz: float = 40.0,
@@ -53,8 +89,10 @@ def play_bag(bag: str | Path, *, rate: float = 1.0, clock: bool = False, clock_h
 
     from liteseg_ros import fast_send
 
-    if rate <= 0:
-        raise BagError(f"--rate must be > 0, got {rate}")
+    if not (0 < rate < float("inf")):  # also NaN
+        raise BagError(f"--rate must be a finite number > 0, got {rate}")
+    if clock and not (0 < clock_hz < float("inf")):
+        raise BagError(f"--clock-hz must be a finite number > 0, got {clock_hz}")
     src = resolve_input(Path(bag))
     ctx = Context()
     rclpy.init(context=ctx, args=["liteseg_play"])

@@ -6,6 +6,7 @@ frames, runs ``Pipeline.run`` and writes what the contract makes, at the input's
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import sys
@@ -32,6 +33,7 @@ from liteseg_ros.bag.files import (
 from liteseg_ros.bag.store import (
     STORAGES,
     BagError,
+    BagOutputError,
     bag_size,
     copy_connection,
     latched_qos,
@@ -179,6 +181,16 @@ class _Run:
             decoded.append((cam, t, msg, img, (time.perf_counter() - t0) * 1e3))
         return decoded
 
+    def reject_oversize(self, cam: CameraOutputs, t: int, size: int, limit: int) -> None:
+        """A frame longer than any image the node's limits accept: counted as rejected, neither
+        deserialised nor copied to the output."""
+        cam.received += 1
+        cam.rejected += 1
+        if self._logged_rejects < 5:
+            self.log(f"warning: rejected a frame on {cam.topic} at {t}: {size} bytes, more than the {limit} an "
+                     f"image within max_input_pixels={self.values['max_input_pixels']} can take (not copied)")
+            self._logged_rejects += 1
+
     def process(self, writer, frames: list[tuple[CameraOutputs, int, Any, str]]) -> int:
         """frames: (camera, bag time, raw CDR, msgtype). Writes every output; returns frames segmented."""
         decoded = self.decode(frames)
@@ -207,6 +219,33 @@ class _Run:
     def write_info(self, writer, t: int) -> None:
         msg = contract.info_message(self.types, t, self.pipeline, self.source)
         writer.write(self.info_conn, t, self.ts.serialize_cdr(msg, self.info_conn.msgtype))
+
+
+class _Output:
+    """The output bag's Writer, whose every failure is a BagOutputError naming the output: a full disk
+    or a storage limit (sqlite's blob size) must not read as a damaged *input* (``open_input`` turns
+    sqlite errors into that) or end in a traceback."""
+
+    def __init__(self, writer: Any, out: Path) -> None:
+        self._writer, self._out = writer, out
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._writer, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            import sqlite3
+
+            from rosbags.rosbag2 import WriterError
+
+            try:
+                return attr(*args, **kwargs)
+            except (OSError, sqlite3.Error, WriterError, ValueError, OverflowError) as exc:
+                raise BagOutputError(f"cannot write the output bag {self._out}: {type(exc).__name__}: {exc} "
+                                     f"(nothing was kept; free space or choose another output)") from None
+
+        return call
 
 
 def segment_bag(input_bag: str | Path, output_bag: str | Path, topics: Sequence[str],
@@ -280,8 +319,10 @@ def segment_bag(input_bag: str | Path, output_bag: str | Path, topics: Sequence[
         tmp_root = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
         (tmp_root / OWNER_FILE).write_text(owner_text())  # lets a later run tell a killed run's leftovers
         tmp_bag = tmp_root / out.name
-        writer = Writer(tmp_bag, version=9,
-                        storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
+        writer = _Output(Writer(tmp_bag, version=9,
+                                storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3),
+                         out)
+        max_raw = image_codec.max_message_bytes(int(values["max_input_pixels"]))
         cams: dict[int, CameraOutputs] = {}
         done = 0
         stop_reason = ""
@@ -327,6 +368,9 @@ def segment_bag(input_bag: str | Path, output_bag: str | Path, topics: Sequence[
                     if conn.id in cams and max_frames is not None and done + len(pending) >= max_frames:
                         stop_reason = "max_frames"
                         break
+                    if conn.id in cams and len(raw) > max_raw:  # by its length, before any copy of it
+                        run.reject_oversize(cams[conn.id], t, len(raw), max_raw)
+                        continue
                     writer.write(copies[conn.id], t, raw)
                     if conn.id in cams:
                         cam = cams[conn.id]
@@ -356,7 +400,8 @@ def segment_bag(input_bag: str | Path, output_bag: str | Path, topics: Sequence[
             writer.close()
         except BaseException:
             if writer.storage is not None:
-                writer.abort()
+                with contextlib.suppress(Exception):
+                    writer.abort()
             shutil.rmtree(tmp_root, ignore_errors=True)
             raise
         finally:

@@ -19,6 +19,11 @@ class BagError(RuntimeError):
     """A bag, topic or option that cannot be used; the message says what to change."""
 
 
+class BagOutputError(BagError):
+    """Writing the output bag failed (a full disk, a storage limit): a failure while working, not bad
+    input, so it is never reported as a problem of the input bag (``liteseg bag`` exits 1)."""
+
+
 # ------------------------------------------------------------------------------------------ types
 def find_msg_dir() -> Path | None:
     """Where our ``msg/*.msg`` live (source tree or installed share/liteseg_ros/msg), or None."""

@@ -350,11 +350,16 @@ def _quantize(args: argparse.Namespace, model, calib: tuple, held: tuple) -> int
         print(format_sensitivity(res), end="")
         return EXIT_OK
     # keyed like the node's look-up: by the checkpoint file when there is one ('demo' and names resolved)
-    out = args.out or int8_path(_weights_file(args) or model, size, args.cache_dir)
+    source = _weights_file(args) or model
+    out = args.out or int8_path(source, size, args.cache_dir)
     backends = list(QUANT_BACKENDS) if args.backend == "all" else [args.backend]
     path, reports = quantize_model(model, out, size, calib[0], held[0], backends, args.threads, args.method,
                                    calib[1], held[1], float_input_convs=args.float_input_convs,
                                    float_nodes=args.float_node)
+    if not args.out:  # in the engine cache: recorded, so the node's look-up trusts it
+        from liteseg_ros.engines.cache import model_key, write_record
+
+        write_record(path, model_key(source))
     for b, rep in reports.items():
         print(format_report(rep), end="")
         jpath, tpath = report_paths(path, b)

@@ -122,10 +122,22 @@ class Engine(ABC):
         raise NotImplementedError(f"{type(self).__name__} does not run on torch tensors")
 
     def warmup(self, height: int, width: int, batch: int = 1, runs: int = 2) -> None:
-        """Run a few dummy batches so the first real frame does not pay for allocation/tuning."""
+        """Run a few dummy batches so the first real frame does not pay for allocation/tuning.
+
+        A model that loads but cannot run (a damaged or foreign ONNX file) fails here, before any frame:
+        an EngineError naming the file, whatever the runtime raised, so every tool reports it in one line.
+        """
         x = np.zeros((batch, 3, height, width), np.float32)
-        for _ in range(runs):
-            self.infer(x)
+        try:
+            for _ in range(runs):
+                self.infer(x)
+        except EngineError:
+            raise
+        except Exception as exc:
+            what = self.info.extra.get("file") or f"the {self.info.backend} engine"
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise EngineError(f"{what} loads but fails on a dummy {height}x{width} batch at warm-up "
+                              f"({type(exc).__name__}: {first}); it is not a usable LiteSeg model") from None
 
     def close(self) -> None:
         """Free device memory (lifecycle deactivate/cleanup). Backends without device memory keep this."""

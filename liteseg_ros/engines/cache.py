@@ -1,6 +1,6 @@
 """Where the engine cache lives and how its files are named: the one place that defines both.
 
-Ring 2, and deliberately light: imports only the standard library (no torch, numpy, onnx), because a
+Ring 2, and deliberately light: imports only the standard library and ``safe_files`` (no torch, numpy, onnx), because a
 node whose engine is already cached should start without importing torch at all (importing torch
 alone costs ~2.7 s of a ~6.5 s start on the 2-core development machine).
 
@@ -15,14 +15,24 @@ content depends on:
 
 The same checkpoint given as a file and as a loaded module gives two different keys (and files);
 everything the node and ``liteseg`` tools do goes through the file key.
+
+A file found in the cache is not trusted for its name alone: whatever makes one (export, int8,
+metadata, agreement checks, TensorRT plans) writes it the safe way (``safe_files``) and then a
+*record* beside it, ``<file>.record.json``, holding the file's SHA-256 and the key it was derived
+from. At use the file is hashed again and compared (:func:`cached_file_ok`): a file that was
+replaced or edited since, or one without a record, is made again, with a message naming it. A
+cache folder other users may write to is warned about, since they could rewrite both.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from liteseg_ros import safe_files
 
 #: Environment variable that moves the default cache (tests, read-only home directories).
 CACHE_ENV = "LITESEG_CACHE_DIR"
@@ -57,11 +67,7 @@ def file_digest(path: str | os.PathLike) -> str:
     st = p.stat()
     memo = (str(p), st.st_size, st.st_mtime_ns)
     if memo not in _digests:
-        digest = hashlib.sha256()
-        with open(p, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-        _digests[memo] = digest.hexdigest()
+        _digests[memo] = _sha256(p)
     return _digests[memo]
 
 
@@ -106,6 +112,80 @@ def int8_cache_path(key: str, input_size: tuple[int, int], cache_dir: str | os.P
     return cache_root(cache_dir) / "int8" / f"liteseg_{key}_{h}x{w}_int8r{QUANT_RECIPE}.onnx"
 
 
+#: Suffix of the record written beside every derived file in the cache.
+RECORD_SUFFIX = ".record.json"
+_warned_shared: set[str] = set()
+
+
+def record_path(path: str | os.PathLike) -> Path:
+    """Where the record of the cached file ``path`` lives (beside it)."""
+    p = Path(path)
+    return p.with_name(p.name + RECORD_SUFFIX)
+
+
+def _sha256(path: Path) -> str:
+    from liteseg_ros.weights import hash_file
+
+    return hash_file(path, hashlib.sha256())
+
+
+def write_record(path: str | os.PathLike, key: str) -> None:
+    """Record what the cached file ``path`` (already in place) must be: its SHA-256 and ``key``."""
+    p = Path(path)
+    record = {"format": 1, "file": p.name, "sha256": _sha256(p), "size": p.stat().st_size, "key": key}
+    safe_files.write_text(record_path(p), json.dumps(record, indent=1))
+
+
+def record_problem(path: str | os.PathLike, key: str) -> str:
+    """'' when ``path`` is exactly the file its record says, made from ``key``; else why not, naming it."""
+    p = Path(path)
+    try:
+        record = json.loads(record_path(p).read_text())
+    except (OSError, ValueError):
+        return f"cached file {p} has no readable record ({record_path(p).name}): not made by this version"
+    if not isinstance(record, dict) or record.get("key") != key:
+        return f"cached file {p} was made from another key ({record.get('key') if isinstance(record, dict) else '?'}, " \
+               f"expected {key})"
+    try:
+        actual = _sha256(p)
+    except OSError as exc:
+        return f"cached file {p} cannot be read ({exc.strerror})"
+    if actual != record.get("sha256"):
+        return (f"cached file {p} changed since it was made (SHA-256 {actual[:16]}..., recorded "
+                f"{str(record.get('sha256'))[:16]}...)")
+    return ""
+
+
+def warn_if_shared(folder: str | os.PathLike, log: Callable[[str], None]) -> None:
+    """Log once per folder when the cache can be written by other users (they could replace both a
+    file and its record)."""
+    where = str(folder)
+    if where in _warned_shared:
+        return
+    _warned_shared.add(where)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        msg = safe_files.warn_if_shared(folder, "engine cache")
+    if msg:
+        log(f"engines: WARNING: {msg}")
+
+
+def cached_file_ok(path: str | os.PathLike, key: str, log: Callable[[str], None] = print) -> bool:
+    """True when ``path`` is in the cache and matches its record; a present file that does not is
+    logged (naming it) and False is returned, so the caller makes it again."""
+    p = Path(path)
+    warn_if_shared(p.parent.parent if p.parent.name in ("onnx", "int8", "meta", "agreement") else p.parent, log)
+    if not is_valid_file(p):
+        return False
+    problem = record_problem(p, key)
+    if problem:
+        log(f"engines: {problem}; making it again")
+        return False
+    return True
+
+
 def is_valid_file(path: Path) -> bool:
     """A cached file is used when it exists and is not empty (writers replace it atomically)."""
     try:
@@ -120,10 +200,15 @@ def meta_cache_path(path: str | os.PathLike, cache_dir: str | os.PathLike | None
     return cache_root(cache_dir) / "meta" / f"{file_digest(path)[:24]}.json"
 
 
-def read_meta(path: str | os.PathLike, cache_dir: str | os.PathLike | None) -> dict[str, Any] | None:
-    """The cached metadata of checkpoint ``path``, or None (none yet, unreadable, or another format)."""
+def read_meta(path: str | os.PathLike, cache_dir: str | os.PathLike | None,
+              log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """The cached metadata of checkpoint ``path``, or None (none yet, unreadable, another format, or
+    not what its record says)."""
+    target = meta_cache_path(path, cache_dir)
+    if not cached_file_ok(target, file_digest(path), log):
+        return None
     try:
-        data = json.loads(meta_cache_path(path, cache_dir).read_text())
+        data = json.loads(target.read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or data.get("format") != 1 or not isinstance(data.get("meta"), dict):
@@ -137,9 +222,8 @@ def write_meta(path: str | os.PathLike, cache_dir: str | os.PathLike | None, met
     target = meta_cache_path(path, cache_dir)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"format": 1, "name": name, "meta": meta}, indent=1))
-        os.replace(tmp, target)
+        safe_files.write_text(target, json.dumps({"format": 1, "name": name, "meta": meta}, indent=1))
+        write_record(target, file_digest(path))
     except OSError:
         pass
 

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from liteseg_ros import safe_files
+
 from .base import EngineError
 from .onnx_file import onnx_metadata
 from .outputs import SegmentationOutputs
@@ -98,8 +100,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     ``precision='fp16'``: the network in fp16 inside the same float32-in / uint8-or-int32-out
     interface (:class:`Fp16Network`, ``fp32_tail`` passed on); checked by :func:`check_fp16_graph`.
     """
-    import onnx
-
     if precision not in ONNX_PRECISIONS:
         raise EngineError(f"ONNX precision {precision!r} is not one of: {', '.join(ONNX_PRECISIONS)}")
     h, w = _check_size(input_size)
@@ -126,7 +126,19 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
         for name in names:
             axes[name].update({1: "height", 2: "width"} if name != "logits" else {2: "height", 3: "width"})
     x = torch.zeros(1, 3, h, w)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique: several nodes may export at once
+    with safe_files.fresh_path(path) as tmp:  # private, unique: several nodes may export at once
+        _export_into(tmp, wrapper, x, opset, names, axes, model, h, w, dynamic, uint8, precision)
+    if dynamic and check_dynamic and postprocess:
+        _check_dynamic(path, h, w)
+    return path
+
+
+def _export_into(tmp: Path, wrapper: nn.Module, x: torch.Tensor, opset: int, names: list[str],
+                 axes: dict[str, dict[int, str]], model: nn.Module, h: int, w: int, dynamic: bool,
+                 uint8: bool, precision: str) -> None:
+    """Export ``wrapper`` to ``tmp`` with the ``liteseg.*`` metadata and check it (fp16: its graph)."""
+    import onnx
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer warnings
         with torch.inference_mode(False), torch.no_grad():
@@ -153,16 +165,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
         entry.key, entry.value = k, v
     onnx.checker.check_model(proto)
     if precision == "fp16":
-        try:
-            check_fp16_graph(proto)
-        except EngineError:
-            tmp.unlink(missing_ok=True)
-            raise
+        check_fp16_graph(proto)
     onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
-    if dynamic and check_dynamic and postprocess:
-        _check_dynamic(path, h, w)
-    return path
 
 
 def _check_dynamic(path: Path, h: int, w: int) -> None:

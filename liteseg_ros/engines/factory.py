@@ -97,11 +97,12 @@ def onnx_for(model, input_size: tuple[int, int], cache_dir: str | os.PathLike | 
     Runtime (benchmarks/bench_engines.py); tools that need logits export with ``with_logits=True``
     and open the file with ``OnnxRuntimeEngine``, or use the pytorch backend.
     """
-    from .cache import is_valid_file, onnx_cache_path, state_key
+    from .cache import cached_file_ok, onnx_cache_path, state_key, write_record
 
     get = model if callable(model) and not hasattr(model, "state_dict") else (lambda: model)
-    path = onnx_cache_path(key or state_key(get()), input_size, cache_dir, uint8, precision)
-    if is_valid_file(path):
+    key = key or state_key(get())
+    path = onnx_cache_path(key, input_size, cache_dir, uint8, precision)
+    if cached_file_ok(path, key, log):
         return path
     from .export import export_onnx
 
@@ -109,6 +110,7 @@ def onnx_for(model, input_size: tuple[int, int], cache_dir: str | os.PathLike | 
         f"exporting {path.name} (cold start; later starts reuse it)")
     export_onnx(get(), path, tuple(int(v) for v in input_size), dynamic=False, with_logits=False, uint8=uint8,
                 precision=precision)
+    write_record(path, key)
     return path
 
 
@@ -213,9 +215,10 @@ class MachineFacts:
         return self._once("onnx_precision", ask)
 
     def int8_file(self) -> bool:
-        from .cache import is_valid_file
+        from .cache import cached_file_ok
 
-        return self._once("int8_file", lambda: is_valid_file(self.weights.int8_path()))
+        return self._once("int8_file", lambda: cached_file_ok(self.weights.int8_path(), self.weights.key,
+                                                              self.weights.log))
 
     def int8_report(self, backend: str) -> tuple[float, str] | None:
         from .cache import load_report
@@ -363,11 +366,13 @@ def _measured_agreement(weights: SizedWeights, engine: Engine, choice: Choice,
                                                    f"images")
     if weights.is_onnx:
         return None, "no quantization report for this runtime next to the file"
-    from .cache import cache_root
+    from liteseg_ros import safe_files
+
+    from .cache import cache_root, cached_file_ok, write_record
 
     key = f"{path.stem}.{choice.backend}.{choice.precision}.{engine.info.extra.get('cpu_caps', '')}".replace(",", "-")
     cache = cache_root(weights.cache_dir) / "agreement" / f"{key}.json"
-    if cache.is_file():
+    if cached_file_ok(cache, key, weights.log):
         try:
             return float(json.loads(cache.read_text())["label_agreement"]), "start-up check, cached"
         except (OSError, ValueError, KeyError):
@@ -375,17 +380,21 @@ def _measured_agreement(weights: SizedWeights, engine: Engine, choice: Choice,
     if check is None:
         return None, "no agreement check given"
     agreement, source = check(engine, weights.model, weights.input_size)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"label_agreement": agreement, "file": str(path)}))
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        safe_files.write_text(cache, json.dumps({"label_agreement": agreement, "file": str(path)}))
+        write_record(cache, key)
+    except OSError as exc:  # a read-only cache costs the check at the next start, nothing else
+        weights.log(f"engines: cannot cache the agreement check in {cache.parent}: {exc.strerror}")
     return float(agreement), source
 
 
 def _cached_int8(choice: Choice, weights: SizedWeights, opts: BuildOptions) -> Path:
     """The int8 file ``liteseg quantize`` put in the cache (the plan names it only when it is there)."""
-    from .cache import is_valid_file
+    from .cache import cached_file_ok
 
     path = weights.int8_path()
-    if not is_valid_file(path):  # removed since the plan was made
+    if not cached_file_ok(path, weights.key, weights.log):  # removed or replaced since the plan was made
         raise EngineError(f"no int8 model in the cache at {path}: run `liteseg quantize --weights "
                           f"{weights.name} --size {format_size(weights.input_size)}`")
     return path

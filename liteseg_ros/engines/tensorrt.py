@@ -178,16 +178,29 @@ def cached_plan(path: Path, key: dict[str, str]) -> tuple[bytes | None, str]:
     data = path.read_bytes()
     if not data:
         return None, "cached engine file is empty"
+    from .cache import record_problem
+
+    problem = record_problem(path, _plan_key(key))
+    if problem:  # replaced or edited since it was built: never deserialize it
+        return None, problem
     return data, ""
+
+
+def _plan_key(key: dict[str, str]) -> str:
+    """The key a plan's record holds: the whole cache key, canonical JSON."""
+    return json.dumps(key, sort_keys=True)
 
 
 def write_plan(path: Path, key: dict[str, str], plan: bytes) -> None:
     """Write plan and sidecar atomically (a crash mid-write leaves no half plan behind a valid sidecar)."""
+    from liteseg_ros import safe_files
+
+    from .cache import write_record
+
     path.parent.mkdir(parents=True, exist_ok=True)
     for target, data in ((path, plan), (path.with_suffix(".json"), json.dumps(key, indent=1).encode())):
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        safe_files.write_bytes(target, data)
+    write_record(path, _plan_key(key))
 
 
 def _progress_monitor(trt, log: Callable[[str], None]):

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..classes import IMAGENET_MEAN, IMAGENET_STD, ClassTable
+from ..classes import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD, ClassTable
 from . import keymap
 from .liteseg import BACKBONES, LiteSeg, backbone_spec
 
@@ -381,6 +381,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", backbone
             f"the file looks like {_looks_like(raw)}"
         )
     num_classes = int(cls_w.shape[0])
+    if not 1 <= num_classes < IGNORE_LABEL:  # labels are uint8 with 255 meaning "ignore"
+        raise CheckpointError(f"{path}: the classifier last_conv.6.weight has {num_classes} classes; a LiteSeg "
+                              f"network needs 1 to {IGNORE_LABEL - 1} (labels are uint8, {IGNORE_LABEL} means ignore)")
     if meta is not None and meta.num_classes != num_classes:
         raise CheckpointError(
             f"{path}: metadata says {meta.num_classes} classes but last_conv.6.weight has {num_classes}"

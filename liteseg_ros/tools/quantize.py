@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from liteseg_ros import safe_files
 from liteseg_ros.defaults import IMAGE_SUFFIXES
 from liteseg_ros.engines.base import EngineError
 from liteseg_ros.engines.cache import load_report, report_paths
@@ -472,8 +474,8 @@ def evaluate_int8(model: nn.Module, onnx_path: str | os.PathLike, backend: str, 
     engine.close()
     if write:
         jpath, tpath = report_paths(path, backend)
-        jpath.write_text(json.dumps(rep, indent=1))
-        tpath.write_text(format_report(rep))
+        safe_files.write_text(jpath, json.dumps(rep, indent=1))
+        safe_files.write_text(tpath, format_report(rep))
     return rep
 
 
@@ -516,13 +518,14 @@ def quantize_model(model: nn.Module, out: str | os.PathLike, input_size: tuple[i
     if num_classes < 1:
         raise EngineError("the model has no num_classes attribute (not a LiteSeg network)")
     t0 = time.perf_counter()
-    tmp = out.with_name(f".{out.name}.{os.getpid()}")
-    temps = [tmp.with_suffix(x) for x in (".raw.onnx", ".q.onnx", ".q.pre.onnx", ".part.onnx")]
-    try:
-        raw = export_onnx(model, tmp.with_suffix(".raw.onnx"), (h, w), postprocess=False)
+    # intermediate files in a private folder beside ``out`` (mkdtemp: 0700, unpredictable name),
+    # removed with everything in it even after an error: nothing is left but the finished file
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent) as work:
+        tmp = Path(work)
+        raw = export_onnx(model, tmp / "raw.onnx", (h, w), postprocess=False)
         pipe = reference_pipeline(model, (h, w))
         log(f"quantize: calibrating on {len(calibration)} images ({method})")
-        q, kept = quantize_logits_onnx(raw, tmp.with_suffix(".q.onnx"), _Reader(pipe, calibration, "input"),
+        q, kept = quantize_logits_onnx(raw, tmp / "q.onnx", _Reader(pipe, calibration, "input"),
                                        method=method, float_input_convs=float_input_convs, float_nodes=float_nodes)
         calib = {"images": len(calibration), "method": method, "source": calib_source, "float_nodes": kept}
         merged = attach_postprocessing(onnx.load(str(q)), num_classes, (h, w))
@@ -535,12 +538,8 @@ def quantize_model(model: nn.Module, out: str | os.PathLike, input_size: tuple[i
             e = merged.metadata_props.add()
             e.key, e.value = k, v
         onnx.checker.check_model(merged)
-        part = tmp.with_suffix(".part.onnx")
-        onnx.save(merged, str(part))
-        os.replace(part, out)
-    finally:  # also after an error: leave nothing behind but the finished file
-        for f in temps:
-            f.unlink(missing_ok=True)
+        with safe_files.fresh_path(out) as part:
+            onnx.save(merged, str(part))
     for b in QUANT_BACKENDS:  # reports of an earlier file at this path are stale now
         for r in report_paths(out, b):
             r.unlink(missing_ok=True)
@@ -583,17 +582,19 @@ def int8_for(model: Any, input_size: tuple[int, int], cache_dir: str | os.PathLi
     ``model``: a module, or a zero-argument callable returning one (called only when the file or its
     report must be made); ``key``: its cache key (``cache.model_key``; default: the module's).
     """
-    from liteseg_ros.engines.cache import int8_cache_path, is_valid_file, model_key
+    from liteseg_ros.engines.cache import cached_file_ok, int8_cache_path, model_key, write_record
 
     get = model if callable(model) and not hasattr(model, "state_dict") else (lambda: model)
-    path = int8_cache_path(key or model_key(get()), input_size, cache_dir)
-    if not is_valid_file(path):
+    key = key or model_key(get())
+    path = int8_cache_path(key, input_size, cache_dir)
+    if not cached_file_ok(path, key, log):
         log(f"engines: no int8 model in the cache for these weights at {input_size[0]}x{input_size[1]}; "
             f"quantizing with {calib_images} generated scenes (run `liteseg quantize --calib DIR` to use "
             f"your own images)")
         quantize_model(get(), path, input_size, synthetic_samples(calib_images, input_size, 0),
                        synthetic_samples(holdout_images, input_size, HOLDOUT_SEED), [backend], num_threads,
                        calib_source="generated scenes", holdout_source="generated scenes", log=log)
+        write_record(path, key)
     elif load_report(path, backend) is None:
         evaluate_int8(get(), path, backend, synthetic_samples(holdout_images, input_size, HOLDOUT_SEED),
                       num_threads, {"holdout": {"images": holdout_images, "source": "generated scenes"}})

@@ -1,0 +1,233 @@
+"""The file-writing rule, unit by unit and over every writer of the package.
+
+The rule (``liteseg_ros.safe_files``): a fresh file with an unpredictable name, created with O_EXCL
+and O_NOFOLLOW in the target folder, written, fsynced, renamed over the final name; never an existing
+path opened for writing. The writer test plants a symlink and a hard link to a file *outside* the
+intended folder, and a foreign file, at each path the package writes (weights cache, engine cache,
+exports, quantize outputs, TensorRT plans, demo output, bag output), runs the real writer, and shows
+that nothing outside changed and that no temporary file is left behind.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from liteseg_ros import safe_files
+
+PRECIOUS = b"precious, outside the folder"
+
+
+# ------------------------------------------------------------------------------------------ the rule
+def test_fresh_file_replaces_a_link_never_its_target_and_leaves_no_temporary(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(PRECIOUS)
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "a").symlink_to(victim)
+    (folder / "b").hardlink_to(victim)
+    safe_files.write_text(folder / "a", "new a")
+    safe_files.write_bytes(folder / "b", b"new b")
+    assert victim.read_bytes() == PRECIOUS
+    assert not (folder / "a").is_symlink() and (folder / "a").read_text() == "new a"
+    assert (folder / "b").read_bytes() == b"new b" and sorted(p.name for p in folder.iterdir()) == ["a", "b"]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "f"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), safe_files.fresh_file(target) as f:
+        f.write(b"half")
+        raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError), safe_files.fresh_path(target) as p:
+        p.write_text("half")
+        raise RuntimeError("export failed")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_create_fresh_refuses_anything_already_there(tmp_path):
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(FileExistsError):
+        safe_files.create_fresh(tmp_path / "link")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_resuming_only_appends_to_a_plain_file_of_ours(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(PRECIOUS)
+    for name, plant in (("sym", lambda p: p.symlink_to(victim)), ("hard", lambda p: p.hardlink_to(victim))):
+        p = tmp_path / name
+        plant(p)
+        assert safe_files.open_own_for_append(p) is None and not p.exists() and not p.is_symlink()
+    own = tmp_path / "own"
+    own.write_bytes(b"abc")
+    with safe_files.open_own_for_append(own) as f:
+        assert f.tell() == 3
+        f.write(b"d")
+    assert own.read_bytes() == b"abcd" and victim.read_bytes() == PRECIOUS
+
+
+def test_a_folder_others_can_write_is_warned_about(tmp_path):
+    tmp_path.chmod(0o777)
+    with pytest.warns(UserWarning, match="writable by other users"):
+        assert safe_files.warn_if_shared(tmp_path, "cache")
+    tmp_path.chmod(0o755)
+    assert safe_files.warn_if_shared(tmp_path, "cache") == ""
+
+
+# ------------------------------------------------------------------------------------------ every writer
+class Planted:
+    """Plants a symlink, a hard link (both to files outside) or a foreign file at paths a writer will write."""
+
+    def __init__(self, outside: Path) -> None:
+        self.outside = outside
+        outside.mkdir(parents=True, exist_ok=True)
+        self.paths: list[Path] = []
+
+    def plant(self, path: Path, how: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        victim = self.outside / f"victim{len(self.paths)}"
+        victim.write_bytes(PRECIOUS)
+        if how == "symlink":
+            path.symlink_to(victim)
+        elif how == "hardlink":
+            path.hardlink_to(victim)
+        else:
+            path.write_bytes(b"foreign")
+        self.paths.append(path)
+
+    def check(self, rewritten: bool = True) -> None:
+        """Nothing outside changed; every planted path is now our regular file (or untouched)."""
+        for victim in self.outside.iterdir():
+            assert victim.read_bytes() == PRECIOUS, f"{victim} was written through"
+        if rewritten:
+            for p in self.paths:
+                assert p.is_file() and not p.is_symlink() and p.stat().st_nlink == 1, p
+                assert p.read_bytes() not in (PRECIOUS, b"foreign"), p
+        for p in self.paths:
+            leftovers = [q.name for q in p.parent.iterdir() if q.name.endswith(".tmp")]
+            assert leftovers == [], leftovers
+
+
+HOW = ["symlink", "hardlink", "foreign"]
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_engine_cache_exports_and_metadata(tiny_checkpoint, tmp_path, how):
+    from conftest import start_runtime
+
+    from liteseg_ros.engines import cache
+
+    weights = tmp_path / "w.pt"
+    shutil.copy(tiny_checkpoint, weights)
+    root = tmp_path / "cache"
+    key = cache.checkpoint_key(weights)
+    planted = Planted(tmp_path / "outside")
+    onnx = cache.onnx_cache_path(key, (96, 160), root)
+    meta = cache.meta_cache_path(weights, root)
+    for p in (onnx, cache.record_path(onnx), meta, cache.record_path(meta)):
+        planted.plant(p, how)
+    out = start_runtime(weights, root)
+    assert out["engine"] == ["onnxruntime", "fp32"]
+    planted.check()
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_quantize_into_the_cache_and_to_out(tiny_checkpoint, tmp_path, how):
+    from liteseg_ros.cli import main
+    from liteseg_ros.engines import cache
+
+    weights = tmp_path / "w.pt"
+    shutil.copy(tiny_checkpoint, weights)
+    root = tmp_path / "cache"
+    planted = Planted(tmp_path / "outside")
+    int8 = cache.int8_cache_path(cache.checkpoint_key(weights), (64, 96), root)
+    given = tmp_path / "given" / "q.onnx"
+    for p in (int8, cache.record_path(int8), *cache.report_paths(int8, "onnxruntime"), given,
+              *cache.report_paths(given, "onnxruntime")):
+        planted.plant(p, how)
+    base = ["quantize", "--weights", str(weights), "--synthetic", "2", "--holdout", "1", "--size", "64x96",
+            "--threads", "1"]
+    assert main([*base, "--cache-dir", str(root)]) == 0
+    assert main([*base, "--out", str(given)]) == 0
+    planted.check()
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_export_out(tiny_checkpoint, tmp_path, how):
+    from liteseg_ros.cli import main
+
+    planted = Planted(tmp_path / "outside")
+    out = tmp_path / "exports" / "m.onnx"
+    planted.plant(out, how)
+    assert main(["export", "--weights", str(tiny_checkpoint), "--size", "64x96", "-o", str(out),
+                 "--no-verify"]) == 0
+    planted.check()
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from liteseg_ros.tools.bench import random_weight_model
+from liteseg_ros.engines.export import export_onnx
+model = random_weight_model(seed=1)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
+try:
+    export_onnx(model, sys.argv[1], (64, 96))
+except OSError as exc:
+    print("failed:", exc.errno)
+    sys.exit(1)
+"""
+
+
+def test_a_failed_export_leaves_no_temporary_file(tmp_path):
+    """Before: the export's ``.<name>.<pid>.tmp`` stayed behind when writing it failed (a full disk)."""
+    out = tmp_path / "exports" / "m.onnx"
+    out.parent.mkdir()
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK, str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "failed: 27" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_tensorrt_plan_and_sidecar(tmp_path, how):
+    from liteseg_ros.engines import cache
+    from liteseg_ros.engines.tensorrt import cached_plan, engine_cache_key, engine_cache_path, write_plan
+
+    key = engine_cache_key("ab" * 32, (96, 160), "fp16", "10.3.0", "GPU", 1)
+    path = engine_cache_path(tmp_path / "trt", key)
+    planted = Planted(tmp_path / "outside")
+    for p in (path, path.with_suffix(".json"), cache.record_path(path)):
+        planted.plant(p, how)
+    write_plan(path, key, b"plan-bytes")
+    planted.check()
+    assert cached_plan(path, key) == (b"plan-bytes", "")
+
+
+def test_bag_output_that_is_a_link_is_refused(tmp_path):
+    from liteseg_ros.cli import main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    out = tmp_path / "out"
+    out.symlink_to(tmp_path / "outside_bag")  # dangling: exists() is False, the link is still there
+    assert main(["bag", str(src), str(out), "-t", "/x", "--no-progress"]) == 2
+    assert not (tmp_path / "outside_bag").exists()
+
+
+@pytest.mark.ros
+def test_demo_output(tmp_path, tiny_checkpoint):
+    out = tmp_path / "demo"
+    planted = Planted(tmp_path / "outside")
+    for i, name in enumerate(("demo_params.yaml", "node.log", "overlay.mp4", "contact_sheet.png")):
+        planted.plant(out / name, HOW[i % 3])
+    exe = Path(sys.executable).parent / "liteseg"
+    proc = subprocess.run([str(exe), "demo", "--weights", str(tiny_checkpoint), "--frames", "3", "--rate", "4",
+                           "--size", "90x160", "--network-size", "64x96", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    planted.check()
