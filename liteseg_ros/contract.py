@@ -9,10 +9,11 @@ Why one module: the bag tool promises "the node's outputs under the node's names
 places, the topic names, the fields of each message and the batching rule drift apart one small
 edit at a time. Here each is defined once:
 
-- :data:`OUTPUTS` and :func:`camera_outputs`: every per-camera output (suffix under the camera's
-  prefix, message type, the parameter that switches it on);
-- :func:`wants`: which outputs a frame must produce, from the parameters and (for the node) which
-  topics have subscribers;
+- :data:`OUTPUTS` (defined in ``segmentation``, below the pipeline that derives its types from it)
+  and :func:`camera_outputs`: every per-camera output (suffix under the camera's prefix, message
+  type, encoding, product, the parameter that switches it on, what it needs);
+- :func:`wants`: which products a frame must make, from the rows, the parameters and (for the node)
+  which topics have subscribers;
 - :func:`frame_messages`, :func:`stats_message`, :func:`info_message`, :func:`label_info_message`,
   :func:`label_camera_info`: Segmentation -> messages, each carrying the input header unchanged;
 - :class:`BatchRule`: which frames of several cameras share one forward.
@@ -28,14 +29,23 @@ from typing import Any
 
 import numpy as np
 
-from liteseg_ros.segmentation import BOUNDARY_GROUP, Segmentation, Wants
+from liteseg_ros.segmentation import (  # noqa: F401 - the output table and its types, re-exported
+    BOUNDARY,
+    CAMERA_INFO,
+    GROUP,
+    IMAGE,
+    OUR_PACKAGE,
+    OUTPUTS,
+    PER_GROUP_PRODUCTS,
+    PRODUCTS,
+    STATS,
+    TOGGLES,
+    Output,
+    Segmentation,
+    Wants,
+)
 
-OUR_PACKAGE = "liteseg_ros"
-IMAGE = "sensor_msgs/msg/Image"
-CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 REGION_OF_INTEREST = "sensor_msgs/msg/RegionOfInterest"
-BOUNDARY = f"{OUR_PACKAGE}/msg/DrivableBoundary"
-STATS = f"{OUR_PACKAGE}/msg/FrameStats"
 INFO = f"{OUR_PACKAGE}/msg/SegmentationInfo"
 MASK_GROUP = f"{OUR_PACKAGE}/msg/MaskGroup"
 LABEL_INFO = "vision_msgs/msg/LabelInfo"
@@ -43,36 +53,6 @@ LABEL_INFO = "vision_msgs/msg/LabelInfo"
 #: A function returning the message class of a type name ('sensor_msgs/msg/Image').
 TypeFactory = Callable[[str], Any]
 
-
-@dataclass(frozen=True)
-class Output:
-    """One per-camera output topic.
-
-    suffix: the name under the camera's prefix (``label`` -> ``~/label`` or ``~/front/label``);
-    toggle: the boolean parameter that switches it on (None: always, while someone listens);
-    custom: needs our own messages (built by colcon or scripts/setup_venv.sh);
-    live_input: needs a live input besides the image (camera_info), so a bag cannot make it;
-    group: needs this mask group to be configured (the boundary is drawn from the drivable mask).
-    """
-
-    suffix: str
-    msgtype: str
-    toggle: str | None
-    custom: bool = False
-    live_input: bool = False
-    group: str | None = None
-
-
-#: The fixed per-camera outputs, in publishing order; ``masks/<group>`` follow, one per mask group.
-OUTPUTS: tuple[Output, ...] = (
-    Output("label", IMAGE, "publish_label"),
-    Output("label/camera_info", CAMERA_INFO, "publish_label", live_input=True),
-    Output("color", IMAGE, "publish_color"),
-    Output("overlay", IMAGE, "publish_overlay"),
-    Output("confidence", IMAGE, "publish_confidence"),
-    Output("drivable_boundary", BOUNDARY, "publish_boundary", custom=True, group=BOUNDARY_GROUP),
-    Output("stats", STATS, None, custom=True),
-)
 #: Node-wide latched outputs (one per node, not per camera).
 INFO_SUFFIX = "info"
 LABEL_INFO_SUFFIX = "label_info"
@@ -80,7 +60,8 @@ MASK_PREFIX = "masks/"
 
 
 def mask_output(group: str) -> Output:
-    return Output(f"{MASK_PREFIX}{group}", IMAGE, "publish_masks")
+    """The ``masks/<group>`` row of one mask group."""
+    return next(o for o in OUTPUTS if o.per_group and o.product == "masks").for_group(group)
 
 
 def camera_prefix(node_prefix: str, camera: str) -> str:
@@ -92,10 +73,13 @@ def camera_outputs(groups: Iterable[str], have_custom: bool, values: Mapping[str
                    live_inputs: bool = True) -> list[Output]:
     """The outputs a camera has: all of them for the node (its toggles change live, so every
     publisher exists), or with ``values`` only those switched on (the bag tool, whose settings are
-    fixed for the run). ``live_inputs=False`` leaves out what needs live inputs (camera_info)."""
+    fixed for the run). ``live_inputs=False`` leaves out what needs live inputs (camera_info).
+    Per-group rows become one output per group, in the groups' order."""
     groups = list(groups)
-    outs = [o for o in OUTPUTS if (have_custom or not o.custom) and (live_inputs or not o.live_input)]
-    outs += [mask_output(g) for g in groups]
+    outs: list[Output] = []
+    for o in OUTPUTS:
+        if (have_custom or not o.custom) and (live_inputs or not o.live_input):
+            outs += [o.for_group(g) for g in groups] if o.per_group else [o]
     if values is None:
         return outs
     return [o for o in outs if (o.toggle is None or values[o.toggle]) and (o.group is None or o.group in groups)]
@@ -103,44 +87,38 @@ def camera_outputs(groups: Iterable[str], have_custom: bool, values: Mapping[str
 
 def wants(values: Mapping[str, Any], groups: Iterable[str], have_custom: bool,
           listening: Callable[[str], bool] = lambda suffix: True) -> Wants:
-    """The outputs a frame must produce: switched on by its parameter and, for the node, listened to.
+    """The products a frame must make: those of the outputs switched on by their parameter, with
+    what they need (our messages, a mask group), and, for the node, listened to.
 
     ``listening(suffix)`` says whether the output has a subscriber (the bag tool writes everything
-    switched on, so its default says yes). The label is made when its image or its camera_info is
-    listened to; the boundary needs our messages and a drivable group.
+    switched on, so its default says yes). A product is made when any output carrying it is wanted
+    (the label for its image or its camera_info).
     """
-    groups = list(groups)
-
-    def on(suffix: str, toggle: str) -> bool:
-        return bool(values[toggle]) and listening(suffix)
-
-    return Wants(label=on("label", "publish_label") or on("label/camera_info", "publish_label"),
-                 confidence=on("confidence", "publish_confidence"), color=on("color", "publish_color"),
-                 overlay=on("overlay", "publish_overlay"),
-                 masks=frozenset(g for g in groups if on(f"{MASK_PREFIX}{g}", "publish_masks")),
-                 boundary=(have_custom and BOUNDARY_GROUP in groups and on("drivable_boundary", "publish_boundary")))
+    on: dict[str, Any] = {p: frozenset() if p in PER_GROUP_PRODUCTS else False for p in PRODUCTS}
+    for o in camera_outputs(groups, have_custom, values):
+        if o.product is None or not listening(o.suffix):
+            continue
+        on[o.product] = on[o.product] | {o.group} if o.product in PER_GROUP_PRODUCTS else True
+    return Wants(**on)
 
 
 # ------------------------------------------------------------------------------------------ messages
-def image_outputs(seg: Segmentation, w: Wants) -> list[tuple[str, np.ndarray, str]]:
-    """(suffix, pixels, encoding) of every image output the frame has and wants.
+#: The frame outputs sent as images, then the rest, in the order a frame's messages are sent.
+_SENT = sorted((o for o in OUTPUTS if o.product is not None and not o.live_input), key=lambda o: o.sent)
 
-    label and confidence are mono8 trainIds / confidence x 255, color is rgb8 (the palette's RGB),
-    overlay is bgr8 (like the camera image it is drawn on), masks are mono8 0/255.
-    """
-    out = []
-    if w.label and seg.label is not None:
-        out.append(("label", seg.label, "mono8"))
-    if w.confidence and seg.confidence is not None:
-        out.append(("confidence", seg.confidence, "mono8"))
-    if w.color and seg.color is not None:
-        out.append(("color", seg.color, "rgb8"))
-    if w.overlay and seg.overlay is not None:
-        out.append(("overlay", seg.overlay, "bgr8"))
-    for g, m in seg.masks.items():
-        if w.masks is None or g in w.masks:
-            out.append((f"{MASK_PREFIX}{g}", m, "mono8"))
-    return out
+
+def _images(o: Output, seg: Segmentation, w: Wants) -> list[tuple[str, np.ndarray]]:
+    """(suffix, pixels) of one image row's outputs the frame has and wants (one per group for a per-group row)."""
+    if o.per_group:
+        made = getattr(seg, o.product)
+        return [(o.for_group(g).suffix, made[g]) for g in w.groups(o.product, made)]
+    pixels = getattr(seg, o.product)
+    return [(o.suffix, pixels)] if getattr(w, o.product) and pixels is not None else []
+
+
+def image_outputs(seg: Segmentation, w: Wants) -> list[tuple[str, np.ndarray, str]]:
+    """(suffix, pixels, encoding) of every image output the frame has and wants, with its row's encoding."""
+    return [(s, a, o.encoding) for o in _SENT if o.encoding is not None for s, a in _images(o, seg, w)]
 
 
 def boundary_message(types: TypeFactory, header, seg: Segmentation):
@@ -153,15 +131,24 @@ def boundary_message(types: TypeFactory, header, seg: Segmentation):
 
 def frame_messages(types: TypeFactory, header, seg: Segmentation, w: Wants,
                    image: Callable[[np.ndarray, str, Any], Any]) -> list[tuple[str, Any]]:
-    """(suffix, message) of one frame's outputs, each with the input ``header`` unchanged.
+    """(suffix, message) of one frame's outputs, in the table's sending order, each with the input
+    ``header`` unchanged.
 
     ``image(pixels, encoding, header)`` makes an Image the caller's way: the node serializes it
-    straight from the pixels (``wire.image_bytes``), the bag tool fills a rosbags message.
+    straight from the pixels (``wire.image_bytes``), the bag tool fills a rosbags message. Other
+    messages come from :data:`MESSAGES`, by message type.
     """
-    out = [(suffix, image(arr, enc, header)) for suffix, arr, enc in image_outputs(seg, w)]
-    if w.boundary and seg.boundary is not None:
-        out.append(("drivable_boundary", boundary_message(types, header, seg)))
+    out = []
+    for o in _SENT:
+        if o.encoding is not None:
+            out += [(s, image(a, o.encoding, header)) for s, a in _images(o, seg, w)]
+        elif getattr(w, o.product) and getattr(seg, o.product) is not None:
+            out.append((o.suffix, MESSAGES[o.msgtype](types, header, seg)))
     return out
+
+
+#: How a frame's non-image outputs are built, by message type.
+MESSAGES: dict[str, Callable[[TypeFactory, Any, Segmentation], Any]] = {BOUNDARY: boundary_message}
 
 
 @dataclass(frozen=True)

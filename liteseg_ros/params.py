@@ -23,6 +23,7 @@ from liteseg_ros.engines.selection import (
     MIN_LABEL_AGREEMENT_RANGE,
     PRECISIONS,
 )
+from liteseg_ros.segmentation import OUTPUTS, TOGGLES
 from liteseg_ros.settings import PipelineSettings
 
 #: Mask groups are a map in YAML (``mask_groups: {drivable: [road]}``) which ROS 2 flattens to one
@@ -75,6 +76,16 @@ def type_name_of(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "string[]"
     raise TypeError(f"unsupported parameter type {type(value).__name__}")
+
+
+def _toggle_params() -> list[Param]:
+    """One live boolean per ``publish_*`` toggle of the output table, describing the outputs it switches."""
+    out = []
+    for toggle in TOGGLES:
+        rows = [o for o in OUTPUTS if o.toggle == toggle]
+        needs = "".join(f" (needs a '{o.group}' mask group)" for o in rows if o.group)
+        out.append(Param(toggle, True, "publish " + " and ".join(f"~/{o.suffix}" for o in rows) + needs))
+    return out
 
 
 PARAMS: tuple[Param, ...] = (
@@ -134,12 +145,7 @@ PARAMS: tuple[Param, ...] = (
     Param("overlay_alpha", 0.5, "weight of the class colours in ~/overlay", min=0.0, max=1.0),
     Param("confidence_threshold", 0.0, "pixels whose max softmax is below this become 255 (ignore)",
           min=0.0, max=1.0),
-    Param("publish_label", True, "publish ~/label and ~/label/camera_info"),
-    Param("publish_color", True, "publish ~/color"),
-    Param("publish_overlay", True, "publish ~/overlay"),
-    Param("publish_confidence", True, "publish ~/confidence"),
-    Param("publish_masks", True, "publish ~/masks/<group>"),
-    Param("publish_boundary", True, "publish ~/drivable_boundary (needs a 'drivable' mask group)"),
+    *_toggle_params(),
     Param("diagnostics_period", 1.0, "seconds between /diagnostics messages (a steady-clock timer, so they flow "
           "in every lifecycle state and with sim time before /clock starts)", min=0.1, max=60.0),
     Param("error_log_period", 5.0, "seconds between repeated log lines about bad input", min=0.0,

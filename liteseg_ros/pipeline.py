@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import cv2
@@ -25,6 +25,7 @@ from liteseg_ros.classes import ClassTable
 from liteseg_ros.engines.base import Engine
 from liteseg_ros.segmentation import (  # noqa: F401 - re-exported: the pipeline's own types
     BOUNDARY_GROUP,
+    LABEL,
     OUTPUT_RESOLUTIONS,
     RESIZE_MODES,
     Boundary,
@@ -209,52 +210,26 @@ class Pipeline:
             label = label.copy()
             label[confidence < round(cfg.confidence_threshold * 255)] = self.classes.ignore_label
         label_net = np.ascontiguousarray(geom.crop(label))
-        conf = geom.crop(confidence) if confidence is not None else None
-        out_h, out_w = geom.output_size(cfg.output_resolution)
-        resized = label_net.shape != (out_h, out_w)
-        up = NearestUpsample.of(label_net.shape, (out_h, out_w))
-        seg = Segmentation(label=label_net, geometry=geom)
+        out_size = geom.output_size(cfg.output_resolution)
         # Independent jobs, each writing its own field: _share_out runs them on OpenCV's thread
         # count (the forward is idle meanwhile), largest first; small frames on this thread alone,
         # where handing jobs over would cost more than it saves.
         threads = _threads() if geom.input_size[0] * geom.input_size[1] >= PARALLEL_MIN_PIXELS else 1
-        jobs: list[Callable[[], None]] = []
-        want_overlay = wants.overlay and image is not None
-        if wants.color or want_overlay:
-            # (h, w) B, G, R, 255 as uint32 at network size: one gather, shared by colour and overlay
-            # (mode "wrap": a uint8 index into a 256-entry table is always in range, no error pass).
-            bgra_net = np.take(snap.palette_bgra32, label_net, mode="wrap")
-            if want_overlay:  # always at input size
-                in_up = up if geom.input_size == (out_h, out_w) else NearestUpsample.of(label_net.shape,
-                                                                                       geom.input_size)
-                bgr_cols = _shuffled_columns(bgra_net, in_up, cv2.COLOR_BGRA2BGR)
-                src = image if color_order == "bgr" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-                seg.overlay = np.empty((*geom.input_size, 3), np.uint8)
-                for a, b in _bands(geom.input_size[0], threads):  # the costliest product, in row bands
-                    jobs.append(partial(_blend_rows, src[a:b], bgr_cols, in_up.rows[a:b], cfg.overlay_alpha,
-                                        seg.overlay[a:b]))
-            if wants.color:
-                jobs.append(lambda: setattr(seg, "color", up.rows_of(_shuffled_columns(bgra_net, up,
-                                                                                       cv2.COLOR_BGRA2RGB))))
-        if wants.confidence and conf is not None:
-            if resized:
-                jobs.append(lambda: setattr(seg, "confidence", cv2.resize(
-                    np.ascontiguousarray(conf), (out_w, out_h), interpolation=cv2.INTER_LINEAR)))
-            else:
-                seg.confidence = np.ascontiguousarray(conf)
-        groups = snap.group_luts
-        names = groups.keys() if wants.masks is None else [g for g in groups if g in wants.masks]
-        for g in names:  # a mask is a LUT of the label, so it is upsampled like the label
-            seg.masks[g] = label_net  # a placeholder keeping the groups' order
-            jobs.append(lambda g=g: seg.masks.__setitem__(g, up(cv2.LUT(label_net, groups[g]))))
-        if wants.boundary and BOUNDARY_GROUP in groups:
-            mask_net = cv2.LUT(label_net, groups[BOUNDARY_GROUP])
-            jobs.append(lambda: setattr(seg, "boundary", upsampled_boundary(mask_net, (out_h, out_w)) if resized
-                                        else free_space_boundary(mask_net)))
-        if resized:
-            jobs.append(lambda: setattr(seg, "label", up(label_net)))
-        _share_out(jobs, threads)
-        return seg
+        frame = _Frame(snap=snap, seg=Segmentation(label=label_net, geometry=geom), label_net=label_net,
+                       confidence=geom.crop(confidence) if confidence is not None else None, image=image,
+                       color_order=color_order, wants=wants, out_size=out_size,
+                       up=NearestUpsample.of(label_net.shape, out_size), threads=threads)
+        for product, make in PRODUCERS.items():  # the label always; the others when wanted
+            if product == LABEL or wants.of(product):
+                make(frame)
+        try:
+            _share_out(frame.jobs, threads)
+        finally:
+            # The jobs close over the frame that holds them: break that cycle now, so the frame's
+            # arrays are freed at once (left to the cycle collector, every frame would take fresh
+            # megabytes from the OS and the 1080p label copy would run ten times slower).
+            frame.jobs.clear()
+        return frame.seg
 
     def run(self, images: Sequence[np.ndarray], color_order: str = "bgr",
             wants: Wants | Sequence[Wants] = Wants()) -> list[Segmentation]:
@@ -319,6 +294,111 @@ class Pipeline:
 
     def __call__(self, image: np.ndarray, color_order: str = "bgr", wants: Wants = Wants()) -> Segmentation:
         return self.run([image], color_order, wants)[0]
+
+
+@dataclass
+class _Frame:
+    """One frame's post-processing: its network-size label and what the producers share.
+
+    Each producer adds jobs that write one product of ``seg``; products that share work (colour and
+    overlay share one palette lookup at network size) share it here, computed on first use.
+    """
+
+    snap: Snapshot
+    seg: Segmentation
+    label_net: np.ndarray  # the (thresholded) label at network size, letterbox padding cropped
+    confidence: np.ndarray | None  # at network size, cropped
+    image: np.ndarray | None
+    color_order: str
+    wants: Wants
+    out_size: tuple[int, int]
+    up: NearestUpsample  # network size -> output size
+    threads: int
+    jobs: list[Callable[[], None]] = field(default_factory=list)
+    _bgra: np.ndarray | None = None
+
+    @property
+    def resized(self) -> bool:
+        return self.label_net.shape != tuple(self.out_size)
+
+    def bgra_net(self) -> np.ndarray:
+        """(h, w) B, G, R, 255 as uint32 at network size: one gather, shared by colour and overlay
+        (mode "wrap": a uint8 index into a 256-entry table is always in range, no error pass)."""
+        if self._bgra is None:
+            self._bgra = np.take(self.snap.palette_bgra32, self.label_net, mode="wrap")
+        return self._bgra
+
+
+#: The numpy backend's producer of each product, by the product's name in the output table, in the
+#: order their jobs are queued (the costliest first). Each adds jobs writing its own product.
+PRODUCERS: dict[str, Callable[[_Frame], None]] = {}
+
+
+def _producer(product: str) -> Callable[[Callable[[_Frame], None]], Callable[[_Frame], None]]:
+    def register(make: Callable[[_Frame], None]) -> Callable[[_Frame], None]:
+        PRODUCERS[product] = make
+        return make
+    return register
+
+
+@_producer("overlay")
+def _overlay(f: _Frame) -> None:
+    """Always at input size, blended in row bands (the costliest product)."""
+    if f.image is None:
+        return
+    geom = f.seg.geometry
+    in_up = f.up if geom.input_size == tuple(f.out_size) else NearestUpsample.of(f.label_net.shape, geom.input_size)
+    bgr_cols = _shuffled_columns(f.bgra_net(), in_up, cv2.COLOR_BGRA2BGR)
+    src = f.image if f.color_order == "bgr" else cv2.cvtColor(f.image, cv2.COLOR_RGB2BGR)
+    out = f.seg.overlay = np.empty((*geom.input_size, 3), np.uint8)
+    for a, b in _bands(geom.input_size[0], f.threads):
+        f.jobs.append(partial(_blend_rows, src[a:b], bgr_cols, in_up.rows[a:b], f.snap.cfg.overlay_alpha, out[a:b]))
+
+
+@_producer("color")
+def _color(f: _Frame) -> None:
+    bgra = f.bgra_net()
+    f.jobs.append(lambda: setattr(f.seg, "color", f.up.rows_of(_shuffled_columns(bgra, f.up, cv2.COLOR_BGRA2RGB))))
+
+
+@_producer("confidence")
+def _confidence(f: _Frame) -> None:
+    """Resampled bilinearly at output resolution (the one product that is not a function of the label)."""
+    conf = f.confidence
+    if conf is None:
+        return
+    if f.resized:
+        out_h, out_w = f.out_size
+        f.jobs.append(lambda: setattr(f.seg, "confidence", cv2.resize(
+            np.ascontiguousarray(conf), (out_w, out_h), interpolation=cv2.INTER_LINEAR)))
+    else:
+        f.seg.confidence = np.ascontiguousarray(conf)
+
+
+@_producer("masks")
+def _masks(f: _Frame) -> None:
+    """A mask is a LUT of the label, so it is upsampled like the label."""
+    groups = f.snap.group_luts
+    for g in f.wants.groups("masks", groups):
+        f.seg.masks[g] = f.label_net  # a placeholder keeping the groups' order
+        f.jobs.append(lambda g=g: f.seg.masks.__setitem__(g, f.up(cv2.LUT(f.label_net, groups[g]))))
+
+
+@_producer("boundary")
+def _boundary(f: _Frame) -> None:
+    """Scanned on the network-size mask and mapped through the upsample's index maps, exactly."""
+    lut = f.snap.group_luts.get(BOUNDARY_GROUP)
+    if lut is None:
+        return
+    mask_net = cv2.LUT(f.label_net, lut)
+    f.jobs.append(lambda: setattr(f.seg, "boundary", upsampled_boundary(mask_net, f.out_size) if f.resized
+                                  else free_space_boundary(mask_net)))
+
+
+@_producer(LABEL)
+def _label(f: _Frame) -> None:
+    if f.resized:
+        f.jobs.append(lambda: setattr(f.seg, "label", f.up(f.label_net)))
 
 
 def _shuffled_columns(bgra32: np.ndarray, up: NearestUpsample, code: int) -> np.ndarray:

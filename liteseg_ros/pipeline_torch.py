@@ -22,7 +22,8 @@ labels can differ on a few boundary pixels from the CPU path's.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +32,8 @@ import torch.nn.functional as F
 
 from liteseg_ros.segmentation import (
     BOUNDARY_GROUP,
+    LABEL,
+    PER_GROUP_PRODUCTS,
     Geometry,
     PipelineConfig,
     Segmentation,
@@ -132,8 +135,9 @@ class TorchStages:
                     st: dict, ignore_label: int) -> dict[str, torch.Tensor]:
         """One frame's network-size device label/confidence -> device products (not yet downloaded).
 
-        Keys: label, confidence, color, overlay, mask:<group>, boundary_mask (network-size drivable
-        mask for the host-side boundary). Only what ``wants`` asks for (the label always).
+        Keys: the products' names (``masks:<group>`` per group; the boundary's is the network-size
+        drivable mask, scanned on the host). Only what ``wants`` asks for (the label always), each
+        made by its registered producer (:data:`PRODUCERS`).
         """
         if cfg.confidence_threshold > 0.0 and confidence is not None:
             label = torch.where(confidence < round(cfg.confidence_threshold * 255),
@@ -142,29 +146,13 @@ class TorchStages:
         label_net = label[t:t + ch, left:left + cw]
         out_size = geom.output_size(cfg.output_resolution)
         full = self.upsample_nearest(label_net, out_size)
-        idx = full.long()
-        out: dict[str, torch.Tensor] = {"label": full}
-        if wants.confidence and confidence is not None:
-            conf = confidence[t:t + ch, left:left + cw]
-            if tuple(conf.shape) != tuple(out_size):
-                up = F.interpolate(conf[None, None].float(), size=out_size, mode="bilinear", align_corners=False)
-                conf = up[0, 0].round_().clamp_(0, 255).to(torch.uint8)
-            out["confidence"] = conf
-        if wants.color:
-            out["color"] = st["palette_rgb"][idx]
-        if wants.overlay and frame is not None:
-            bgr_net = st["palette_bgr"][label_net.long()]
-            bgr = self.upsample_nearest(bgr_net, geom.input_size)
-            src = frame if color_order == "bgr" else frame.flip(2)
-            a = float(cfg.overlay_alpha)
-            blend = src.float().mul_(1.0 - a).add_(bgr.float().mul_(a))
-            out["overlay"] = blend.round_().clamp_(0, 255).to(torch.uint8)
-        groups = st["group_luts"]
-        names = groups.keys() if wants.masks is None else [g for g in groups if g in wants.masks]
-        for g in names:
-            out[f"mask:{g}"] = groups[g][idx]
-        if wants.boundary and BOUNDARY_GROUP in groups:
-            out["boundary_mask"] = groups[BOUNDARY_GROUP][label_net.long()]
+        f = _Frame(self, st, cfg, geom, label_net, full, full.long(),
+                   confidence[t:t + ch, left:left + cw] if confidence is not None else None,
+                   frame, color_order, wants, out_size)
+        out: dict[str, torch.Tensor] = {}
+        for product, make in PRODUCERS.items():  # the label always; the others when wanted
+            if product == LABEL or wants.of(product):
+                out.update(make(f))
         return out
 
     def download(self, products: list[dict[str, torch.Tensor]]) -> list[dict[str, np.ndarray]]:
@@ -177,14 +165,99 @@ class TorchStages:
 
     @staticmethod
     def segmentation(host: dict[str, np.ndarray], geom: Geometry, cfg: PipelineConfig) -> Segmentation:
-        """Host arrays of one frame -> its Segmentation (the boundary is computed here, exactly)."""
-        seg = Segmentation(label=host["label"], geometry=geom, confidence=host.get("confidence"),
-                           color=host.get("color"), overlay=host.get("overlay"))
-        for k, v in host.items():
-            if k.startswith("mask:"):
-                seg.masks[k[5:]] = v
-        m = host.get("boundary_mask")
-        if m is not None:
-            out_size = geom.output_size(cfg.output_resolution)
-            seg.boundary = free_space_boundary(m) if m.shape == tuple(out_size) else upsampled_boundary(m, out_size)
+        """Host arrays of one frame -> its Segmentation (a product with a finisher, the boundary, is
+        completed here on the host, exactly)."""
+        seg = Segmentation(label=host[LABEL], geometry=geom)
+        for key, v in host.items():
+            product, _, group = key.partition(":")
+            if product in PER_GROUP_PRODUCTS:
+                getattr(seg, product)[group] = v
+            elif product != LABEL:
+                setattr(seg, product, FINISHERS.get(product, lambda v, geom, cfg: v)(v, geom, cfg))
         return seg
+
+
+@dataclass
+class _Frame:
+    """One frame's device tensors that the producers share."""
+
+    stages: TorchStages
+    st: dict
+    cfg: PipelineConfig
+    geom: Geometry
+    label_net: torch.Tensor  # thresholded, letterbox padding cropped, network size
+    full: torch.Tensor  # the label at output size
+    idx: torch.Tensor  # ``full`` as int64 indices
+    confidence: torch.Tensor | None  # cropped, network size
+    frame: torch.Tensor | None
+    color_order: str
+    wants: Wants
+    out_size: tuple[int, int]
+
+
+#: The torch backend's producer of each product, by the product's name in the output table: each
+#: returns device tensors to download, keyed by the product (``product:group`` per group).
+PRODUCERS: dict[str, Callable[[_Frame], dict[str, torch.Tensor]]] = {}
+#: Host-side completion of a downloaded product (the boundary is scanned by the numpy code).
+FINISHERS: dict[str, Callable[[np.ndarray, Geometry, PipelineConfig], object]] = {}
+
+
+def _producer(product: str):
+    def register(make):
+        PRODUCERS[product] = make
+        return make
+    return register
+
+
+@_producer(LABEL)
+def _label(f: _Frame) -> dict[str, torch.Tensor]:
+    return {LABEL: f.full}
+
+
+@_producer("confidence")
+def _confidence(f: _Frame) -> dict[str, torch.Tensor]:
+    conf = f.confidence
+    if conf is None:
+        return {}
+    if tuple(conf.shape) != tuple(f.out_size):
+        up = F.interpolate(conf[None, None].float(), size=f.out_size, mode="bilinear", align_corners=False)
+        conf = up[0, 0].round_().clamp_(0, 255).to(torch.uint8)
+    return {"confidence": conf}
+
+
+@_producer("color")
+def _color(f: _Frame) -> dict[str, torch.Tensor]:
+    return {"color": f.st["palette_rgb"][f.idx]}
+
+
+@_producer("overlay")
+def _overlay(f: _Frame) -> dict[str, torch.Tensor]:
+    if f.frame is None:
+        return {}
+    bgr_net = f.st["palette_bgr"][f.label_net.long()]
+    bgr = f.stages.upsample_nearest(bgr_net, f.geom.input_size)
+    src = f.frame if f.color_order == "bgr" else f.frame.flip(2)
+    a = float(f.cfg.overlay_alpha)
+    blend = src.float().mul_(1.0 - a).add_(bgr.float().mul_(a))
+    return {"overlay": blend.round_().clamp_(0, 255).to(torch.uint8)}
+
+
+@_producer("masks")
+def _masks(f: _Frame) -> dict[str, torch.Tensor]:
+    groups = f.st["group_luts"]
+    return {f"masks:{g}": groups[g][f.idx] for g in f.wants.groups("masks", groups)}
+
+
+@_producer("boundary")
+def _boundary(f: _Frame) -> dict[str, torch.Tensor]:
+    """The network-size drivable mask (a small download); the boundary is scanned on the host."""
+    lut = f.st["group_luts"].get(BOUNDARY_GROUP)
+    return {} if lut is None else {"boundary": lut[f.label_net.long()]}
+
+
+def _finish_boundary(m: np.ndarray, geom: Geometry, cfg: PipelineConfig):
+    out_size = geom.output_size(cfg.output_resolution)
+    return free_space_boundary(m) if m.shape == tuple(out_size) else upsampled_boundary(m, out_size)
+
+
+FINISHERS["boundary"] = _finish_boundary

@@ -1,9 +1,13 @@
-"""What one frame's segmentation is, and the geometry both pipeline stages share.
+"""What one frame's segmentation is, what is published of it, and the geometry both pipeline stages share.
 
-Ring 2 (numpy and OpenCV only; never torch, rclpy, message packages or the node). ``pipeline``
-(pre/post-processing with numpy and OpenCV on the host) and ``pipeline_torch`` (the same on the
-engine's GPU) both build a :class:`Segmentation` from these pieces, so their results are defined
-in one place: the settings (:class:`PipelineConfig`), which outputs are wanted (:class:`Wants`), how a
+Ring 2 (numpy and OpenCV only; never torch, rclpy, message packages or the node). The output table
+(:data:`OUTPUTS`: topic suffix, message type, encoding, the product it carries, its toggle, what it
+needs) lives here, below the pipeline, because the pipeline's types are derived from it: a
+:class:`Segmentation` has one field per product, :class:`Wants` one flag per product; the contract
+(ROS edge) re-exports the table and derives the rest. ``pipeline`` (pre/post-processing with numpy
+and OpenCV on the host) and ``pipeline_torch`` (the same on the engine's GPU) both build a
+:class:`Segmentation` from these pieces, each with one registered producer per product, so their
+results are defined in one place: the settings (:class:`PipelineConfig`), which outputs are wanted (:class:`Wants`), how a
 frame maps into the network input and back (:class:`Geometry`, :func:`nearest_maps`, the exact and
 cheap nearest upsample :class:`NearestUpsample`) and the free-space boundary
 (:func:`free_space_boundary`, :func:`upsampled_boundary`).
@@ -12,7 +16,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass, replace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -53,28 +58,108 @@ class PipelineConfig:
             raise ValueError(f"confidence_threshold {self.confidence_threshold} is not in [0, 1]")
 
 
-@dataclass(frozen=True)
-class Wants:
-    """Which outputs to compute. The node sets these from subscriber counts: nothing unused is made."""
+# ------------------------------------------------------------------------------------------ the output table
+IMAGE = "sensor_msgs/msg/Image"
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
+OUR_PACKAGE = "liteseg_ros"
+BOUNDARY = f"{OUR_PACKAGE}/msg/DrivableBoundary"
+STATS = f"{OUR_PACKAGE}/msg/FrameStats"
+#: The placeholder in a per-group output's suffix (``masks/<group>`` -> ``masks/drivable``).
+GROUP = "<group>"
 
-    label: bool = True
-    confidence: bool = True
-    color: bool = True
-    overlay: bool = True
-    masks: frozenset[str] | None = None  # None = every group
-    boundary: bool = True
+
+@dataclass(frozen=True)
+class Output:
+    """One per-camera output topic: a row of :data:`OUTPUTS`.
+
+    suffix: the name under the camera's prefix (``label`` -> ``~/label`` or ``~/front/label``);
+    per-group outputs have ``<group>`` in it and one topic per mask group;
+    msgtype: its message type; encoding: the Image encoding of an image output (None otherwise);
+    product: the :class:`Segmentation` field it carries (None: made from the frame's counters);
+    toggle: the boolean parameter that switches it on (None: always, while someone listens; the
+    ``publish_*`` parameters are made from these, their descriptions from the rows);
+    custom: needs our own messages (built by colcon or scripts/setup_venv.sh);
+    live_input: needs a live input besides the image (camera_info), so a bag cannot make it;
+    group: needs this mask group to be configured (the boundary is drawn from the drivable mask;
+    ``masks/drivable`` needs ``drivable``);
+    sent: its place among one frame's messages (the node sends a frame's outputs in this order).
+    """
+
+    suffix: str
+    msgtype: str
+    encoding: str | None
+    product: str | None
+    toggle: str | None
+    custom: bool = False
+    live_input: bool = False
+    group: str | None = None
+    sent: int = 0
+
+    @property
+    def per_group(self) -> bool:
+        return GROUP in self.suffix
+
+    def for_group(self, group: str) -> Output:
+        """This per-group output's row for one mask group."""
+        return replace(self, suffix=self.suffix.replace(GROUP, group), group=group)
+
+
+#: THE per-camera outputs, in advertising order: everything else (which outputs a frame wants,
+#: the fields of a Segmentation, the ``publish_*`` parameters, which images a frame sends with
+#: which encoding) is derived from these rows, and ``test_contract`` checks the shipped YAML and
+#: the README's topics table list exactly them. A new output is a row here plus a producer of its
+#: product per pipeline backend (``pipeline.PRODUCERS``, ``pipeline_torch.PRODUCERS``).
+OUTPUTS: tuple[Output, ...] = (
+    Output("label", IMAGE, "mono8", "label", "publish_label", sent=0),
+    Output("label/camera_info", CAMERA_INFO, None, "label", "publish_label", live_input=True),
+    Output("color", IMAGE, "rgb8", "color", "publish_color", sent=2),
+    Output("overlay", IMAGE, "bgr8", "overlay", "publish_overlay", sent=3),
+    Output("confidence", IMAGE, "mono8", "confidence", "publish_confidence", sent=1),
+    Output("drivable_boundary", BOUNDARY, None, "boundary", "publish_boundary", custom=True,
+           group=BOUNDARY_GROUP, sent=5),
+    Output("stats", STATS, None, None, None, custom=True),
+    Output(f"masks/{GROUP}", IMAGE, "mono8", "masks", "publish_masks", sent=4),
+)
+#: The product every frame has (the others are made only when wanted).
+LABEL = "label"
+#: Every product an output carries, in table order; those of per-group outputs are group -> array dicts.
+PRODUCTS: tuple[str, ...] = tuple(dict.fromkeys(o.product for o in OUTPUTS if o.product is not None))
+PER_GROUP_PRODUCTS: frozenset[str] = frozenset(o.product for o in OUTPUTS if o.per_group and o.product)
+#: Every ``publish_*`` toggle, in table order.
+TOGGLES: tuple[str, ...] = tuple(dict.fromkeys(o.toggle for o in OUTPUTS if o.toggle is not None))
+
+
+class _WantsMethods:
+    """What :class:`Wants` adds to its fields (one per product: a bool, or for a per-group product
+    the groups wanted, None = every group)."""
 
     @classmethod
-    def all(cls) -> Wants:
+    def all(cls):
         return cls()
 
     @classmethod
-    def only_label(cls) -> Wants:
-        return cls(confidence=False, color=False, overlay=False, masks=frozenset(), boundary=False)
+    def only_label(cls):
+        return cls(**{p: (p == LABEL) if p not in PER_GROUP_PRODUCTS else frozenset() for p in PRODUCTS})
+
+    def of(self, product: str) -> bool:
+        """Whether ``product`` is wanted at all (for a per-group product: for at least one group)."""
+        v = getattr(self, product)
+        return v is None or bool(v) if product in PER_GROUP_PRODUCTS else bool(v)
+
+    def groups(self, product: str, available) -> list[str]:
+        """The groups of ``available`` (in its order) a per-group product is wanted for."""
+        v = getattr(self, product)
+        return list(available) if v is None else [g for g in available if g in v]
 
     def any(self) -> bool:
-        return (self.label or self.confidence or self.color or self.overlay or self.boundary
-                or self.masks is None or bool(self.masks))
+        return any(self.of(p) for p in PRODUCTS)
+
+
+#: Which products to compute, one field per product of :data:`OUTPUTS`. The node sets these from
+#: subscriber counts: nothing unused is made.
+Wants = make_dataclass(
+    "Wants", [(p, "frozenset[str] | None", None) if p in PER_GROUP_PRODUCTS else (p, bool, True) for p in PRODUCTS],
+    bases=(_WantsMethods,), frozen=True, namespace={"__module__": __name__})
 
 
 @dataclass(frozen=True)
@@ -120,18 +205,18 @@ class Boundary:
     drivable_fraction: float
 
 
-@dataclass
-class Segmentation:
-    """All outputs for one frame; fields not asked for (Wants) are None / empty."""
-
-    label: np.ndarray  # (h, w) uint8 trainIds, 255 = ignore; at output resolution
-    geometry: Geometry
-    confidence: np.ndarray | None = None  # (h, w) uint8, max softmax x 255, output resolution
-    color: np.ndarray | None = None  # (h, w, 3) uint8 RGB, output resolution
-    overlay: np.ndarray | None = None  # (H, W, 3) uint8 BGR, always input resolution
-    masks: dict[str, np.ndarray] = field(default_factory=dict)  # group -> (h, w) uint8 0/255
-    boundary: Boundary | None = None
-    timings: dict[str, float] = field(default_factory=dict)  # ms: preprocess, infer, postprocess
+#: All outputs for one frame, one field per product of :data:`OUTPUTS` (the label (h, w) uint8
+#: trainIds, 255 = ignore, at output resolution; confidence (h, w) uint8 max softmax x 255; color
+#: (h, w, 3) RGB; overlay (H, W, 3) BGR, always input resolution; masks group -> (h, w) 0/255;
+#: boundary a :class:`Boundary`), plus the frame's geometry and its timings (ms: preprocess, infer,
+#: postprocess). Products not asked for (Wants) are None / empty.
+Segmentation = make_dataclass(
+    "Segmentation",
+    [(LABEL, np.ndarray), ("geometry", Geometry),
+     *((p, "dict[str, np.ndarray]", field(default_factory=dict)) if p in PER_GROUP_PRODUCTS else (p, Any, None)
+       for p in PRODUCTS if p != LABEL),
+     ("timings", "dict[str, float]", field(default_factory=dict))],
+    namespace={"__module__": __name__})
 
 
 def free_space_boundary(mask: np.ndarray) -> Boundary:

@@ -186,6 +186,14 @@ def check_outputs(got: dict, written: dict, camera_topic: str, root: str, pipe, 
     assert {g.name: list(g.class_names) for g in i.mask_groups} == GROUPS
     assert i.model_name == "tiny-random" and i.backend
     assert bytes(i.colors) == bytes(classes.flat_colors())
+    # ~/label_info as the node latches it (vision_msgs/LabelInfo), read back by the real vision_msgs type
+    from rclpy.serialization import deserialize_message
+    from vision_msgs.msg import LabelInfo
+
+    (t_li, _, raw), = got[f"{node}/label_info"]
+    li = deserialize_message(raw, LabelInfo)
+    assert t_li == info[0][0] and [c.class_name for c in li.class_map] == list(classes.names)
+    assert [c.class_id for c in li.class_map] == list(range(len(classes.names))) and 0 <= li.threshold <= 1
 
 
 def check_qos(meta: dict, *roots: str) -> None:
@@ -196,7 +204,7 @@ def check_qos(meta: dict, *roots: str) -> None:
         assert tm["serialization_format"] == "cdr" and tm["type_description_hash"].startswith("RIHS01_")
         qos = tm["offered_qos_profiles"]
         assert len(qos) == 1, tm["name"]
-        if tm["name"] == "/liteseg/info":
+        if tm["name"] in ("/liteseg/info", "/liteseg/label_info"):
             assert (qos[0]["reliability"], qos[0]["durability"]) == ("reliable", "transient_local")
         elif any(tm["name"].startswith(r + "/") for r in roots):
             assert (qos[0]["reliability"], qos[0]["durability"]) == ("reliable", "volatile")
@@ -224,7 +232,7 @@ def test_two_cameras_raw_and_compressed_sqlite_to_mcap(tmp_path, params_file, pi
     for topic, root in (("/front/image_raw", "/liteseg/front"), ("/rear/image_raw/compressed", "/liteseg/rear")):
         check_outputs(got, written, topic, root, pipeline[0])
         assert {s.camera for _, s, _ in got[f"{root}/stats"]} == {root.split("/")[2]}
-    expected = set(written) | {"/liteseg/info"} | {f"/liteseg/{c}/{k}" for c in ("front", "rear") for k in
+    expected = set(written) | {"/liteseg/info", "/liteseg/label_info"} | {f"/liteseg/{c}/{k}" for c in ("front", "rear") for k in
                                                    [*OUTPUTS, "drivable_boundary", "stats"]}
     assert set(got) == expected
     # The node's batching: the two cameras' frames (1 ms apart, batch_window_ms 5) share one forward.
@@ -272,7 +280,7 @@ def test_node_name_camera_names_and_fixed_batches(tmp_path, settings, pipeline):
     got, _ = read_bag(tmp_path / "a")
     for topic, root in s.cameras.items():
         assert [t for t, _, _ in got[f"{root}/label"]] == [t for t, _ in written[topic]]
-    assert len(got["/seg/info"]) == 1
+    assert len(got["/seg/info"]) == len(got["/seg/label_info"]) == 1
     # names from the params' `cameras` (as the node would publish with that file), or from --cameras
     s = bagmod.segment_bag(src, tmp_path / "b", list(cams), dict(settings, cameras=["l", "r", "m"]),
                            progress=False, pipeline=pipeline)

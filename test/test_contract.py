@@ -8,12 +8,13 @@ and through ``liteseg bag`` and compares every output message field by field.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from liteseg_ros import contract
+from liteseg_ros import contract, params
 from liteseg_ros.classes import ClassTable
 from liteseg_ros.segmentation import Boundary, Geometry, Segmentation, Wants
 
@@ -46,6 +47,86 @@ def test_wants_follow_toggles_and_listeners():
     assert w.label and not w.color and not w.overlay and not w.confidence and not w.boundary
     assert w.masks == frozenset({"vehicles"})
     assert not contract.wants(VALUES, GROUPS, have_custom=False).boundary
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _readme_topics() -> dict[str, str]:
+    """``~/suffix`` -> type column of the README's topics table (the ``~/`` rows of "| topic | type |")."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| topic | type |"))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0].startswith("`~/"):
+            rows[cells[0].strip("`")[2:]] = cells[1]
+    return rows
+
+
+def _readme_type(msgtype: str, encoding: str | None) -> str:
+    """How the README's topics table writes a message type: 'Image mono8', 'CameraInfo', 'liteseg_ros/X'."""
+    package, _, name = msgtype.split("/")
+    shown = name if package == "sensor_msgs" else f"{package}/{name}"
+    return f"{shown} {encoding}" if encoding else shown
+
+
+def test_readme_topics_table_lists_exactly_the_output_table():
+    """Every output of the table, with its message type and encoding, and nothing else (besides the
+    node-wide latched ones): a row added to the table and not to the README fails here."""
+    topics = _readme_topics()
+    expected = {o.suffix: _readme_type(o.msgtype, o.encoding) for o in contract.OUTPUTS}
+    node_wide = {contract.INFO_SUFFIX, contract.LABEL_INFO_SUFFIX}
+    assert set(topics) - node_wide == set(expected)
+    for suffix, shown in expected.items():
+        assert topics[suffix].startswith(shown), (suffix, topics[suffix], shown)
+
+
+def test_shipped_yaml_and_readme_list_exactly_the_output_toggles_with_their_topics():
+    """config/liteseg.yaml and the README's parameter table have one publish_* entry per toggle of the
+    output table, each naming the topics it switches; the parameter table has them, live, default on."""
+    readme = {line.split("|")[1].strip().strip("`"): line for line in (REPO / "README.md").read_text().splitlines()
+              if line.startswith("| `publish_")}
+    assert set(readme) == set(contract.TOGGLES)
+    for o in contract.OUTPUTS:
+        if o.toggle is not None:
+            assert f"`~/{o.suffix}`" in readme[o.toggle], (o.toggle, o.suffix)
+    text = (REPO / "config" / "liteseg.yaml").read_text()
+    keys = params.yaml_keys(REPO / "config" / "liteseg.yaml")
+    assert {k for k in keys if k.startswith("publish_")} == set(contract.TOGGLES)
+    comments = {line.split(":")[0].strip(): line.split("#", 1)[1] for line in text.splitlines()
+                if line.strip().startswith("publish_")}
+    for toggle in contract.TOGGLES:
+        for o in contract.OUTPUTS:
+            if o.toggle == toggle:
+                assert f"~/{o.suffix}" in comments[toggle], (toggle, o.suffix)
+        p = params.PARAMS_BY_NAME[toggle]
+        assert p.default is True and not p.read_only
+    assert {p.name for p in params.PARAMS if p.name.startswith("publish_")} == set(contract.TOGGLES)
+
+
+def test_every_product_has_a_producer_in_each_backend_and_a_field_in_wants_and_segmentation():
+    """A row whose product nobody makes would advertise a topic that is never published."""
+    import dataclasses
+
+    from liteseg_ros import pipeline, pipeline_torch
+
+    products = {o.product for o in contract.OUTPUTS if o.product is not None}
+    assert set(pipeline.PRODUCERS) == set(pipeline_torch.PRODUCERS) == products == set(contract.PRODUCTS)
+    assert {f.name for f in dataclasses.fields(Wants)} == products
+    assert products <= {f.name for f in dataclasses.fields(Segmentation)}
+    # every output the node advertises is either sent per frame or made from live inputs / counters
+    seg = _segmentation()
+    for p in contract.PRODUCTS:  # a frame that has every product (pixels of the label's shape)
+        if getattr(seg, p) is None:
+            setattr(seg, p, seg.label)
+    sent = {s for s, *_ in contract.image_outputs(seg, Wants.all())} | {"drivable_boundary"}
+    others = {o.suffix for o in contract.OUTPUTS if o.live_input or o.product is None}
+    assert {o.suffix for o in contract.camera_outputs(["drivable"], True)} == sent | others
+    assert all(o.msgtype in contract.MESSAGES for o in contract.OUTPUTS
+               if o.product is not None and o.encoding is None and not o.live_input)
 
 
 def test_batch_rule_one_frame_per_camera_within_the_window():

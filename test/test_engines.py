@@ -287,6 +287,25 @@ def test_auto_fp16_on_cpu_falls_back_to_fp32_with_reason(model, tmp_path):
     assert eng.info.precision == "fp32" and "fp16" in eng.info.reason
 
 
+def test_an_fp16_onnx_file_on_the_cpu_under_auto_says_what_is_true(model, tmp_path, batch, reference):
+    """onnxruntime's CPU provider cannot run an fp16 graph: under auto the plan passes it over saying so
+    and OpenVINO (which reads fp16 weights and computes at fp32) runs the file; asked of onnxruntime
+    by name, the refusal names that reason and the ways out, not "set precision: auto"."""
+    pytest.importorskip("openvino")
+    f16 = export_onnx(model, tmp_path / "f16.onnx", (H, W), precision="fp16")
+    eng = create_engine(f16, "auto", "cpu", "auto", (H, W), cache_dir=tmp_path, log=lambda m: None)
+    assert (eng.info.backend, eng.info.precision) == ("openvino", "fp32"), eng.info
+    assert "fp32 requested" not in eng.info.reason
+    assert "onnxruntime fp32: the given ONNX file is fp16, which onnxruntime runs on CUDA only" in eng.info.reason
+    assert _agreement(eng.infer(batch).label, reference[0]) >= 0.95  # a random network's near-ties at fp16
+    with pytest.raises(EngineError, match="no CPU path for backend onnxruntime.*fp16, which onnxruntime runs on "
+                                          "CUDA only"):
+        create_engine(f16, "onnxruntime", "cpu", "auto", (H, W), cache_dir=tmp_path, log=lambda m: None)
+    with pytest.raises(EngineError, match="fp16 ONNX file, precision fp32 requested \\(onnxruntime runs it on "
+                                          "CUDA only.*backend openvino"):
+        create_engine(f16, "onnxruntime", "cpu", "fp32", (H, W), cache_dir=tmp_path, log=lambda m: None)
+
+
 @pytest.mark.skipif(HAS_CUDA, reason="checks the no-CUDA fallback")
 def test_auto_cuda_without_cuda_falls_back_to_cpu(model, tmp_path):
     eng = create_engine(model, "auto", "cuda", "fp16", (H, W), cache_dir=tmp_path, log=lambda m: None,

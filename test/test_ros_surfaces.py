@@ -417,3 +417,72 @@ def test_a_device_or_precision_fallback_is_a_warning(start_node, tiny_checkpoint
     out = node.output()
     for line in ("device cuda requested but the engine runs cpu", "precision fp16 requested but the engine runs fp32"):
         assert any("[WARN]" in x and line in x for x in out.splitlines()), (line, out[-3000:])
+
+
+#: Each launch argument alone (beside the params file that carries the test's weights): the value given and
+#: what shows it took effect: ("param", key, value) in `ros2 param dump`, ("node", name) the node's full
+#: name, ("sub", topic) a topic the node subscribes, ("log", regex) a line of the launch's output.
+ALONE = {
+    "image": ("/alone/image", ("sub", "/alone/image")),
+    "camera_info": ("/alone/info", ("sub", "/alone/info")),
+    "namespace": ("alone", ("node", "/alone/liteseg")),
+    "node_name": ("alone", ("node", "/alone")),
+    "use_sim_time": ("true", ("param", "use_sim_time", True)),
+    "log_level": ("debug", ("log", r"\[DEBUG\]")),
+    "cameras": ("front,left", ("param", "cameras", ["front", "left"])),
+    "rviz": ("true", ("log", r"rviz2 is not installed|\[rviz2-\d+\]")),
+    "free_space": ("true", ("log", r"active: \S+ \+ ")),
+    "weights": ("demo", ("param", "weights", "demo")),
+    "autostart": ("false", ("param", "autostart", False)),
+    "backend": ("pytorch", ("param", "backend", "pytorch")),
+    "device": ("cpu", ("param", "device", "cpu")),
+    "precision": ("auto", ("param", "precision", "auto")),  # the params file says fp32
+    "network_width": ("128", ("param", "network_width", 128)),  # the params file says 96
+    "network_height": ("96", ("param", "network_height", 96)),  # the params file says 64
+}
+#: Arguments not launched alone, and why.
+NOT_ALONE = {
+    "params_file": "every launch here carries it (the test's weights); its own tests are in test_launch.py",
+    "bag": "needs `ros2 bag`: test_launch.py checks the launch says how to replay without it",
+    "base_frame": "read only by the free-space node (free_space:=true): test_free_space_node.py",
+}
+
+
+def test_each_launch_argument_alone(ros_ws, launch_params, tmp_path):
+    """Every argument `--show-args` lists, alone, through the real `ros2 launch`: it takes effect. Each launch
+    has its own ROS_DOMAIN_ID, so they run at once without sharing a graph (same node names)."""
+    shown = ros_ws.run("ros2 launch liteseg_ros segment.launch.py --show-args")
+    names = re.findall(r"^\s*'(\w+)':", shown.stdout, re.M)
+    assert names and set(names) == set(ALONE) | set(NOT_ALONE), (sorted(names), shown.stdout[-2000:])
+    base = int(os.environ["ROS_DOMAIN_ID"])
+    items = list(ALONE.items())
+    for start in range(0, len(items), 4):  # four launches at a time on a small machine
+        batch = items[start:start + 4]
+        runs = []
+        for k, (name, (value, _)) in enumerate(batch):
+            ws = RosWorkspace(ros_ws.root, dict(ros_ws.env, ROS_DOMAIN_ID=str(101 + (base + start + k) % 130)))
+            runs.append((name, ws, ws.start(f"ros2 launch liteseg_ros segment.launch.py "
+                                            f"params_file:={launch_params} {name}:={value}",
+                                            tmp_path / f"alone_{name}.log")))
+        try:
+            for name, ws, launch in runs:
+                kind, *what = ALONE[name][1]
+                node = what[0] if kind == "node" else "/liteseg"
+                if kind == "log":
+                    end = time.monotonic() + 120
+                    while not re.search(what[0], launch.output()) and time.monotonic() < end:
+                        time.sleep(0.2)
+                    assert re.search(what[0], launch.output()), (name, launch.output()[-3000:])
+                elif kind == "sub":
+                    out = ws.eventually(f"ros2 node info --no-daemon --spin-time 3 {node}",
+                                        lambda text, t=what[0]: f"{t}: sensor_msgs/msg" in text, timeout=120)
+                    assert f"{what[0]}: sensor_msgs/msg" in out, (name, out, launch.output()[-2000:])
+                else:
+                    values = params.flatten(_dump(ws, node))
+                    if kind == "param":
+                        assert values[what[0]] == what[1], (name, values[what[0]])
+                assert launch.proc.poll() is None, (name, launch.output()[-3000:])
+        finally:
+            codes = {name: launch.signal_group(signal.SIGINT) for name, _, launch in runs}
+        assert codes == {name: 0 for name, *_ in runs}, [launch.output()[-1500:] for *_, launch in runs]
+    print(f"\n[launch] {len(ALONE)} arguments launched alone; not alone: {', '.join(NOT_ALONE)}")

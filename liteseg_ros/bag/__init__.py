@@ -31,8 +31,8 @@ of the first; ``--batch N`` instead batches every N frames.
 Every output carries the input frame's header (stamp and frame_id) and is written at the input
 message's recorded (receive) time. Input topics, all of them, are copied byte for byte (with their
 recorded QoS; where none was recorded: sensor-data QoS for images, reliable for the rest). Outputs
-are recorded with the node's QoS: reliable, and transient local for ~/info. Not written (they need
-live inputs or packages the bag typestore lacks): ~/label/camera_info, ~/label_info, /diagnostics.
+are recorded with the node's QoS: reliable, and transient local for ~/info and ~/label_info. Not written
+(they need live inputs): ~/label/camera_info, /diagnostics.
 """
 from __future__ import annotations
 

@@ -150,6 +150,7 @@ class _Run:
         self._empty = np.empty(0, np.uint8)
         self._logged_rejects = 0
         self.info_conn = None  # the node's one latched ~/info, written with the first frame
+        self.label_info_conn = None  # and its latched ~/label_info (vision_msgs/LabelInfo), likewise
         self.info_written = False
 
     def image(self, arr: np.ndarray, encoding: str, header):
@@ -201,8 +202,7 @@ class _Run:
             t1 = time.perf_counter()
             h = msg.header
             if not self.info_written:
-                if self.info_conn is not None:
-                    self.write_info(writer, t)
+                self.write_info(writer, t)
                 self.info_written = True
             for suffix, out in contract.frame_messages(self.types, h, seg, self.wants, self.image):
                 self.write(writer, cam, suffix, t, out)
@@ -217,8 +217,11 @@ class _Run:
         return len(decoded)
 
     def write_info(self, writer, t: int) -> None:
-        msg = contract.info_message(self.types, t, self.pipeline, self.source)
-        writer.write(self.info_conn, t, self.ts.serialize_cdr(msg, self.info_conn.msgtype))
+        if self.info_conn is not None:
+            msg = contract.info_message(self.types, t, self.pipeline, self.source)
+            writer.write(self.info_conn, t, self.ts.serialize_cdr(msg, self.info_conn.msgtype))
+        msg = contract.label_info_message(self.types, t, self.pipeline)
+        writer.write(self.label_info_conn, t, self.ts.serialize_cdr(msg, self.label_info_conn.msgtype))
 
 
 class _Output:
@@ -333,6 +336,9 @@ def segment_bag(input_bag: str | Path, output_bag: str | Path, topics: Sequence[
             if have_custom:
                 run.info_conn = writer.add_connection(f"/{node_name}/{contract.INFO_SUFFIX}", contract.INFO,
                                                       typestore=typestore, offered_qos_profiles=[latched_qos()])
+            run.label_info_conn = writer.add_connection(f"/{node_name}/{contract.LABEL_INFO_SUFFIX}",
+                                                        contract.LABEL_INFO, typestore=typestore,
+                                                        offered_qos_profiles=[latched_qos()])
             for topic, conns in chosen.items():
                 prefix = contract.camera_prefix(f"/{node_name}", names[topic])
                 cam = CameraOutputs(name=names[topic], topic=topic, prefix=prefix)

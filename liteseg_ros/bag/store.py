@@ -13,6 +13,10 @@ from liteseg_ros.contract import OUR_PACKAGE
 #: Message types ``liteseg bag`` segments, and the transport each one is.
 IMAGE_TYPES = {"sensor_msgs/msg/Image": "raw", "sensor_msgs/msg/CompressedImage": "compressed"}
 STORAGES = ("sqlite3", "mcap")
+#: vision_msgs (not in rosbags' Jazzy typestore), as the package defines them: the node's ~/label_info
+#: is a LabelInfo, so a segmented bag carries it too and a consumer reading the bag finds the class names.
+VISION_MSGS = {"vision_msgs/msg/VisionClass": "uint16 class_id\nstring class_name\n",
+               "vision_msgs/msg/LabelInfo": "std_msgs/Header header\nVisionClass[] class_map\nfloat32 threshold\n"}
 
 
 class BagError(RuntimeError):
@@ -45,6 +49,10 @@ def make_typestore(msg_dir: Path | None = None):
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     ts = get_typestore(Stores.ROS2_JAZZY)
+    vision: dict = {}
+    for name, text in VISION_MSGS.items():
+        vision.update(get_types_from_msg(text, name))
+    ts.register(vision)
     msg_dir = msg_dir or find_msg_dir()
     if msg_dir is None:
         return ts, False

@@ -158,7 +158,7 @@ def checkpoint_weights(path: Path, cache_dir: str | os.PathLike | None = None, u
     from .cache import read_meta, write_meta
 
     loader = lambda: load_checkpoint_module(path)  # noqa: E731 - the lazy load, named once
-    data = read_meta(path, cache_dir) if use_meta_cache else None
+    data = read_meta(path, cache_dir, log) if use_meta_cache else None
     if data is not None:
         meta = data["meta"]
         try:

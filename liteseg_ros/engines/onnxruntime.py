@@ -66,7 +66,8 @@ class OnnxRuntimeEngine(Engine):
         if not on_cuda and self.meta.get("liteseg.precision", "fp32") != "fp32" and precision != "int8":
             # our export records its precision; reading it here costs no onnx import on the warm path
             raise EngineError(f"{path} is an {self.meta['liteseg.precision']} ONNX file, precision {precision} "
-                              "requested (export with precision='fp32' for the CPU, or set precision: auto)")
+                              "requested (onnxruntime runs it on CUDA only: export with precision='fp32' for the "
+                              "CPU, or use backend openvino, which runs an fp16 file on the CPU)")
         from .openvino import is_quantized
 
         if is_quantized(path) != (precision == "int8"):

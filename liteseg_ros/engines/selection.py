@@ -415,6 +415,9 @@ def _plan_cpu(req: EngineRequest, which: str, precision: str, notes: tuple[str, 
             continue
         if file_prec is not None and (file_prec == "int8") != (prec == "int8"):
             continue  # the given file fixes the precision
+        if file_prec == "fp16" and backend == "onnxruntime":  # its CPU provider refuses fp16 graphs;
+            skipped.append(f"{tag}: the given ONNX file is fp16, which onnxruntime runs on CUDA only")
+            continue  # OpenVINO reads the fp16 weights and computes at fp32
         agreement, source = _known_agreement(req, backend, prec)
         if prec == "int8" and not req.is_onnx and precision == "auto":
             if not facts.int8_file():
