@@ -82,7 +82,7 @@ def message_rows(pipe, label, conf, classes, repeat: int, nh: int, nw: int) -> l
     from sensor_msgs.msg import Image
 
     from liteseg_ros import contract, image_codec, wire
-    from liteseg_ros.node import rclpy_types
+    from liteseg_ros.interfaces import rclpy_types
     from liteseg_ros.segmentation import Wants
 
     header = rclpy_types("std_msgs/msg/Header")(frame_id="camera")

@@ -17,13 +17,11 @@ import time
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import OccupancyGrid
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import (
@@ -34,15 +32,12 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image, LaserScan
 
 from liteseg_ros import free_space_params as fsp
-from liteseg_ros import node_guards
-from liteseg_ros.defaults import EXIT_USAGE
+from liteseg_ros import process, ros_params
 from liteseg_ros.free_space import CameraModelError, FreeSpace, Intrinsics, Pose
-from liteseg_ros.node import StartupError, _StopOnSignal, descriptor
 from liteseg_ros.params import ParameterError, is_ros_builtin
 
 #: Mask encodings read as one byte per pixel (nonzero = drivable).
@@ -87,17 +82,8 @@ class FreeSpaceNode(LifecycleNode):
     # ----------------------------------------------------------------------------- parameters
     def _declare_parameters(self) -> dict[str, Any]:
         """Validate what the params file and ``-p`` gave (every bad key at once), then declare the table."""
-        overrides = self._parameter_overrides
-        given = {name: p.value for name, p in overrides.items() if not is_ros_builtin(name)}
-        try:
-            values = fsp.validate(given)
-        except ParameterError as exc:
-            raise StartupError(str(exc)) from None
-        for name in given:
-            if type(values[name]) is not type(given[name]):
-                overrides[name] = Parameter(name, value=values[name])
-        for spec in fsp.FREE_SPACE_PARAMS:
-            self.declare_parameter(spec.name, spec.default, descriptor(spec))
+        values = ros_params.validated_overrides(self, fsp.validate)
+        ros_params.declare_table(self, fsp.FREE_SPACE_PARAMS, values)
         return {spec.name: self.get_parameter(spec.name).value for spec in fsp.FREE_SPACE_PARAMS}
 
     def _on_set_parameters(self, changes: list[Parameter]):
@@ -166,6 +152,17 @@ class FreeSpaceNode(LifecycleNode):
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
+
+    # ----------------------------------------------------------------------------- process hooks
+    def autostart(self) -> int | None:
+        """``autostart``: configure and activate before spinning (process.run's hook; never ends early)."""
+        if self.values["autostart"]:
+            self.trigger_configure()
+            self.trigger_activate()
+        return None
+
+    def stop(self) -> None:
+        self._unsubscribe()
 
     def _release(self) -> None:
         for pub in self._pubs.values():
@@ -292,45 +289,11 @@ def main(args: list[str] | None = None) -> int:
     """Console entry point: ``liteseg_free_space --ros-args -r mask:=/liteseg/masks/drivable ...``.
 
     Exit codes: 0 after Ctrl-C, SIGTERM or a lifecycle shutdown; 2 when it cannot start (bad
-    parameters or params file), with one message naming every bad key.
+    parameters or params file), with one message naming every bad key. Three executor threads:
+    masks (which may wait for TF) apart from /tf and services.
     """
     argv = list(args if args is not None else sys.argv)
-    log = rclpy.logging.get_logger(fsp.NODE_NAME)
-    problem = node_guards.params_file_problem(argv)
-    if problem:
-        log.fatal(problem)
-        return EXIT_USAGE
-    stop = _StopOnSignal()
-    try:
-        rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
-    except Exception as exc:  # rcl's own argument errors (a bad -p, --ros-args syntax)
-        log.fatal(f"cannot start: {str(exc).splitlines()[0]}")
-        return EXIT_USAGE
-    node = None
-    try:
-        try:
-            node = FreeSpaceNode()
-        except StartupError as exc:
-            log.fatal(str(exc))
-            return EXIT_USAGE
-        if node.values["autostart"]:
-            node.trigger_configure()
-            node.trigger_activate()
-        executor = MultiThreadedExecutor(num_threads=3)  # masks (may wait for TF) apart from /tf and services
-        executor.add_node(node)
-        while not stop.event.is_set() and not node.finished.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
-        if stop.event.is_set():
-            node.get_logger().info("stopping (signal received)")
-    except ExternalShutdownException:
-        pass
-    finally:
-        if node is not None:
-            node._unsubscribe()
-            node.destroy_node()
-        rclpy.try_shutdown()
-        stop.ignore_from_now_on()
-    return 0
+    return process.run(FreeSpaceNode, fsp.NODE_NAME, argv, threads=3)
 
 
 if __name__ == "__main__":

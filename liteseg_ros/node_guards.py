@@ -229,3 +229,55 @@ def use_shipped_dds_profile(env: dict[str, str] | None = None) -> str | None:
         return None
     env[profile_variable()] = str(path)
     return str(path)
+
+
+# ------------------------------------------------------------------------------------------ topics
+def unmatched_qos_overrides(override_names: Any, topics: set[str], example_topic: str) -> list[str]:
+    """Warnings for ``qos_overrides.<topic>...`` keys naming none of ``topics``.
+
+    A QoS override names the resolved topic (``qos_overrides./camera/image_raw.subscription...``);
+    one that matches none of the node's topics is silently ignored by rclpy, so the node says so once.
+    """
+    out = []
+    for name in override_names:
+        if not name.startswith(params.QOS_OVERRIDES_PREFIX):
+            continue
+        topic = name[len(params.QOS_OVERRIDES_PREFIX):].rsplit(".", 2)[0]
+        if topic not in topics:
+            out.append(f"parameter {name} matches none of this node's topics and has no effect: the key must "
+                       f"name the resolved topic, e.g. qos_overrides.{example_topic}"
+                       f".subscription.reliability (topics: {', '.join(sorted(topics))})")
+    return out
+
+
+def camera_info_topic(node: Any, info_name: str, image_name: str) -> str:
+    """image_transport's convention: camera_info is the sibling of the image topic (``/cam/image_raw``
+    -> ``/cam/camera_info``), so remapping the image alone brings its camera_info along; an explicit
+    ``camera_info`` remap still wins."""
+    resolve = getattr(node, "resolve_topic_name", None)  # Iron and later
+    if resolve is None or resolve(info_name) != resolve(info_name, only_expand=True):
+        return info_name
+    return resolve(image_name).rsplit("/", 1)[0] + "/camera_info"
+
+
+def before_rclpy_init(log: Any) -> None:
+    """What the segmentation process does before the model allocates and the DDS participant exists:
+    malloc tuning (``LITESEG_MALLOC_TUNING=0`` turns it off) and the shipped Fast DDS profile (read once)."""
+    from liteseg_ros.engines.cpu_tuning import tune_malloc_at_startup
+
+    tune_malloc_at_startup()
+    profile = use_shipped_dds_profile()
+    if profile:
+        log.info(f"DDS: this node uses the shipped Fast DDS profile {profile} (set "
+                 f"{profile_variable()} to choose another); camera processes need it too")
+
+
+def frames_lost_text(topic: str, change: int, total: int, lossless: bool) -> str:
+    """What to say when DDS reports frames that never reached the subscription, and how to fix it."""
+    if not lossless:
+        return (f"{change} frame(s) on {topic} were lost inside DDS before reaching the node ({total} in all): "
+                f"with Fast DDS defaults large images mostly do not arrive. Fix: start the camera's process with "
+                f"{profile_variable()}={shipped_profile()} (this node uses that profile unless you chose one)")
+    return (f"process_all_frames: {change} frame(s) on {topic} were lost before the node received them ({total} "
+            "in all): the publisher's history overwrote them; publish with KEEP_ALL (or a deeper reliable history) "
+            "to replay every frame")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from rclpy.serialization import deserialize_message, serialize_message
@@ -77,6 +77,14 @@ def image_bytes(arr: np.ndarray, encoding: str, header: Any = None) -> bytes:
         msg.data = pixels.tobytes()
         return serialize_message(msg)
     return _join(serialize_message(msg), pixels)
+
+
+class ImageToSend(NamedTuple):
+    """An image output as the contract hands it to the node: sent by :func:`send_image`, never a message."""
+
+    pixels: Any
+    encoding: str
+    header: Any
 
 
 @dataclass

@@ -158,7 +158,7 @@ def test_label_camera_info_scales_k_p_and_the_roi_like_image_proc(label_size):
     function for rclpy's and rosbags' message classes."""
     pytest.importorskip("rclpy")
     from liteseg_ros.bag.store import make_typestore
-    from liteseg_ros.node import rclpy_types
+    from liteseg_ros.interfaces import rclpy_types
 
     bag_types = make_typestore()[0].types.__getitem__
     k = [500.0, 0, 320, 0, 500, 240, 0, 0, 1]
@@ -249,7 +249,7 @@ def test_one_builder_makes_the_same_messages_from_rclpy_and_rosbags_types():
     pytest.importorskip("rclpy")
     from liteseg_ros import image_codec
     from liteseg_ros.bag.store import make_typestore
-    from liteseg_ros.node import rclpy_types
+    from liteseg_ros.interfaces import rclpy_types
 
     ts, have_custom = make_typestore()
     assert have_custom

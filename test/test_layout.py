@@ -24,7 +24,8 @@ RINGS = {
     "liteseg_ros.runtime": 2, "liteseg_ros.tools": 2, "liteseg_ros.free_space": 2,
     "liteseg_ros.background_int8": 2,
     "liteseg_ros.image_codec": 3, "liteseg_ros.params": 3, "liteseg_ros.wire": 3, "liteseg_ros.fast_send": 3,
-    "liteseg_ros.node": 3,
+    "liteseg_ros.node": 3, "liteseg_ros.worker": 3, "liteseg_ros.process": 3, "liteseg_ros.ros_params": 3,
+    "liteseg_ros.interfaces": 3,
     "liteseg_ros.node_guards": 3,
     "liteseg_ros.contract": 3, "liteseg_ros.frames": 3, "liteseg_ros.diagnostics": 3,
     "liteseg_ros.bag": 3, "liteseg_ros.msg": 3, "liteseg_ros.free_space_params": 3, "liteseg_ros.free_space_node": 3,
@@ -32,8 +33,9 @@ RINGS = {
 }
 #: ROS-edge modules that must work without ROS, with everything they import: the contract the node
 #: and ``liteseg bag`` share, the frame hand-over and /diagnostics wording (unit-tested without
-#: DDS), and every part of ``liteseg bag`` except the live player.
-ROS_FREE_EDGE = ("liteseg_ros.contract", "liteseg_ros.frames", "liteseg_ros.diagnostics", "liteseg_ros.bag.store",
+#: DDS), the worker (unit-tested without DDS too), and every part of ``liteseg bag`` except the live player.
+ROS_FREE_EDGE = ("liteseg_ros.contract", "liteseg_ros.frames", "liteseg_ros.diagnostics", "liteseg_ros.worker",
+                 "liteseg_ros.bag.store",
                  "liteseg_ros.bag.files", "liteseg_ros.bag.segment", "liteseg_ros.free_space_params")
 ROS_MODULES = ("rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "vision_msgs", "rcl_interfaces",
                "builtin_interfaces", "lifecycle_msgs", "rosgraph_msgs", "cv_bridge", "launch", "launch_ros",

@@ -99,7 +99,7 @@ def test_groups_validate_against_a_custom_class_table():
 
 
 def test_descriptors_carry_ranges_and_read_only():
-    from liteseg_ros.node import descriptor  # the node turns the table into rcl descriptors
+    from liteseg_ros.ros_params import descriptor  # the node turns the table into rcl descriptors
 
     d = descriptor(params.PARAMS_BY_NAME["overlay_alpha"])
     assert d.floating_point_range[0].to_value == 1.0 and not d.read_only
