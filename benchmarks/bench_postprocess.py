@@ -139,7 +139,7 @@ def forward_rows(pipes, label, conf, repeat: int, nh: int, nw: int, threads: int
 
     values = {**params.defaults(), "network_width": nw, "network_height": nh, "backend": "onnxruntime",
               "precision": "fp32", "num_threads": threads, "weights": "demo"}
-    ort, _ = build_pipeline(dict(values, mask_groups={}), log=lambda m: None)
+    ort, _ = build_pipeline(params.pipeline_settings(values), log=lambda m: None)
     rows = []
     rng = np.random.default_rng(2)
     none = dict(label=True, confidence=False, color=False, overlay=False, masks=frozenset(), boundary=False)

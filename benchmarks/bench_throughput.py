@@ -178,7 +178,7 @@ def main() -> int:
 
     tune_malloc()  # as the node does
     values = {**params.defaults(), **node_settings(args)}
-    pipe, _ = build_pipeline(dict(values, mask_groups=params.mask_groups_of(values)), log=lambda m: None)
+    pipe, _ = build_pipeline(params.pipeline_settings(values), log=lambda m: None)
     frames = [s.image for s in drive(7, 6, SceneConfig(height=ch, width=cw))]
     sets = [tuple(ALL_TOPICS) if s.strip() == "all" else tuple(t.strip() for t in s.split(","))
             for s in args.sets.split(";")]
