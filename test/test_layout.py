@@ -178,3 +178,26 @@ def test_the_checks_see_a_violation(tmp_path):
     known["liteseg_ros.engines.base"].write_text("from . import X\nfrom ..node import Y\n")
     ours, _ = imports("liteseg_ros.engines.base", known["liteseg_ros.engines.base"], known)
     assert ours == {"liteseg_ros.engines", "liteseg_ros.node"}
+
+
+def _readme_layout() -> str:
+    """The code block under README's "## Layout" heading."""
+    text = (PACKAGE.parent / "README.md").read_text()
+    section = text.split("\n## Layout\n", 1)[1]
+    return section.split("```", 2)[1]
+
+
+def test_the_readme_layout_names_every_module_and_nothing_else():
+    """A newcomer finds every job in the README's Layout: each module and package of liteseg_ros (and each
+    module of engines/, the one package listed file by file) is named there, and every liteseg_ros path it
+    names exists, so the map cannot drift from the tree."""
+    import re
+
+    block = _readme_layout()
+    words = set(re.findall(r"[A-Za-z_][\w]*(?:\.py|/)", block))
+    wanted = {p.name + ("/" if p.is_dir() else "") for p in PACKAGE.iterdir()
+              if (p.is_dir() and not p.name.startswith("__")) or (p.suffix == ".py" and p.name != "__init__.py")}
+    wanted |= {p.name for p in (PACKAGE / "engines").glob("*.py") if p.name != "__init__.py"}
+    assert not wanted - words, f"modules missing from README's Layout: {sorted(wanted - words)}"
+    named = re.findall(r"liteseg_ros/([\w/.]+)", block)
+    assert named and all((PACKAGE / n).exists() for n in named), [n for n in named if not (PACKAGE / n).exists()]
