@@ -16,11 +16,11 @@ demo: setup
 	$(PY) -m liteseg_ros.cli demo $(DEMO_ARGS)
 
 test: setup
-	$(PY) -m ruff check liteseg_ros test benchmarks launch
+	$(PY) -m ruff check liteseg_ros test benchmarks launch fuzz
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(PY) -m ruff check liteseg_ros test benchmarks launch
+	$(PY) -m ruff check liteseg_ros test benchmarks launch fuzz
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -17,7 +17,7 @@ import importlib.util
 import json
 import statistics
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -109,18 +109,19 @@ def message_rows(pipe, label, conf, classes, repeat: int, nh: int, nw: int) -> l
                                                                wire.image_bytes)},
         }
         for stage, calls in cases.items():
-            times: dict[str, list[float]] = {k: [] for k in calls}
-            for f in calls.values():
-                f()
-            for _ in range(repeat):
-                for k, f in calls.items():
-                    t0 = time.perf_counter()
-                    f()
-                    times[k].append((time.perf_counter() - t0) * 1e3)
+            times = interleaved(calls, repeat)
             rows.append({"camera": f"{cam[1]}x{cam[0]}", "stage": stage,
                          **{f"{k}_min_ms": min(v) for k, v in times.items()},
                          **{f"{k}_median_ms": statistics.median(v) for k, v in times.items()}})
     return rows
+
+
+def interleaved(calls: dict[str, Callable[[], object]], repeat: int) -> dict[str, list[float]]:
+    """Milliseconds per call of each named call, round-robin (``time_interleaved``: one warm-up call each)."""
+    from liteseg_ros.tools.bench import time_interleaved
+
+    times = time_interleaved(list(calls.values()), warmup=1, iters=repeat, log=lambda m: None)
+    return dict(zip(calls, times, strict=True))
 
 
 #: the outputs of the throughput target (label, overlay and one mask subscribed)
@@ -153,14 +154,7 @@ def forward_rows(pipes, label, conf, repeat: int, nh: int, nw: int, threads: int
             for name, w in (("all", mod.Wants()), (TARGET, mod.Wants(**target_wants(none)))):
                 calls[f"{k} post {name}"] = lambda p=pipe, w=w, g=g, img=img: p.postprocess(label, conf, g, img,
                                                                                            "bgr", w)
-        times: dict[str, list[float]] = {k: [] for k in calls}
-        for f in calls.values():
-            f()
-        for _ in range(repeat):
-            for k, f in calls.items():
-                t0 = time.perf_counter()
-                f()
-                times[k].append((time.perf_counter() - t0) * 1e3)
+        times = interleaved(calls, repeat)
         for stat, fn in (("min", min), ("median", statistics.median)):
             fwd = fn(times["forward"])
             for k in pipes:
@@ -224,7 +218,6 @@ def main() -> int:
                   "post: +overlay": {**none, "overlay": True}, "post: +masks (3)": {**none, "masks": None},
                   "post: +boundary": {**none, "boundary": True}, "post: " + TARGET: target_wants(none)}
         for stage, wants in stages.items():
-            times: dict[str, list[float]] = {k: [] for k in pipes}
             calls = {}
             for k, (mod, pipe) in pipes.items():
                 if wants is None:
@@ -233,12 +226,7 @@ def main() -> int:
                     w = mod.Wants(**wants)
                     g = mod.Geometry.fit(cam, (nh, nw), "stretch")
                     calls[k] = (lambda p=pipe, w=w, g=g, img=img: p.postprocess(label, conf, g, img, "bgr", w))
-                calls[k]()  # warm-up (allocations, map caches)
-            for _ in range(a.repeat):
-                for k, f in calls.items():
-                    t0 = time.perf_counter()
-                    f()
-                    times[k].append((time.perf_counter() - t0) * 1e3)
+            times = interleaved(calls, a.repeat)  # its warm-up call fills allocations and map caches
             row = {"camera": f"{cam[1]}x{cam[0]}", "stage": stage,
                    **{f"{k}_min_ms": min(v) for k, v in times.items()},
                    **{f"{k}_median_ms": statistics.median(v) for k, v in times.items()}}

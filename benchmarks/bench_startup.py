@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import time
 from pathlib import Path
 
 from liteseg_ros.defaults import FASTDDS_PROFILE_VARIABLES, fastdds_profile_variable
+from liteseg_ros.interrupts import stop_child
 
 REPO = Path(__file__).resolve().parents[1]
 FASTDDS_XML = REPO / "config" / "fastdds_large_shm.xml"
@@ -71,13 +71,7 @@ def start_once(args: argparse.Namespace, cache: Path, importtime: bool = False) 
     reader.start()
     ok = active.wait(args.timeout)
     t_active = next((t for t, s in lines if "active: segmenting" in s), None)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+    stop_child(proc)
     reader.join(5)
     text = "\n".join(s for _, s in lines)
     if not ok:

@@ -16,25 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from liteseg_ros.tools.bench import time_calls
 from liteseg_ros.train.datasets import TrainTransform
 from liteseg_ros.train.metrics import ConfusionMatrix
 
 
 def timeit(fn, repeat: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+    """Median seconds per call."""
+    return float(np.median(time_calls(fn, warmup, repeat))) / 1e3
 
 
 def main() -> None:

@@ -33,9 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,6 +46,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from node_load import rss_mb  # noqa: E402 - the node harnesses' one RSS reader
+
+from liteseg_ros.interrupts import stop_child  # noqa: E402
 
 NODE = "liteseg_fuzz"
 NET = {"network_width": 96, "network_height": 64, "num_threads": 1}
@@ -380,12 +380,7 @@ def fuzz(seconds: float, seed: int, clients: int, answer_timeout: float, rss_lim
                       rss_limit_mb=rss_limit_mb)
     finally:
         stop.set()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_child(proc)
         log.close()
         executor.shutdown(timeout_sec=2.0)
         rclpy.try_shutdown(context=ctx)

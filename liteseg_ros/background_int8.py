@@ -281,14 +281,7 @@ def for_node(values: Mapping[str, Any], weights: str, pipeline: Any, log: Callab
         return float(rep["label_agreement"]), rep
 
     def store(p: Path, rep: dict) -> None:
-        import json
-
-        from liteseg_ros import safe_files
-        from liteseg_ros.engines.cache import report_paths
-
-        jpath, tpath = report_paths(p, backend)
-        safe_files.write_text(jpath, json.dumps(rep, indent=1))
-        safe_files.write_text(tpath, q.format_report(rep))
+        q.write_report(p, backend, rep)
 
     def cached() -> Int8Model | None:
         from liteseg_ros.engines.cache import cached_file_ok, load_report, model_key

@@ -36,6 +36,7 @@ from liteseg_ros.defaults import (
     parse_size,
     positive_float,
 )
+from liteseg_ros.interrupts import stop_child
 from liteseg_ros.share import ShareFileError, share_file
 from liteseg_ros.train.config import HELD_OUT_FIRST_SEED
 
@@ -301,7 +302,7 @@ def run_demo(args: argparse.Namespace) -> int:
                   "-r", "mask:=/liteseg/masks/drivable", "-r", "camera_info:=/liteseg/label/camera_info"]
         fs_log_path = args.out / "free_space.log"
         print(f"[demo] starting the free-space node: {shlex.join(fs_cmd)}  (log: {fs_log_path})", flush=True)
-        fs_log = open(fs_log_path, "w")  # noqa: SIM115 - closed in finally
+        fs_log = safe_files.open_streaming(fs_log_path)  # closed in finally
         fs_proc = subprocess.Popen(fs_cmd, stdout=fs_log, stderr=subprocess.STDOUT, start_new_session=True)
 
     import rclpy
@@ -426,23 +427,12 @@ def run_demo(args: argparse.Namespace) -> int:
         ros_node.destroy_node()
         rclpy.try_shutdown()
         for proc in (node_proc, fs_proc):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            if proc is not None:
+                stop_child(proc)
         log.close()
         if fs_log is not None:
             fs_log.close()
     return code
-
-
-def _write_png(path: Path, image: np.ndarray) -> None:
-    """A picture written the safe way (a fresh file renamed over ``path``, never through a planted link)."""
-    ok, png = cv2.imencode(".png", image)
-    if ok:
-        safe_files.write_bytes(path, png.tobytes())
 
 
 def _report(args, col: Collected, sent: int, play_s: float) -> int:
@@ -476,11 +466,11 @@ def _report(args, col: Collected, sent: int, play_s: float) -> int:
                             else np.full(size + (3,), 32, np.uint8))
     sheet_path = args.out / "contact_sheet.png"
     captions = ["input", "colour (label)", "overlay", "drivable mask"] + (["free space: grid + scan"] if grids else [])
-    _write_png(sheet_path, contact_sheet(rows, captions))
+    safe_files.write_image(sheet_path, contact_sheet(rows, captions))
     free_space_path = None
     if grids and picks[-1] in grids:  # one frame's overlay beside what a planner gets from it
         free_space_path = args.out / "free_space.png"
-        _write_png(free_space_path, contact_sheet([[rows[-1][2], rows[-1][4]]],
+        safe_files.write_image(free_space_path, contact_sheet([[rows[-1][2], rows[-1][4]]],
                                                   ["overlay", "free space from above: grid + scan (red)"], width=480))
     lat = list(col.latency_ms.values())
     stats = col.last_stats

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import OccupancyGrid
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
@@ -279,10 +279,7 @@ class FreeSpaceNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         st = fsp.status(self.get_name(), self._state_name, self.counters, self._mask_topic, self._info_topic,
                         self.values["base_frame"])
-        arr = DiagnosticArray(status=[DiagnosticStatus(level=bytes([st.level]), name=st.name, message=st.message,
-                                                       values=[KeyValue(key=k, value=v) for k, v in st.values.items()])])
-        arr.header.stamp = self.get_clock().now().to_msg()
-        self._diagnostics_pub.publish(arr)
+        self._diagnostics_pub.publish(process.diagnostic_array([st], self.get_clock().now().to_msg()))
 
 
 def main(args: list[str] | None = None) -> int:

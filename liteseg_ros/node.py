@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
@@ -406,12 +406,8 @@ class LiteSegNode(LifecycleNode):
                                            info, self.source)
             if cam is not None:
                 cam.reported = cam.counters.totals()
-            statuses.append(DiagnosticStatus(level=bytes([st.level]), name=st.name, message=st.message,
-                                             hardware_id=st.hardware_id,
-                                             values=[KeyValue(key=k, value=v) for k, v in st.values.items()]))
-        arr = DiagnosticArray(status=statuses)
-        arr.header.stamp = self.get_clock().now().to_msg()
-        self._diagnostics_pub.publish(arr)
+            statuses.append(st)
+        self._diagnostics_pub.publish(process.diagnostic_array(statuses, self.get_clock().now().to_msg()))
 
 
     # ----------------------------------------------------------------------------- process hooks

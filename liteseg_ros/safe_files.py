@@ -1,6 +1,6 @@
 """The one rule for every file the package writes into a cache or an output folder.
 
-Ring 0: the standard library only (no torch, no ROS), so the weights cache, the engine cache, the
+Ring 0: the standard library only (no torch, no ROS; OpenCV imported by :func:`write_image` when called), so the weights cache, the engine cache, the
 exporters, ``liteseg bag`` and the demo all share it.
 
 Why it exists: a cache folder is a place other programs (or other users, on a shared robot) may
@@ -96,6 +96,19 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """:func:`fresh_file` for text (UTF-8); returns ``path``."""
     return write_bytes(path, text.encode("utf-8"))
+
+
+def write_image(path: str | os.PathLike, image: object) -> Path:
+    """A picture (a numpy array OpenCV can encode, in the format the name's ending says) written the safe
+    way, where ``cv2.imwrite`` would open ``path`` and follow whatever link sits there. OpenCV is
+    imported on call, so this module stays importable without it."""
+    import cv2
+
+    target = Path(path)
+    ok, data = cv2.imencode(target.suffix or ".png", image)
+    if not ok:
+        raise ValueError(f"{target}: OpenCV cannot encode this image as {target.suffix or '.png'}")
+    return write_bytes(target, data.tobytes())
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ localhost-only discovery, with the large shared-memory profile so best-effort de
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from liteseg_ros.defaults import FASTDDS_PROFILE_VARIABLES, fastdds_profile_variable
+from liteseg_ros.interrupts import stop_child
 
 REPO = Path(__file__).resolve().parents[1]
 FASTDDS_XML = REPO / "config" / "fastdds_large_shm.xml"
@@ -145,6 +147,22 @@ class RosHarness:
             time.sleep(0.02)
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
+    def parameter_setter(self, node_name: str) -> Callable[..., list[tuple[bool, str]]]:
+        """``set_params(Parameter(...), ...)`` against a live node's parameter service: one
+        (successful, reason) per parameter, as ``ros2 param set`` reports them."""
+        from rclpy.parameter_client import AsyncParameterClient
+
+        client = AsyncParameterClient(self.node, node_name)
+        assert client.wait_for_services(timeout_sec=30), f"no parameter services of {node_name}"
+
+        def set_params(*ps) -> list[tuple[bool, str]]:
+            fut = client.set_parameters(list(ps))
+            self.wait_for(fut.done, 20, "set_parameters")
+            return [(r.successful, r.reason) for r in fut.result().results]
+
+        set_params.client = client  # type: ignore[attr-defined]
+        return set_params
+
     def close(self) -> None:
         self._stop = True
         self._thread.join(timeout=5)
@@ -182,14 +200,7 @@ class NodeProcess:
         return self.proc.poll() is None
 
     def stop(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        return self.proc.returncode
+        return stop_child(self.proc, timeout)
 
 
 @pytest.fixture
@@ -254,24 +265,29 @@ class RosWorkspace:
 class LaunchedProcess:
     """A long-running command (``ros2 launch``, ``ros2 run``) in its own process group, as a terminal runs it."""
 
-    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> None:
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, text=True,
+        self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True, stdin=subprocess.DEVNULL)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def wait_for_output(self, text: str, timeout: float = 90) -> None:
+        self.wait_for_patterns((re.escape(text),), timeout)
+
+    def wait_for_patterns(self, patterns: tuple[str, ...], timeout: float = 90) -> None:
+        """Until every regular expression in ``patterns`` matches the output (or the process ends)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if text in self.output():
+            out = self.output()
+            if all(re.search(p, out) for p in patterns):
                 return
             if self.proc.poll() is not None:
                 break
             time.sleep(0.1)
-        raise AssertionError(f"{text!r} not in the output after {timeout:.0f} s "
+        raise AssertionError(f"{patterns} not in the output after {timeout:.0f} s "
                              f"(exit {self.proc.poll()}):\n{self.output()[-4000:]}")
 
     def signal_group(self, sig: int, timeout: float = 30) -> int:

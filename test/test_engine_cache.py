@@ -75,3 +75,30 @@ def test_a_cache_others_can_write_is_warned_about(tiny_checkpoint, tmp_path):
     shutil.copy(tiny_checkpoint, weights)
     out = start_runtime(weights, root)
     assert any("writable by other users" in m and str(root) in m for m in out["logs"]), out["logs"]
+
+
+def test_an_int8_report_is_trusted_only_for_the_file_it_was_measured_on(tmp_path):
+    """Before: a report was matched to its file by modification time, so a swapped int8 file with the
+    old time (``cp -p``, an unpacked archive) inherited the old file's label agreement, which lets
+    ``precision: auto`` choose int8 without measuring."""
+    import os
+
+    from liteseg_ros.tools.quantize import write_report
+
+    q = tmp_path / "int8" / "m.int8.onnx"
+    q.parent.mkdir()
+    q.write_bytes(b"int8 model, version 1")
+    rep = {**cache.report_fields(q), "backend": "onnxruntime", "threads": 1, "input_size": [64, 96],
+           "label_agreement": 0.995, "confidence_mean_abs_diff": 0.1, "per_class": [],
+           "holdout": {"images": 8, "source": "test"}, "calibration": {"images": 8, "source": "test", "method": "x"}}
+    jpath, tpath = write_report(q, "onnxruntime", rep)
+    assert cache.load_report(q, "onnxruntime")["label_agreement"] == 0.995 and tpath.is_file()
+    assert cache.load_report(q, "openvino") is None  # one report per runtime
+    st = q.stat()
+    q.write_bytes(b"int8 model, version 2")  # another file at the same path, with the old time
+    os.utime(q, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert q.stat().st_mtime_ns == st.st_mtime_ns
+    assert cache.load_report(q, "onnxruntime") is None
+    for broken in ("[]", '{"label_agreement": "high"}', "{not json"):
+        jpath.write_text(broken)
+        assert cache.load_report(q, "onnxruntime") is None

@@ -228,18 +228,12 @@ def test_diagnostics_before_camera_info_and_when_masks_stop(start_free_space, ro
 
 def test_live_parameters_and_refusals(start_free_space, ros):
     from rclpy.parameter import Parameter
-    from rclpy.parameter_client import AsyncParameterClient
 
     node = start_free_space()
     rig = Rig(ros)
     rig.wait_ready(node)
-    client = AsyncParameterClient(ros.node, "/liteseg_free_space")
-    assert client.wait_for_services(timeout_sec=30)
-
-    def set_params(*ps):
-        fut = client.set_parameters(list(ps))
-        ros.wait_for(fut.done, 20, "set_parameters")
-        return [(r.successful, r.reason) for r in fut.result().results]
+    set_params = ros.parameter_setter("/liteseg_free_space")
+    client = set_params.client
 
     fut = client.describe_parameters(["range_max", "autostart"])
     ros.wait_for(fut.done, 20, "describe_parameters")

@@ -216,19 +216,12 @@ def test_burst_drops_old_frames_instead_of_queueing(start_node, ros, tiny_checkp
 
 def test_live_parameter_changes(start_node, ros, tiny_checkpoint):
     from rclpy.parameter import Parameter
-    from rclpy.parameter_client import AsyncParameterClient
 
     node = start_node({"weights": str(tiny_checkpoint), **NET, **GROUPS})
     outs = Outputs(ros)
     pub = ros.node.create_publisher(Image, "/image", RELIABLE)
     wait_matched(ros, pub, node)
-    client = AsyncParameterClient(ros.node, "/liteseg")
-    assert client.wait_for_services(timeout_sec=30)
-
-    def set_params(*ps):
-        fut = client.set_parameters(list(ps))
-        ros.wait_for(fut.done, 20, "set_parameters")
-        return [(r.successful, r.reason) for r in fut.result().results]
+    set_params = ros.parameter_setter("/liteseg")
 
     assert set_params(Parameter("confidence_threshold", value=1.0)) == [(True, "")]
     ok, reason = set_params(Parameter("mask_groups.vehicles", value=["car", "spaceship"]))[0]

@@ -21,11 +21,11 @@ import shlex
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import LaunchedProcess
 
 pytestmark = pytest.mark.ros
 
@@ -263,51 +263,6 @@ def _up_patterns(text: str) -> tuple[str, ...] | None:
     return None
 
 
-class Started:
-    """A long-running README command in its own process group (a terminal's foreground job)."""
-
-    def __init__(self, run: dict, text: str, log: Path) -> None:
-        self.log = log
-        self._f = open(log, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(_shell(run, text), env=run["env"], cwd=run["work"], stdout=self._f,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_up(self, patterns: tuple[str, ...], timeout: float = 240) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            out = self.output()
-            if all(re.search(p, out) for p in patterns):
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise AssertionError(f"{patterns} not in the output (exit {self.proc.poll()}):\n{self.output()[-4000:]}")
-
-    def ctrl_c(self, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            import os
-
-            os.killpg(self.proc.pid, signal.SIGINT)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._f.close()
-
-    def kill(self) -> None:
-        import os
-
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(10)
-        self._f.close()
-
-
 def _clean(out: str) -> None:
     for bad in ("Traceback", "process has died", "[ERROR]", "[FATAL]"):
         assert bad not in out, f"{bad!r} in:\n{out[-4000:]}"
@@ -333,7 +288,7 @@ for _c in RUN:
 
 @pytest.mark.parametrize("item", ITEMS, ids=[_id(i[0]) for i in ITEMS])
 def test_readme_command_runs(item, readme_run, tmp_path):
-    started: list[Started] = []
+    started: list[LaunchedProcess] = []
     try:
         for cmd in item:
             text = _filled(cmd, readme_run["fill"])
@@ -344,16 +299,17 @@ def test_readme_command_runs(item, readme_run, tmp_path):
                 assert not cmd.background, f"README line {cmd.line}: a background command that is not a node"
                 _run_to_end(readme_run, text)
                 continue
-            job = Started(readme_run, text, tmp_path / f"L{cmd.line}.log")
+            job = LaunchedProcess(_shell(readme_run, text), readme_run["env"], tmp_path / f"L{cmd.line}.log",
+                                  cwd=readme_run["work"])
             started.append(job)
-            job.wait_up(pats)
+            job.wait_for_patterns(pats, timeout=240)
             if not cmd.background:
-                code = job.ctrl_c()
+                code = job.signal_group(signal.SIGINT, timeout=60)
                 assert code == 0, f"{text}: Ctrl-C gave {code}\n{job.output()[-4000:]}"
                 _clean(job.output())
         for job in started:
             if job.proc.poll() is None:
-                code = job.ctrl_c()
+                code = job.signal_group(signal.SIGINT, timeout=60)
                 assert code == 0, f"Ctrl-C gave {code}\n{job.output()[-4000:]}"
                 _clean(job.output())
     finally:

@@ -4,7 +4,8 @@ The rule (``liteseg_ros.safe_files``): a fresh file with an unpredictable name, 
 and O_NOFOLLOW in the target folder, written, fsynced, renamed over the final name; never an existing
 path opened for writing. The writer test plants a symlink and a hard link to a file *outside* the
 intended folder, and a foreign file, at each path the package writes (weights cache, engine cache,
-exports, quantize outputs, TensorRT plans, demo output, bag output), runs the real writer, and shows
+exports, quantize outputs, TensorRT plans, demo output, bag output, checkpoints, a training run's
+folder, evaluation reports, benchmark JSON, generated scenes), runs the real writer, and shows
 that nothing outside changed and that no temporary file is left behind.
 """
 from __future__ import annotations
@@ -208,6 +209,68 @@ def test_tensorrt_plan_and_sidecar(tmp_path, how):
     assert cached_plan(path, key) == (b"plan-bytes", "")
 
 
+def test_checkpoint(tiny_checkpoint, tmp_path):
+    from liteseg_ros.model import load_checkpoint, save_checkpoint
+
+    model = load_checkpoint(tiny_checkpoint)
+    for i, how in enumerate(HOW):
+        planted = Planted(tmp_path / f"outside{i}")
+        path = tmp_path / "ckpt" / f"{how}.pt"
+        planted.plant(path, how)
+        save_checkpoint(model, path, model.meta)
+        planted.check()
+        assert load_checkpoint(path).meta.num_classes == model.meta.num_classes
+
+
+def test_training_run_folder(tmp_path):
+    """A short synthetic run writes its config, log, plots, checkpoints and summary into ``out_dir``."""
+    import torch
+
+    from liteseg_ros.train.config import load_config
+    from liteseg_ros.train.trainer import train
+
+    out = tmp_path / "run"
+    names = ("config.yaml", "metrics.csv", "summary.json", "class_weights.json", "loss.png", "lr.png", "miou.png",
+             "checkpoints/last.pt", "checkpoints/best.pt", "checkpoints/epoch_001.pt")
+    planted = Planted(tmp_path / "outside")
+    for i, name in enumerate(names):
+        planted.plant(out / name, HOW[i % 3])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = load_config(Path(__file__).parents[1] / "config" / "train_synthetic.yaml",
+                          {"synthetic_size": [32, 64], "synthetic_train": 2, "synthetic_val": 1, "crop_size": [32, 64],
+                           "batch_size": 2, "epochs": 1, "num_workers": 0, "device": "cpu", "progress": False,
+                           "plots": True, "val_every": 1, "checkpoint_every": 1, "class_weights": "enet",
+                           "amp": False, "out_dir": str(out)})
+        result = train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.steps == 1
+    planted.check()
+
+
+def test_evaluation_benchmark_and_generated_scene_outputs(tmp_path, capsys):
+    from liteseg_ros.synthetic.__main__ import main as synthetic_main
+    from liteseg_ros.tools.bench import write_json
+    from liteseg_ros.train.cli import main as train_main
+
+    planted = Planted(tmp_path / "outside")
+    evals, scenes = tmp_path / "eval", tmp_path / "scenes"
+    paths = (evals / "eval.json", evals / "eval.txt", evals / "confusion.png", tmp_path / "bench" / "rows.json",
+             scenes / "000007_image.png", scenes / "000007_label.png", scenes / "000007_color.png",
+             tmp_path / "sheet.png")
+    for i, p in enumerate(paths):
+        planted.plant(p, HOW[i % 3])
+    assert train_main(["eval", "--weights", "demo", "--synthetic", "1", "--synthetic-size", "32x64",
+                       "--device", "cpu", "--out", str(evals)]) == 0
+    write_json([{"ms": 1.0}], tmp_path / "bench" / "rows.json", what="test")
+    assert synthetic_main(["--out", str(scenes), "--n", "1", "--seed", "7", "--size", "32x64",
+                           "--sheet", str(tmp_path / "sheet.png")]) == 0
+    capsys.readouterr()
+    planted.check()
+
+
 def test_bag_output_that_is_a_link_is_refused(tmp_path):
     from liteseg_ros.cli import main
 
@@ -223,7 +286,8 @@ def test_bag_output_that_is_a_link_is_refused(tmp_path):
 def test_demo_output(tmp_path, tiny_checkpoint):
     out = tmp_path / "demo"
     planted = Planted(tmp_path / "outside")
-    for i, name in enumerate(("demo_params.yaml", "node.log", "overlay.mp4", "contact_sheet.png")):
+    for i, name in enumerate(("demo_params.yaml", "node.log", "overlay.mp4", "contact_sheet.png", "free_space.log",
+                              "free_space.png")):
         planted.plant(out / name, HOW[i % 3])
     exe = Path(sys.executable).parent / "liteseg"
     proc = subprocess.run([str(exe), "demo", "--weights", str(tiny_checkpoint), "--frames", "3", "--rate", "4",

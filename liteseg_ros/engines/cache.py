@@ -236,9 +236,14 @@ def report_paths(onnx_path: str | os.PathLike, backend: str) -> tuple[Path, Path
 
 
 def load_report(onnx_path: str | os.PathLike, backend: str) -> dict[str, Any] | None:
-    """The JSON report of ``onnx_path`` for ``backend``, or None when there is none (or it is stale:
-    written for another file version). Lives here, torch-free, because the CPU ``auto`` choice
-    reads it at every start-up."""
+    """The JSON report of ``onnx_path`` for ``backend``, or None when there is none or it does not
+    describe this very file. Lives here, torch-free, because the CPU ``auto`` choice reads it at every
+    start-up.
+
+    A report is what lets ``precision: auto`` pick int8 without measuring, so it is trusted only for
+    the file it was measured on: it names that file's SHA-256 (``model_sha256``, see
+    :func:`report_fields`), which is checked here. A report of an earlier or swapped file (same name,
+    other bytes, even with the same modification time) is ignored, and the caller measures again."""
     jpath, _ = report_paths(onnx_path, backend)
     if not jpath.is_file():
         return None
@@ -246,6 +251,17 @@ def load_report(onnx_path: str | os.PathLike, backend: str) -> dict[str, Any] | 
         rep = json.loads(jpath.read_text())
     except (OSError, ValueError):
         return None
-    if rep.get("model_mtime_ns") != Path(onnx_path).stat().st_mtime_ns:
+    if not isinstance(rep, dict) or not isinstance(rep.get("label_agreement"), (int, float)):
+        return None
+    try:
+        if rep.get("model_sha256") != _sha256(Path(onnx_path)):
+            return None
+    except OSError:
         return None
     return rep
+
+
+def report_fields(onnx_path: str | os.PathLike) -> dict[str, Any]:
+    """What ties a quantization report to the file it was measured on (checked by :func:`load_report`)."""
+    p = Path(onnx_path)
+    return {"model": str(p), "model_sha256": _sha256(p)}

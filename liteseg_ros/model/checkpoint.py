@@ -1,6 +1,6 @@
 """Checkpoint files: the one entry point that turns a ``.pth`` into a ready LiteSeg, and our own format.
 
-Ring 1: imports torch and ``liteseg_ros.classes`` only; never rclpy, message packages, the node or the
+Ring 1: imports torch, ``liteseg_ros.classes`` and ``liteseg_ros.safe_files`` only; never rclpy, message packages, the node or the
 bag tools.
 
 Accepted by :func:`load_checkpoint`:
@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import safe_files
 from ..classes import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD, ClassTable
 from . import keymap
 from .liteseg import BACKBONES, LiteSeg, backbone_spec
@@ -481,31 +481,12 @@ def save_checkpoint(
     if extra is not None:
         payload["extra"] = extra
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        # mkstemp makes the file 0600; give it the mode a plain open() would, so a run folder shared with a
-        # robot's service user (or a package's data/) stays readable.
-        os.chmod(tmp, 0o666 & ~_umask())
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # The package's one rule for files it writes: a fresh file beside ``path`` (mode as a plain open()
+    # gives, so a run folder shared with a robot's service user stays readable), renamed over it only
+    # once complete, so a planted link is replaced, never written through, and a crash leaves the old file.
+    with safe_files.fresh_file(path) as f:
+        torch.save(payload, f)
     return path
-
-
-def _umask() -> int:
-    """The process umask, read from /proc where possible because ``os.umask`` can only set-and-return it."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
 
 
 def read_extra(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

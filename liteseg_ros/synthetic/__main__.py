@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from liteseg_ros import safe_files
 from liteseg_ros.classes import ClassTable
 from liteseg_ros.defaults import NETWORK_SIZE, format_size, parse_size
 
@@ -58,12 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         samples = [generate_scene(args.seed + i, cfg) for i in range(args.n)]
     for i, s in enumerate(samples):
         stem = f"{s.seed:06d}" if not args.drive else f"{s.seed:06d}_{i:04d}"
-        cv2.imwrite(str(args.out / f"{stem}_image.png"), s.image)
-        cv2.imwrite(str(args.out / f"{stem}_label.png"), s.label)
-        cv2.imwrite(str(args.out / f"{stem}_color.png"), colorize(s.label))
+        safe_files.write_image(args.out / f"{stem}_image.png", s.image)
+        safe_files.write_image(args.out / f"{stem}_label.png", s.label)
+        safe_files.write_image(args.out / f"{stem}_color.png", colorize(s.label))
     if args.sheet is not None:
         args.sheet.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(args.sheet), contact_sheet(samples[:8]))
+        safe_files.write_image(args.sheet, contact_sheet(samples[:8]))
     print(f"wrote {len(samples)} scenes of {args.size[0]}x{args.size[1]} to {args.out}")
     return 0
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from liteseg_ros import safe_files
 from liteseg_ros.defaults import NETWORK_SIZE
 from liteseg_ros.engines.base import Engine
 
@@ -268,5 +269,5 @@ def write_json(rows: list[dict[str, Any]], path: str | Path, **context: Any) -> 
         pass
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"context": ctx, "rows": rows}, indent=1))
+    safe_files.write_text(path, json.dumps({"context": ctx, "rows": rows}, indent=1))
     return path

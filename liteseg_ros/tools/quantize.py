@@ -45,7 +45,7 @@ import numpy as np
 from liteseg_ros import safe_files
 from liteseg_ros.defaults import IMAGE_SUFFIXES
 from liteseg_ros.engines.base import EngineError
-from liteseg_ros.engines.cache import load_report, report_paths
+from liteseg_ros.engines.cache import load_report, report_fields, report_paths
 from liteseg_ros.engines.selection import CPU_BACKENDS
 
 if TYPE_CHECKING:  # torch is imported where a function needs it: the cache look-ups below must not
@@ -459,7 +459,7 @@ def evaluate_int8(model: nn.Module, onnx_path: str | os.PathLike, backend: str, 
     pipe = reference_pipeline(model, meta_size)
     engine = _runtime_engine(path, backend, num_threads)
     res = compare_on_samples(engine, pipe, holdout)
-    rep = {"model": str(path), "model_mtime_ns": path.stat().st_mtime_ns, "backend": backend,
+    rep = {**report_fields(path), "backend": backend,
            "precision": "int8", "runtime_version": engine.info.extra.get(backend, ""),
            "threads": int(engine.info.extra.get("threads", 0)), "input_size": list(meta_size),
            "machine": platform.machine(), "cpu_caps": engine.info.extra.get("cpu_caps", ""),
@@ -473,10 +473,17 @@ def evaluate_int8(model: nn.Module, onnx_path: str | os.PathLike, backend: str, 
     rep.setdefault("holdout", {"images": len(holdout), "source": "given"})
     engine.close()
     if write:
-        jpath, tpath = report_paths(path, backend)
-        safe_files.write_text(jpath, json.dumps(rep, indent=1))
-        safe_files.write_text(tpath, format_report(rep))
+        write_report(path, backend, rep)
     return rep
+
+
+def write_report(path: str | Path, backend: str, rep: dict[str, Any]) -> tuple[Path, Path]:
+    """The JSON report (what ``precision: auto`` reads) and its text form beside the int8 file ``path``,
+    each written the safe way; returns their paths."""
+    jpath, tpath = report_paths(path, backend)
+    safe_files.write_text(jpath, json.dumps(rep, indent=1))
+    safe_files.write_text(tpath, format_report(rep))
+    return jpath, tpath
 
 
 def _meta_size(path: Path) -> tuple[int, int]:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from liteseg_ros import safe_files
 from liteseg_ros.classes import (
     CITYSCAPES_CATEGORIES,
     CITYSCAPES_CLASSES,
@@ -234,7 +235,8 @@ def save_confusion_png(metrics: SegMetrics, path: str | Path) -> Path | None:
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    with safe_files.fresh_file(path) as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
     return path
 
@@ -248,8 +250,8 @@ def _write_outputs(report: EvalReport, out_dir: str | Path | None) -> None:
         return
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(report.to_dict(), indent=2))
-    (out / "eval.txt").write_text(report.format() + "\n")
+    safe_files.write_text(out / "eval.json", json.dumps(report.to_dict(), indent=2))
+    safe_files.write_text(out / "eval.txt", report.format() + "\n")
     report.files["json"] = str(out / "eval.json")
     report.files["txt"] = str(out / "eval.txt")
     png = save_confusion_png(report.metrics, out / "confusion.png")

@@ -20,6 +20,7 @@ Ring 4 (faces): imports torch, numpy, tqdm, matplotlib (optional) and ``liteseg_
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -37,6 +38,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from liteseg_ros import safe_files
 from liteseg_ros.classes import CITYSCAPES_CLASSES, IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD
 from liteseg_ros.train.config import TrainConfig
 from liteseg_ros.train.datasets import EvalTransform, SegDataset, TrainTransform, open_dataset
@@ -353,12 +355,8 @@ class _Run:
         """metrics.csv from the history so far (rows after a resumed step dropped), the progress bar,
         and the best.pt a resumed run already has."""
         if self.info.is_main:
-            keep = [r for r in self.history if int(r["step"]) <= self.step]
-            with self.csv_path.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-                w.writeheader()
-                w.writerows(keep)
-            self.history = keep
+            self.history = [r for r in self.history if int(r["step"]) <= self.step]
+            self._write_csv()
             if self.cfg.progress:
                 from tqdm import tqdm
 
@@ -373,8 +371,21 @@ class _Run:
             return
         full = {k: row.get(k, "") for k in CSV_FIELDS}
         self.history.append(full)
-        with self.csv_path.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(full)
+        # Appending is the one write into an existing file: only to a plain file of ours (one link, our
+        # uid); anything else found there (a planted link) is removed and the whole log written afresh.
+        f = safe_files.open_own_for_append(self.csv_path)
+        if f is None:
+            self._write_csv()
+            return
+        with io.TextIOWrapper(f, encoding="utf-8", newline="") as text:
+            csv.DictWriter(text, fieldnames=CSV_FIELDS).writerow(full)
+
+    def _write_csv(self) -> None:
+        """metrics.csv from the history, as a fresh file renamed into place."""
+        with safe_files.fresh_file(self.csv_path, "w", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            w.writeheader()
+            w.writerows(self.history)
 
     def say(self, msg: str) -> None:
         if self.info.is_main:
@@ -403,7 +414,7 @@ def _build(cfg: TrainConfig, info: DistInfo, t_start: float) -> _Run:
     ckpt_dir = out_dir / "checkpoints"
     if info.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        safe_files.write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     train_ds, val_ds = build_datasets(cfg)
     for ds in (train_ds, val_ds):
@@ -439,7 +450,7 @@ def _build(cfg: TrainConfig, info: DistInfo, t_start: float) -> _Run:
         loss_weight = torch.as_tensor(class_weights, dtype=torch.float32, device=device)
         if info.is_main:
             print("class weights: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(classes.names, class_weights)))
-            (out_dir / "class_weights.json").write_text(json.dumps(
+            safe_files.write_text(out_dir / "class_weights.json", json.dumps(
                 dict(zip(classes.names, [round(float(w), 6) for w in class_weights])), indent=1) + "\n")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     return _Run(cfg, info, t_start, out_dir, ckpt_dir, classes, train_ds, val_ds, model, sampler, loader,
@@ -603,7 +614,7 @@ def _finish(run: _Run) -> TrainResult:
                    "images_per_s": it_s * cfg.batch_size * info.world_size,
                    "last_checkpoint": str(run.last_path) if run.last_path else None,
                    "best_checkpoint": str(run.best_path) if run.best_path else None}
-        (run.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        safe_files.write_text(run.out_dir / "summary.json", json.dumps(summary, indent=2))
         if cfg.plots:
             write_plots(run.history, run.out_dir)
     return TrainResult(run.out_dir, run.last_path, run.best_path, run.best_miou, run.step, seconds, it_s)
@@ -650,7 +661,8 @@ def write_plots(history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
         path = out_dir / fname
-        fig.savefig(path)
+        with safe_files.fresh_file(path) as f:
+            fig.savefig(f, format="png")
         plt.close(fig)
         written.append(path)
     return written
