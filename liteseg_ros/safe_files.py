@@ -138,6 +138,26 @@ def fresh_path(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(private, ignore_errors=True)
 
 
+def private_folder(path: str | os.PathLike) -> Path:
+    """A folder only we can write, for a library that writes files into it by itself (OpenVINO's
+    compiled-model cache): created 0700 if missing; a link, a non-folder or another user's folder there
+    raises UnsafeFileError (nothing is written through it); our own folder open to others is closed
+    (chmod 0700), since anyone who can write into it can plant what the library later loads."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        p.mkdir(mode=0o700)
+    st = os.lstat(p)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise UnsafeFileError(f"{p} is {'a link' if stat.S_ISLNK(st.st_mode) else 'not a folder'}, not a folder "
+                              f"of ours; remove it")
+    if st.st_uid != os.geteuid():
+        raise UnsafeFileError(f"{p} belongs to another user (uid {st.st_uid}); use a folder of your own")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(p, 0o700)
+    return p
+
+
 def open_streaming(path: str | os.PathLike, mode: str = "w") -> IO:
     """A file another process streams into while it runs (a log): whatever sits at ``path`` is removed
     first (a link itself, never its target), then a fresh file is created there with O_EXCL, so a

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from liteseg_ros import safe_files
@@ -269,6 +270,47 @@ def test_evaluation_benchmark_and_generated_scene_outputs(tmp_path, capsys):
                            "--sheet", str(tmp_path / "sheet.png")]) == 0
     capsys.readouterr()
     planted.check()
+
+
+def test_private_folder_refuses_a_link_and_closes_a_shared_folder(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link = tmp_path / "cache" / "openvino"
+    link.parent.mkdir()
+    link.symlink_to(outside)
+    with pytest.raises(safe_files.UnsafeFileError, match="is a link"):
+        safe_files.private_folder(link)
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    os.chmod(shared, 0o777)
+    assert safe_files.private_folder(shared) == shared and (shared.stat().st_mode & 0o777) == 0o700
+    made = safe_files.private_folder(tmp_path / "new" / "openvino")
+    assert made.is_dir() and (made.stat().st_mode & 0o777) == 0o700
+
+
+def test_openvino_compiled_model_cache_is_never_written_through_a_link(tmp_path):
+    """OpenVINO writes its compiled blobs by itself: a link planted at its folder turns the cache off."""
+    pytest.importorskip("openvino")
+    from liteseg_ros.engines.export import export_onnx
+    from liteseg_ros.engines.openvino import OpenVinoEngine
+    from liteseg_ros.tools.bench import random_weight_model
+
+    onnx = tmp_path / "m.onnx"
+    export_onnx(random_weight_model(seed=1), onnx, (64, 96))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "openvino").symlink_to(outside)
+    logs: list[str] = []
+    eng = OpenVinoEngine(onnx, "fp32", 1, log=logs.append, cache_dir=cache)
+    eng.infer(np.zeros((1, 3, 64, 96), np.float32))
+    assert list(outside.iterdir()) == []
+    assert any("compiled-model cache is off" in m and "is a link" in m for m in logs), logs
+    (cache / "openvino").unlink()
+    eng = OpenVinoEngine(onnx, "fp32", 1, log=logs.append, cache_dir=cache)
+    eng.infer(np.zeros((1, 3, 64, 96), np.float32))
+    assert ((cache / "openvino").stat().st_mode & 0o777) == 0o700 and list((cache / "openvino").iterdir())
 
 
 def test_bag_output_that_is_a_link_is_refused(tmp_path):

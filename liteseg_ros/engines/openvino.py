@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from liteseg_ros import safe_files
+
 from .base import Engine, EngineError, EngineInfo, EngineOutput
 
 #: Environment override of the CPU's OpenVINO OPTIMIZATION_CAPABILITIES (comma separated).
@@ -156,9 +158,14 @@ class OpenVinoEngine(Engine):
         self.threads = int(num_threads) if num_threads else get_num_threads()
         self.core = ov.Core()
         if cache_dir:
-            cache = Path(cache_dir) / "openvino"
-            cache.mkdir(parents=True, exist_ok=True)
-            self.core.set_property({"CACHE_DIR": str(cache)})
+            # OpenVINO writes and later loads its compiled blobs by itself, unchecked by our records, so
+            # its folder is one only we can write (a planted link or a shared folder: no cache, said so).
+            try:
+                cache = safe_files.private_folder(Path(cache_dir) / "openvino")
+            except OSError as exc:
+                log(f"engines: OpenVINO's compiled-model cache is off: {exc}")
+            else:
+                self.core.set_property({"CACHE_DIR": str(cache)})
         self.config = {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": hint,
                        "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         try:
