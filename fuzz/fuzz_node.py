@@ -53,9 +53,9 @@ NODE = "liteseg_fuzz"
 NET = {"network_width": 96, "network_height": 64, "num_threads": 1}
 PUBLIC = {"create": 0, "configure": 1, "cleanup": 2, "activate": 3, "deactivate": 4, "destroy": 8}
 SHUTDOWN = (5, 6, 7)
-#: rclpy's own words when a lifecycle node is asked for a transition not valid from its state; until the
-#: node answers such a request with success=false instead of dying, a run that ends this way is reported
-#: as this known finding (``KNOWN_INVALID_TRANSITION_CRASH``) rather than a new one.
+#: rclpy's own words when a lifecycle node is asked for a transition not valid from its state. rclpy 7.1's
+#: lifecycle service ends the node there; ours answers success=false instead (``node_guards``). Should that
+#: ever regress, a run that ends this way names the cause (``KNOWN_INVALID_TRANSITION_CRASH``).
 KNOWN_INVALID_TRANSITION_CRASH = "Transition is not registered"
 INTERNAL = (10, 11, 12, 20, 21, 22, 30, 31, 32, 40, 41, 42, 50, 51, 52, 60, 61, 62, 97, 98, 99)
 
