@@ -45,7 +45,7 @@ import numpy as np
 from liteseg_ros import safe_files
 from liteseg_ros.defaults import IMAGE_SUFFIXES
 from liteseg_ros.engines.base import EngineError
-from liteseg_ros.engines.cache import load_report, report_fields, report_paths
+from liteseg_ros.engines.cache import report_fields, report_paths
 from liteseg_ros.engines.selection import CPU_BACKENDS
 
 if TYPE_CHECKING:  # torch is imported where a function needs it: the cache look-ups below must not
@@ -578,31 +578,3 @@ def int8_path(model: Any, input_size: tuple[int, int], cache_dir: str | os.PathL
     from liteseg_ros.engines.cache import int8_cache_path, model_key
 
     return int8_cache_path(model_key(model), input_size, cache_dir)
-
-
-def int8_for(model: Any, input_size: tuple[int, int], cache_dir: str | os.PathLike | None,
-             backend: str, num_threads: int | None = None, calib_images: int = 32, holdout_images: int = 8,
-             log: Callable[[str], None] = print, key: str | None = None) -> Path:
-    """The cached int8 file of ``model`` (``liteseg quantize`` without --out writes it), made here with
-    generated calibration scenes when missing; a missing report for ``backend`` is written too.
-
-    ``model``: a module, or a zero-argument callable returning one (called only when the file or its
-    report must be made); ``key``: its cache key (``cache.model_key``; default: the module's).
-    """
-    from liteseg_ros.engines.cache import cached_file_ok, int8_cache_path, model_key, write_record
-
-    get = model if callable(model) and not hasattr(model, "state_dict") else (lambda: model)
-    key = key or model_key(get())
-    path = int8_cache_path(key, input_size, cache_dir)
-    if not cached_file_ok(path, key, log):
-        log(f"engines: no int8 model in the cache for these weights at {input_size[0]}x{input_size[1]}; "
-            f"quantizing with {calib_images} generated scenes (run `liteseg quantize --calib DIR` to use "
-            f"your own images)")
-        quantize_model(get(), path, input_size, synthetic_samples(calib_images, input_size, 0),
-                       synthetic_samples(holdout_images, input_size, HOLDOUT_SEED), [backend], num_threads,
-                       calib_source="generated scenes", holdout_source="generated scenes", log=log)
-        write_record(path, key)
-    elif load_report(path, backend) is None:
-        evaluate_int8(get(), path, backend, synthetic_samples(holdout_images, input_size, HOLDOUT_SEED),
-                      num_threads, {"holdout": {"images": holdout_images, "source": "generated scenes"}})
-    return path
