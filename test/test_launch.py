@@ -187,13 +187,14 @@ def test_namespace_params_lifecycle_and_log_level(ros_ws, launch_params, tmp_pat
         refused = ros_ws.run(f"ros2 param set {D} {node} network_width 128")
         assert "read-only parameter: network_width" in refused.stdout + refused.stderr, refused
         assert ros_ws.run(f"ros2 param get {D} {node} overlay_alpha").stdout.strip().endswith("0.25")
-        for transition, state in (("deactivate", "inactive"), ("activate", "active"), ("deactivate", "inactive"),
-                                  ("cleanup", "unconfigured"), ("configure", "inactive")):
+        # Each ros2 call spins the full --spin-time, so the walk is short: the full manager sequence and every
+        # transition id from every state are test_ros_surfaces' (over the services, without the CLI's start-up).
+        for transition in ("deactivate", "cleanup", "configure"):
             # "Node not found" (nothing happened: discovery missed the node) is worth a retry.
             done = ros_ws.eventually(f"ros2 lifecycle set {D} {node} {transition}", lambda out: out.strip() != "")
             assert "Transitioning successful" in done, (transition, done)
-            now = ros_ws.eventually(f"ros2 lifecycle get {D} {node}", lambda out: out.strip() != "")
-            assert now.startswith(state), (transition, now)
+        now = ros_ws.eventually(f"ros2 lifecycle get {D} {node}", lambda out: out.strip() != "")
+        assert now.startswith("inactive"), now
         for line in ("deactivated:", "cleaned up:", "configured (inactive)"):
             assert line in launch.output()
         done = ros_ws.eventually(f"ros2 lifecycle set {D} {node} shutdown", lambda out: out.strip() != "")
