@@ -18,6 +18,7 @@ import torch
 
 from liteseg_ros.commands.engines import add_quantize_parser
 from liteseg_ros.engines import EngineError, cpu_path_ranking, create_engine
+from liteseg_ros.engines.cache import load_report, report_paths
 from liteseg_ros.engines.export import export_onnx, reference_outputs
 from liteseg_ros.engines.openvino import CAPS_ENV, OpenVinoEngine, cpu_capabilities, has_bf16, openvino_status
 from liteseg_ros.runtime import demo_weights_path, resolve_device
@@ -25,10 +26,8 @@ from liteseg_ros.tools.quantize import (
     HOLDOUT_SEED,
     compare_on_samples,
     int8_path,
-    load_report,
     quantize_model,
     reference_pipeline,
-    report_paths,
     startup_agreement,
     synthetic_samples,
 )
