@@ -36,7 +36,7 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image, LaserScan
 
 from liteseg_ros import free_space_params as fsp
-from liteseg_ros import process, ros_params
+from liteseg_ros import node_guards, process, ros_params
 from liteseg_ros.free_space import CameraModelError, FreeSpace, Intrinsics, Pose
 from liteseg_ros.params import ParameterError, is_ros_builtin
 
@@ -56,6 +56,9 @@ class FreeSpaceNode(LifecycleNode):
 
     def __init__(self, node_name: str = fsp.NODE_NAME, **kwargs) -> None:
         super().__init__(node_name, **kwargs)
+        # a request the state does not allow (a lifecycle manager's activate after autostart) is answered
+        # success=False; rclpy alone would end the node
+        node_guards.guard_change_state(self, self.get_logger().warning)
         self.values = self._declare_parameters()
         self.counters = fsp.FreeSpaceCounters()
         self._state_name = "unconfigured"

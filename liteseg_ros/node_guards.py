@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -119,17 +120,47 @@ def file_forms(changes: list) -> list:
 # ------------------------------------------------------------------------------------------ lifecycle
 
 
-def guard_change_state(node: Any, log: Callable[[str], None]) -> None:
+class ThrottledLog:
+    """At most one line per ``period_s``; the lines held back meanwhile are counted in the next one.
+
+    A client that sends refused requests in a loop (a misconfigured manager, a fuzzer) must not fill
+    the log - one request each millisecond would be a line each millisecond - yet the operator must
+    still see that it happens, and how often. rclpy's own throttling keeps the first line of a period
+    and drops the rest without a trace, hence this.
+    """
+
+    def __init__(self, log: Callable[[str], None], period_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._log = log
+        self.period_s = period_s
+        self._clock = clock
+        self._last: float | None = None
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, message: str) -> None:
+        now = self._clock()
+        with self._lock:
+            if self._last is not None and now - self._last < self.period_s:
+                self.held += 1
+                return
+            held, self.held, self._last = self.held, 0, now
+        self._log(message + (f" (and {held} more like it in the {self.period_s:g} s before)" if held else ""))
+
+
+def guard_change_state(node: Any, log: Callable[[str], None], period_s: float = 5.0) -> None:
     """Answer a ChangeState request the current state does not allow with ``success=False``.
 
     rclpy 7.1 raises inside the service callback for such a request ("Transition is not
     registered"), which leaves the client without an answer and ends the process. A lifecycle
     manager sends exactly that to a node that autostarted (``activate`` while active), and two
-    clients can race; both must get a plain "no" while the node keeps serving.
+    clients can race; both must get a plain "no" while the node keeps serving. The refusals are
+    logged through :class:`ThrottledLog` (one line per ``period_s``, with the count held back).
     """
     service = node._service_change_state  # rclpy creates it in LifecycleNodeMixin.__init__
     original = service.callback
     machine = node._state_machine
+    log = ThrottledLog(log, period_s)
 
     def change_state(request, response):
         state_id, state = machine.current_state

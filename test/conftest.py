@@ -180,6 +180,38 @@ def ros() -> Iterator[RosHarness]:
         h.close()
 
 
+class Lifecycle:
+    """A client that behaves like a lifecycle manager: raw ChangeState / GetState requests by id or label."""
+
+    def __init__(self, ros, node_name: str) -> None:
+        from lifecycle_msgs.srv import ChangeState, GetState
+
+        self.ros = ros
+        self.change = ros.node.create_client(ChangeState, f"/{node_name}/change_state")
+        self.get = ros.node.create_client(GetState, f"/{node_name}/get_state")
+        self.requests = 0
+
+    def _call(self, client, request, timeout: float = 90.0):
+        assert client.wait_for_service(timeout_sec=timeout), f"{client.srv_name} not offered"
+        future = client.call_async(request)
+        self.ros.wait_for(future.done, timeout, f"an answer from {client.srv_name}")
+        return future.result()
+
+    def set(self, transition_id: int = 0, label: str = "") -> bool:
+        from lifecycle_msgs.srv import ChangeState
+
+        request = ChangeState.Request()
+        request.transition.id = transition_id
+        request.transition.label = label
+        self.requests += 1
+        return self._call(self.change, request).success
+
+    def state(self) -> str:
+        from lifecycle_msgs.srv import GetState
+
+        return self._call(self.get, GetState.Request()).current_state.label
+
+
 class NodeProcess:
     """``liteseg_node`` started as its own process, exactly as a user (or launch_ros) starts it."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import NodeProcess, ros_env
+from conftest import Lifecycle, NodeProcess, ros_env
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import OccupancyGrid
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy
@@ -224,6 +224,31 @@ def test_diagnostics_before_camera_info_and_when_masks_stop(start_free_space, ro
     rig.mask_pub.publish(mask_msg(mask, 20))
     rig.wait_status("no camera_info on /seg/label/camera_info")
     rig.wait_status("(stale)", timeout=20)
+
+
+def test_lifecycle_requests_the_state_does_not_allow_are_refused_and_logged_once(start_free_space, ros):
+    """What a lifecycle manager sends to a node that autostarted (configure, activate while active), and
+    ids that are no transition at all: each answered success=False, the node keeps serving, and a burst of
+    refusals makes one log line, not one per request. Before: rclpy's "Transition is not registered"
+    left the request unanswered and ended the node."""
+    from lifecycle_msgs.msg import Transition as T
+
+    node = start_free_space()
+    rig = Rig(ros)
+    rig.wait_ready(node)
+    lc = Lifecycle(ros, "liteseg_free_space")
+    assert lc.state() == "active"
+    refused = [T.TRANSITION_CONFIGURE, T.TRANSITION_ACTIVATE, T.TRANSITION_CLEANUP, 9, 200,
+               T.TRANSITION_ON_CONFIGURE_SUCCESS] * 5
+    for tid in refused:
+        assert lc.set(tid) is False, tid
+    assert lc.set(label="activate") is False and node.alive(), node.output()[-3000:]
+    assert lc.state() == "active"
+    assert node.output().count("is not allowed in state") <= 2, node.output()[-3000:]
+    assert lc.set(T.TRANSITION_DEACTIVATE) and lc.state() == "inactive"
+    assert lc.set(label="activate") and lc.state() == "active"
+    rig.wait_ready(node)
+    assert node.alive() and "Traceback" not in node.output()
 
 
 def test_live_parameters_and_refusals(start_free_space, ros):

@@ -85,3 +85,22 @@ def test_an_exception_in_a_callback_is_logged_once_and_spinning_goes_on():
         test_node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
+
+
+def test_throttled_log_keeps_one_line_per_period_and_counts_the_rest():
+    """Refused requests in a loop make one line per period, and the next line says how many were held."""
+    from liteseg_ros.node_guards import ThrottledLog
+
+    now = [100.0]
+    lines: list[str] = []
+    log = ThrottledLog(lines.append, period_s=5.0, clock=lambda: now[0])
+    for i in range(1000):  # a thousand refusals within one second
+        now[0] = 100.0 + i / 1000
+        log(f"refused {i}")
+    assert lines == ["refused 0"] and log.held == 999
+    now[0] = 105.5
+    log("refused again")
+    assert lines[-1] == "refused again (and 999 more like it in the 5 s before)" and log.held == 0
+    now[0] = 200.0
+    log("quiet since")
+    assert lines[-1] == "quiet since"
