@@ -57,6 +57,9 @@ SHUTDOWN = (5, 6, 7)
 #: lifecycle service ends the node there; ours answers success=false instead (``node_guards``). Should that
 #: ever regress, a run that ends this way names the cause (``KNOWN_INVALID_TRANSITION_CRASH``).
 KNOWN_INVALID_TRANSITION_CRASH = "Transition is not registered"
+#: What the node logs for a lifecycle request its state does not allow, at most once per period.
+REFUSAL_LINE = "is not allowed in state"
+REFUSAL_LOG_PERIOD_S = 5.0
 INTERNAL = (10, 11, 12, 20, 21, 22, 30, 31, 32, 40, 41, 42, 50, 51, 52, 60, 61, 62, 97, 98, 99)
 
 
@@ -334,8 +337,11 @@ def fuzz(seconds: float, seed: int, clients: int, answer_timeout: float, rss_lim
         for w in workers:
             w.join(max(answer_timeout, 120.0) + 5)
         result["exited_during_fuzz"] = exited_during
-        if exited_during is not None and KNOWN_INVALID_TRANSITION_CRASH in log_path.read_text(errors="replace"):
+        node_log = log_path.read_text(errors="replace")
+        if exited_during is not None and KNOWN_INVALID_TRANSITION_CRASH in node_log:
             result["known_crash"] = "invalid-transition"
+        # refused requests are logged through a throttle: a flood of them must not flood the log
+        result["refusal_log_lines"] = node_log.count(REFUSAL_LINE)
         # good frames keep being labelled: bring the node to active, whatever state the fuzz left it in
         labelled = False
         if exited_during is None:
@@ -413,6 +419,10 @@ def violations(res: dict) -> list[str]:
     growth = res.get("rss_peak_mb", 0) - res.get("rss_baseline_mb", 0)
     if growth > res.get("rss_limit_mb", float("inf")):
         out.append(f"RSS grew {growth:.0f} MB after the first configure, over the {res['rss_limit_mb']} MB limit")
+    most = res.get("seconds", 0) / REFUSAL_LOG_PERIOD_S + 5
+    if res.get("refusal_log_lines", 0) > most:
+        out.append(f"{res['refusal_log_lines']} refusal lines in the node's log in {res.get('seconds')} s: the "
+                   f"throttle allows one per {REFUSAL_LOG_PERIOD_S:g} s")
     if res.get("exit_after_shutdown") != 0:
         out.append(f"the shutdown transition ended the node with status {res.get('exit_after_shutdown')}, not 0")
     if res.get("outcomes", {}).get("client_error"):
@@ -443,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"node fuzz: {total} requests in {args.seconds:g} s ({', '.join(f'{k} {v}' for k, v in sorted(res['tried'].items()))}); "
           f"unanswered {sum(res['unanswered'].values())}; node exited during fuzz: {res['exited_during_fuzz']}; "
           f"labelled after: {res['labelled_after']}; RSS {res['rss_baseline_mb']} -> peak {res['rss_peak_mb']} MB; "
-          f"exit after shutdown: {res['exit_after_shutdown']}; violations: {len(bad)}")
+          f"refusal log lines: {res.get('refusal_log_lines')}; exit after shutdown: {res['exit_after_shutdown']}; "
+          f"violations: {len(bad)}")
     print("outcomes:", dict(sorted(res["outcomes"].items())))
     for b in bad:
         print("VIOLATION:", b)

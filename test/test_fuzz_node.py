@@ -47,3 +47,19 @@ def test_every_transition_id_from_every_state_with_concurrent_clients(tmp_path):
     res = run_fuzzer(tmp_path, "--clients", "3")
     assert res["violations"] == [], res["stdout"] + res["node_log"]
     assert sum(res["tried"].values()) > 10
+    assert res["refusal_log_lines"] <= SECONDS / 5 + 5, res["node_log"]
+
+
+def test_the_invariants_catch_what_they_are_for():
+    """The fuzzer's judgement on made-up results: a flooded log, an exit, a lost answer, memory growth."""
+    sys.path.insert(0, str(REPO / "fuzz"))
+    from fuzz_node import violations
+
+    good = {"seconds": 60, "refusal_log_lines": 12, "labelled_after": True, "exit_after_shutdown": 0,
+            "rss_baseline_mb": 900, "rss_peak_mb": 950, "rss_limit_mb": 400, "outcomes": {}}
+    assert violations(good) == []
+    for change, words in (({"refusal_log_lines": 43000}, "refusal lines"), ({"exited_during_fuzz": 1}, "exited"),
+                          ({"unanswered": {"change_state": 1}}, "unanswered"), ({"rss_peak_mb": 1400}, "RSS grew"),
+                          ({"labelled_after": False}, "not labelled"), ({"exit_after_shutdown": 1}, "status 1")):
+        found = violations({**good, **change})
+        assert any(words in v for v in found), (change, found)
