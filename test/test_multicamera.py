@@ -148,16 +148,21 @@ def test_a_bad_stamp_on_one_camera_is_rejected_for_that_camera_alone(start_node,
             break
         except AssertionError:
             continue
-    sent = set()
-    for k in range(12):
-        bad = msg_for(*cams["front"], 0, "front")
-        bad.header.stamp.sec, bad.header.stamp.nanosec = stamp
-        pubs["front"].publish(bad)
-        pubs["rear"].publish(msg_for(*cams["rear"], 3000 + k, "rear"))
-        sent.add(3000 + k)
+    # Pairs of (bad front, good rear) frames until ten rear frames are labelled and at least 14 pairs went out:
+    # both publishers are best effort, so on a loaded machine a frame can be lost in DDS without the node's
+    # doing; what matters is that rear keeps being labelled (before the fix it got none).
+    sent: set[int] = set()
+    end = time.monotonic() + 60
+    while time.monotonic() < end and (len(stamps(labels["rear"]) & sent) < 10 or len(sent) < 14):
+        if len(sent) < 60:
+            bad = msg_for(*cams["front"], 0, "front")
+            bad.header.stamp.sec, bad.header.stamp.nanosec = stamp
+            pubs["front"].publish(bad)
+            pubs["rear"].publish(msg_for(*cams["rear"], 3000 + len(sent), "rear"))
+            sent.add(3000 + len(sent))
         time.sleep(0.3)
-    ros.wait_for(lambda: len(stamps(labels["rear"]) & sent) >= 10, 60,
-                 f"rear labelled while front sends bad stamps\n{node.output()}")
+    got = len(stamps(labels["rear"]) & sent)
+    assert got >= 10, f"rear labelled {got} of {len(sent)} while front sends bad stamps\n{node.output()}"
     assert not labels["front"] and node.alive()
     pubs["front"].publish(msg_for(*cams["front"], 3500, "front"))
     ros.wait_for(lambda: 3500 in stamps(labels["front"]), 30, "front recovers")
