@@ -295,7 +295,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"[demo] starting the node: {shlex.join(cmd)}  (log: {log_path})", flush=True)
     log = safe_files.open_streaming(log_path)  # closed in finally
     node_proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    fs_proc = fs_log = None
+    fs_proc = fs_log = fs_log_path = None
     if cameras is not None:  # the free-space node on the segmentation node's drivable mask
         fs_exe = Path(sys.executable).parent / "liteseg_free_space"
         fs_cmd = [str(fs_exe) if fs_exe.exists() else "liteseg_free_space", "--ros-args",
@@ -375,13 +375,15 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         t0 = time.monotonic()
         print("[demo] waiting for the node (loads the model, builds the engine)...", flush=True)
-        while camera.get_subscription_count() == 0 or col.info is None:
-            if node_proc.poll() is not None:
-                print(f"[demo] the node exited with code {node_proc.returncode}:\n{log_path.read_text()[-3000:]}",
-                      file=sys.stderr)
-                return 2
+        while camera.get_subscription_count() == 0 or col.info is None or not _free_space_ready(ros_node, fs_proc):
+            for proc, path in ((node_proc, log_path), (fs_proc, fs_log_path)):
+                if proc is not None and proc.poll() is not None:
+                    name, tail = Path(proc.args[0]).name, path.read_text()[-3000:]
+                    print(f"[demo] {name} exited with code {proc.returncode}:\n{tail}", file=sys.stderr)
+                    return 2
             if time.monotonic() - t0 > args.timeout or stop.is_set():
-                print("[demo] gave up waiting for the node", file=sys.stderr)
+                which = "the node" if col.info is None else "the free-space node"
+                print(f"[demo] gave up waiting for {which} after {args.timeout:g} s", file=sys.stderr)
                 return 2
             time.sleep(0.05)
         time.sleep(0.5)
@@ -419,6 +421,10 @@ def run_demo(args: argparse.Namespace) -> int:
                 break
             time.sleep(0.1)
         time.sleep(0.5)
+        if fs_proc is not None:  # the free-space node works on the masks after they are published: let it finish
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and not stop.is_set() and not _last_mask_has_a_grid(col):
+                time.sleep(0.1)
         code = _report(args, col, sent, play_s)
     finally:
         stop.set()
@@ -433,6 +439,25 @@ def run_demo(args: argparse.Namespace) -> int:
         if fs_log is not None:
             fs_log.close()
     return code
+
+
+def _free_space_ready(ros_node, fs_proc) -> bool:
+    """True when there is no free-space node, or it listens to the mask (it subscribes when it becomes active).
+
+    Playing before that loses the drive's first frames to a node still starting, and a short drive then shows
+    no free space at all.
+    """
+    if fs_proc is None:
+        return True
+    return any(info.node_name == "liteseg_free_space"
+               for info in ros_node.get_subscriptions_info_by_topic("/liteseg/masks/drivable"))
+
+
+def _last_mask_has_a_grid(col: Collected) -> bool:
+    """Whether the free-space grid of the newest drivable mask came back (the last thing the demo waits for)."""
+    with col.lock:
+        masks = col.outputs.get("drivable", {})
+        return bool(masks) and max(masks) in col.outputs.get("grid", {})
 
 
 def _report(args, col: Collected, sent: int, play_s: float) -> int:
