@@ -22,7 +22,7 @@ from nav_msgs.msg import OccupancyGrid
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import (
     QoSDurabilityPolicy,
@@ -51,14 +51,11 @@ def _typed(code: str, a: np.ndarray) -> array.array:
     return out
 
 
-class FreeSpaceNode(LifecycleNode):
+class FreeSpaceNode(node_guards.GuardedLifecycleNode):
     """Lifecycle node: configure makes the TF buffer and publishers, activate subscribes."""
 
     def __init__(self, node_name: str = fsp.NODE_NAME, **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        # a request the state does not allow (a lifecycle manager's activate after autostart) is answered
-        # success=False; rclpy alone would end the node
-        node_guards.guard_change_state(self, self.get_logger().warning)
         self.values = self._declare_parameters()
         self.counters = fsp.FreeSpaceCounters()
         self._state_name = "unconfigured"

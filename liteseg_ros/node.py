@@ -20,7 +20,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import (
     QoSDurabilityPolicy,
@@ -58,7 +58,7 @@ NODE_NAME = "liteseg"
 
 
 # ------------------------------------------------------------------------------------------ node
-class LiteSegNode(LifecycleNode):
+class LiteSegNode(node_guards.GuardedLifecycleNode):
     """rclpy lifecycle node serving one camera, or several through one engine with batching."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs) -> None:
@@ -82,9 +82,6 @@ class LiteSegNode(LifecycleNode):
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self._make_diagnostics_timer()
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        node_guards.guard_change_state(self, self.get_logger().warning)
-        if hasattr(self, "add_pre_set_parameters_callback"):  # Jazzy and later
-            self.add_pre_set_parameters_callback(node_guards.file_forms)
 
     def _make_diagnostics_timer(self):
         return self.create_timer(float(self.values["diagnostics_period"]), self._publish_diagnostics,

@@ -10,7 +10,8 @@ rules that come from the tools around it, each learned from a tool that broke th
   for a list parameter that is the empty list;
 - a live parameter change accepts the forms a params file accepts;
 - a ``ChangeState`` request the current state does not allow (what a lifecycle manager sends to a
-  node that autostarted) is answered ``success=False`` instead of raising inside rclpy;
+  node that autostarted) is answered ``success=False`` instead of raising inside rclpy; every node
+  gets that rule and the next one from :class:`GuardedLifecycleNode`;
 - an exception in any callback is logged once and the node goes on serving;
 - the node's own DDS participant uses the shipped Fast DDS profile unless the user chose one.
 """
@@ -24,6 +25,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from rclpy.lifecycle import LifecycleNode
 
 from liteseg_ros import params
 from liteseg_ros.defaults import (
@@ -96,22 +99,33 @@ def given_value(name: str, value: Any) -> Any:
     return value
 
 
-def file_forms(changes: list) -> list:
+def file_forms(changes: list, declared: Callable[[str], Any] | None = None) -> list:
     """A live ``ros2 param set`` accepts what a params file accepts (an rclpy pre-set callback).
 
     ``ros2 param set /liteseg overlay_alpha 1`` sends an integer and ``mask_groups.drivable road`` one
     string; rclpy refuses both against the declared double and string-array types before our
     validation runs, although a params file may say either. They are converted to the declared type
-    here, then validated like every other change.
+    here, then validated like every other change. ``declared(name)`` gives a parameter's declared
+    ``Parameter.Type`` (None when undeclared); without it the segmentation node's table says. A new
+    ``mask_groups.<group>`` (not declared yet) is a list of class names too.
     """
     from rclpy.parameter import Parameter
 
+    def declared_type(name: str):
+        if declared is not None:
+            return declared(name)
+        spec = params.PARAMS_BY_NAME.get(name)
+        if spec is None:
+            return None
+        return {"float": Parameter.Type.DOUBLE, "string[]": Parameter.Type.STRING_ARRAY}.get(spec.type_name)
+
     out = []
     for p in changes:
-        spec = params.PARAMS_BY_NAME.get(p.name)
-        if spec is not None and spec.type_name == "float" and p.type_ == Parameter.Type.INTEGER:
+        want = declared_type(p.name)
+        if want == Parameter.Type.DOUBLE and p.type_ == Parameter.Type.INTEGER:
             p = Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
-        elif p.name.startswith(params.MASK_GROUPS_PREFIX) and p.type_ == Parameter.Type.STRING:
+        elif p.type_ == Parameter.Type.STRING and (want == Parameter.Type.STRING_ARRAY
+                                                   or p.name.startswith(params.MASK_GROUPS_PREFIX)):
             p = Parameter(p.name, Parameter.Type.STRING_ARRAY, [p.value])
         out.append(p)
     return out
@@ -181,6 +195,34 @@ def guard_change_state(node: Any, log: Callable[[str], None], period_s: float = 
             return response
 
     service.callback = change_state
+
+
+class GuardedLifecycleNode(LifecycleNode):
+    """The lifecycle node every node of this package is: rclpy's, with the rules the tools around it need.
+
+    One base class, so a new node cannot forget a rule (the free-space node once did, and a lifecycle
+    manager's ``activate`` after autostart ended it):
+
+    - a ``ChangeState`` request the current state does not allow is answered ``success=False``
+      (:func:`guard_change_state`), its refusals logged one line per 5 s;
+    - a live parameter change accepts the forms a params file accepts (:func:`file_forms`, against
+      the types this node declared).
+    """
+
+    def __init__(self, node_name: str, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        guard_change_state(self, self.get_logger().warning)
+        if hasattr(self, "add_pre_set_parameters_callback"):  # Jazzy and later
+            self.add_pre_set_parameters_callback(self._file_forms)
+
+    def _file_forms(self, changes: list) -> list:
+        return file_forms(changes, self._declared_type)
+
+    def _declared_type(self, name: str) -> Any:
+        """The type a parameter was declared with (its descriptor's: a declared empty list has no value yet)."""
+        from rclpy.parameter import Parameter
+
+        return Parameter.Type(self.describe_parameter(name).type) if self.has_parameter(name) else None
 
 
 class CallbackErrors:

@@ -147,21 +147,9 @@ class RosHarness:
             time.sleep(0.02)
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
-    def parameter_setter(self, node_name: str) -> Callable[..., list[tuple[bool, str]]]:
-        """``set_params(Parameter(...), ...)`` against a live node's parameter service: one
-        (successful, reason) per parameter, as ``ros2 param set`` reports them."""
-        from rclpy.parameter_client import AsyncParameterClient
-
-        client = AsyncParameterClient(self.node, node_name)
-        assert client.wait_for_services(timeout_sec=30), f"no parameter services of {node_name}"
-
-        def set_params(*ps) -> list[tuple[bool, str]]:
-            fut = client.set_parameters(list(ps))
-            self.wait_for(fut.done, 20, "set_parameters")
-            return [(r.successful, r.reason) for r in fut.result().results]
-
-        set_params.client = client  # type: ignore[attr-defined]
-        return set_params
+    def parameter_setter(self, node_name: str) -> ParameterSetter:
+        """A live node's parameter service, set the way ``ros2 param set`` sets (see ParameterSetter)."""
+        return ParameterSetter(self, node_name)
 
     def close(self) -> None:
         self._stop = True
@@ -169,6 +157,23 @@ class RosHarness:
         self.executor.shutdown()
         self.node.destroy_node()
         self.rclpy.shutdown(context=self.context)
+
+
+class ParameterSetter:
+    """``set_params(Parameter(...), ...)`` against a live node: one (successful, reason) per parameter, as
+    ``ros2 param set`` reports them; ``client`` is the parameter client, for describe/get/list calls."""
+
+    def __init__(self, ros: RosHarness, node_name: str) -> None:
+        from rclpy.parameter_client import AsyncParameterClient
+
+        self.ros = ros
+        self.client = AsyncParameterClient(ros.node, node_name)
+        assert self.client.wait_for_services(timeout_sec=30), f"no parameter services of {node_name}"
+
+    def __call__(self, *ps) -> list[tuple[bool, str]]:
+        fut = self.client.set_parameters(list(ps))
+        self.ros.wait_for(fut.done, 20, "set_parameters")
+        return [(r.successful, r.reason) for r in fut.result().results]
 
 
 @pytest.fixture

@@ -269,6 +269,11 @@ def test_live_parameters_and_refusals(start_free_space, ros):
     assert not ok and "range_min (30.0) must be less than range_max (20.0)" in reason
     assert not set_params(Parameter("grid_resolution", value=-1.0))[0][0]
     assert not set_params(Parameter("autostart", value=False))[0][0]
+    # an integer for a double, as `ros2 param set /liteseg_free_space range_max 9` sends it (a params file may say 9)
+    assert set_params(Parameter("range_max", value=9)) == [(True, "")]
+    fut = client.get_parameters(["range_max"])
+    ros.wait_for(fut.done, 20, "get_parameters")
+    assert fut.result().values[0].double_value == 9.0
     assert set_params(Parameter("range_max", value=8.0), Parameter("base_frame", value="base_link"),
                       Parameter("grid_resolution", value=0.2)) == [(True, "")] * 3
     mask, info, height = scene(5)

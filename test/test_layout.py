@@ -166,6 +166,29 @@ def test_the_ros_free_edge_needs_no_ros_even_indirectly():
     assert not bad, "\n".join(sorted(bad))
 
 
+def lifecycle_nodes_outside_the_guarded_base(files: dict[str, Path]) -> list[str]:
+    """Classes that name rclpy's lifecycle node as a base, anywhere but in node_guards."""
+    bad = []
+    for name, path in files.items():
+        if name == "liteseg_ros.node_guards":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                bases = [ast.unparse(b) for b in node.bases]
+                if any(b.split(".")[-1] in ("LifecycleNode", "LifecycleNodeMixin") for b in bases):
+                    bad.append(f"{name}.{node.name}({', '.join(bases)})")
+    return bad
+
+
+def test_every_lifecycle_node_is_a_guarded_one(tmp_path):
+    """Every node subclasses node_guards.GuardedLifecycleNode, so none can miss the rules lifecycle managers and
+    `ros2 param set` need (a node that subclassed rclpy's directly died on a refused transition)."""
+    assert not lifecycle_nodes_outside_the_guarded_base(modules())
+    bad = tmp_path / "bad.py"
+    bad.write_text("from rclpy.lifecycle import LifecycleNode\nclass N(LifecycleNode):\n    pass\n")
+    assert lifecycle_nodes_outside_the_guarded_base({"liteseg_ros.bad": bad}) == ["liteseg_ros.bad.N(LifecycleNode)"]
+
+
 def test_the_checks_see_a_violation(tmp_path):
     """The reader finds function-local and relative imports (what the rules above rely on)."""
     known = {"liteseg_ros.classes": tmp_path / "classes.py", "liteseg_ros.node": tmp_path / "node.py",
