@@ -36,7 +36,7 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image, LaserScan
 
 from liteseg_ros import free_space_params as fsp
-from liteseg_ros import node_guards, process, ros_params
+from liteseg_ros import interfaces, node_guards, process, ros_params
 from liteseg_ros.free_space import CameraModelError, FreeSpace, Intrinsics, Pose
 from liteseg_ros.params import ParameterError, is_ros_builtin
 
@@ -279,7 +279,7 @@ class FreeSpaceNode(node_guards.GuardedLifecycleNode):
     def _publish_diagnostics(self) -> None:
         st = fsp.status(self.get_name(), self._state_name, self.counters, self._mask_topic, self._info_topic,
                         self.values["base_frame"])
-        self._diagnostics_pub.publish(process.diagnostic_array([st], self.get_clock().now().to_msg()))
+        self._diagnostics_pub.publish(interfaces.diagnostic_array([st], self.get_clock().now().to_msg()))
 
 
 def main(args: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""What this process's ROS install offers: our messages, vision_msgs, event callbacks, message classes.
+"""What this process's ROS install offers: our messages, vision_msgs, event callbacks, message classes,
+and the one conversion both nodes share (pure /diagnostics statuses -> DiagnosticArray).
 
 Ring 3 (ROS edge). Probed once at import, so the nodes ask a name (``HAVE_CUSTOM_MSGS``) instead of
 repeating try/except imports, and a degraded install (no colcon build of ``msg/``, no vision_msgs,
@@ -9,6 +10,10 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+from collections.abc import Sequence
+from typing import Any
+
+from liteseg_ros.diagnostics import Status
 
 try:  # Iron and later
     from rclpy.event_handler import (
@@ -49,3 +54,17 @@ def rclpy_types(msgtype: str):
     from rosidl_runtime_py.utilities import get_message
 
     return get_message(msgtype)
+
+
+def diagnostic_array(statuses: Sequence[Status], stamp: Any) -> Any:
+    """``/diagnostics`` from the nodes' pure statuses (``diagnostics.Status``: level, name, message,
+    hardware_id, values), so both nodes word their health without DDS and convert it here, once."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    arr = DiagnosticArray(status=[
+        DiagnosticStatus(level=bytes([st.level]), name=st.name, message=st.message,
+                         hardware_id=st.hardware_id,
+                         values=[KeyValue(key=k, value=v) for k, v in st.values.items()])
+        for st in statuses])
+    arr.header.stamp = stamp
+    return arr

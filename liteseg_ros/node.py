@@ -45,6 +45,7 @@ from liteseg_ros.interfaces import (
     PublisherEventCallbacks,
     SubscriptionEventCallbacks,
     UnsupportedEventTypeError,
+    diagnostic_array,
     rclpy_types,
 )
 from liteseg_ros.process import StartupError
@@ -404,7 +405,7 @@ class LiteSegNode(node_guards.GuardedLifecycleNode):
             if cam is not None:
                 cam.reported = cam.counters.totals()
             statuses.append(st)
-        self._diagnostics_pub.publish(process.diagnostic_array(statuses, self.get_clock().now().to_msg()))
+        self._diagnostics_pub.publish(diagnostic_array(statuses, self.get_clock().now().to_msg()))
 
 
     # ----------------------------------------------------------------------------- process hooks

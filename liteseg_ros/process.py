@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import rclpy
@@ -21,22 +21,7 @@ from rclpy.signals import SignalHandlerOptions
 
 from liteseg_ros import node_guards
 from liteseg_ros.defaults import EXIT_USAGE
-from liteseg_ros.diagnostics import Status
 from liteseg_ros.weights import cancel_downloads
-
-
-def diagnostic_array(statuses: Sequence[Status], stamp: Any) -> Any:
-    """``/diagnostics`` from the nodes' pure statuses (``diagnostics.Status``: level, name, message,
-    hardware_id, values), so both nodes word their health without DDS and convert it here, once."""
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-
-    arr = DiagnosticArray(status=[
-        DiagnosticStatus(level=bytes([st.level]), name=st.name, message=st.message,
-                         hardware_id=st.hardware_id,
-                         values=[KeyValue(key=k, value=v) for k, v in st.values.items()])
-        for st in statuses])
-    arr.header.stamp = stamp
-    return arr
 
 
 class StartupError(RuntimeError):

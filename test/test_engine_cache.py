@@ -102,3 +102,39 @@ def test_an_int8_report_is_trusted_only_for_the_file_it_was_measured_on(tmp_path
     for broken in ("[]", '{"label_agreement": "high"}', "{not json"):
         jpath.write_text(broken)
         assert cache.load_report(q, "onnxruntime") is None
+
+
+def test_a_file_is_hashed_once_per_version_and_again_when_it_changes(tmp_path, monkeypatch):
+    """A start-up checks an int8 file's record, then the report of each runtime: one SHA-256 pass, not one
+    per question. The memo must never hide a change, even one that keeps the size and sets the old
+    modification time back, or one inside a tick of the file clock."""
+    import os
+
+    hashed: list[str] = []
+    real = cache._sha256
+    monkeypatch.setattr(cache, "_sha256", lambda p: hashed.append(str(p)) or real(p))
+    q = tmp_path / "int8" / "m.int8.onnx"
+    q.parent.mkdir()
+    q.write_bytes(b"int8 model, version 1")
+    # right after a write, the file is "racy": hashed at every ask until its change time is well past
+    first = cache.file_digest(q)
+    st = q.stat()
+    q.write_bytes(b"int8 model, version 2")  # same size, in the same tick of the file clock
+    os.utime(q, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cache.file_digest(q) != first and len(hashed) == 2
+
+    monkeypatch.setattr(cache, "RACY_NS", 0)  # as if the file were written long before this start-up
+    monkeypatch.setattr(cache, "_digests", {})  # a new process
+    hashed.clear()
+    cache.write_record(q, "k")
+    rep = {**cache.report_fields(q), "label_agreement": 0.99}
+    for backend in ("onnxruntime", "openvino"):
+        cache.report_paths(q, backend)[0].write_text(json.dumps(rep))
+    assert cache.cached_file_ok(q, "k", print)
+    assert cache.load_report(q, "onnxruntime") and cache.load_report(q, "openvino")
+    assert hashed == [str(q.resolve())]
+
+    replacement = tmp_path / "other"
+    replacement.write_bytes(b"int8 model, version 3")
+    os.replace(replacement, q)  # another inode at the same path
+    assert cache.load_report(q, "onnxruntime") is None and len(hashed) == 2

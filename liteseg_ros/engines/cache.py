@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,11 @@ CACHE_OPSET = 17
 #: Bump when the default int8 recipe of ``quantize.quantize_model`` changes.
 QUANT_RECIPE = 2
 
-_digests: dict[tuple[str, int, int], str] = {}
+#: file identity -> (SHA-256, when it was hashed): see file_digest
+_digests: dict[tuple[str, int, int, int, int, int], tuple[str, int]] = {}
+#: A file changed this close to (or after) its hashing is hashed again on the next ask: file times
+#: tick in coarse steps (a few ms on Linux), so a change right after the hash can keep the same times.
+RACY_NS = 2_000_000_000
 
 
 def default_cache_dir() -> Path:
@@ -58,17 +63,27 @@ def cache_root(cache_dir: str | os.PathLike | None) -> Path:
 
 
 def file_digest(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes, remembered per (path, size, mtime) for the life of the process.
+    """Hex SHA-256 of a file's bytes, hashed once per version of the file for the life of the process.
 
-    Hashing the 12.7 MB demo checkpoint takes ~30 ms; the memo spares the second hash when the
-    runtime and the engine ask for the same file during one start-up.
+    A start-up asks for the same file's digest several times (the checkpoint: the engine key, the
+    metadata; an int8 file: its record, then the report of each runtime, then the agreement check).
+    The memo is keyed by the file's identity and change time as well as its size and modification
+    time: the modification time alone can be set back (``cp -p``, an unpacked archive), but any write
+    moves the change time and a replaced file has another inode, so a changed file is hashed again.
+    A file changed within :data:`RACY_NS` of its hashing is not served from the memo (the way git
+    treats "racily clean" files), since a second change inside one tick of the file clock leaves
+    every time as it was.
     """
     p = Path(path).resolve()
     st = p.stat()
-    memo = (str(p), st.st_size, st.st_mtime_ns)
-    if memo not in _digests:
-        _digests[memo] = _sha256(p)
-    return _digests[memo]
+    memo = (str(p), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    hit = _digests.get(memo)
+    if hit is not None and st.st_ctime_ns + RACY_NS < hit[1]:
+        return hit[0]
+    hashed_at = time.time_ns()
+    digest = _sha256(p)
+    _digests[memo] = (digest, hashed_at)
+    return digest
 
 
 def _key(weights: dict[str, str]) -> str:
@@ -132,7 +147,7 @@ def _sha256(path: Path) -> str:
 def write_record(path: str | os.PathLike, key: str) -> None:
     """Record what the cached file ``path`` (already in place) must be: its SHA-256 and ``key``."""
     p = Path(path)
-    record = {"format": 1, "file": p.name, "sha256": _sha256(p), "size": p.stat().st_size, "key": key}
+    record = {"format": 1, "file": p.name, "sha256": file_digest(p), "size": p.stat().st_size, "key": key}
     safe_files.write_text(record_path(p), json.dumps(record, indent=1))
 
 
@@ -147,7 +162,7 @@ def record_problem(path: str | os.PathLike, key: str) -> str:
         return f"cached file {p} was made from another key ({record.get('key') if isinstance(record, dict) else '?'}, " \
                f"expected {key})"
     try:
-        actual = _sha256(p)
+        actual = file_digest(p)
     except OSError as exc:
         return f"cached file {p} cannot be read ({exc.strerror})"
     if actual != record.get("sha256"):
@@ -254,7 +269,7 @@ def load_report(onnx_path: str | os.PathLike, backend: str) -> dict[str, Any] | 
     if not isinstance(rep, dict) or not isinstance(rep.get("label_agreement"), (int, float)):
         return None
     try:
-        if rep.get("model_sha256") != _sha256(Path(onnx_path)):
+        if rep.get("model_sha256") != file_digest(onnx_path):
             return None
     except OSError:
         return None
@@ -264,4 +279,4 @@ def load_report(onnx_path: str | os.PathLike, backend: str) -> dict[str, Any] | 
 def report_fields(onnx_path: str | os.PathLike) -> dict[str, Any]:
     """What ties a quantization report to the file it was measured on (checked by :func:`load_report`)."""
     p = Path(onnx_path)
-    return {"model": str(p), "model_sha256": _sha256(p)}
+    return {"model": str(p), "model_sha256": file_digest(p)}

@@ -16,7 +16,6 @@ only) and ONNX Runtime's CUDA provider can run fp16 at all. :func:`onnx_precisio
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -240,15 +239,6 @@ def onnx_precision(path: str | os.PathLike) -> str:
         return meta["liteseg.precision"]
     weights = set(_conv_weight_types(proto).values())
     return "fp16" if weights and weights <= {TensorProto.FLOAT16} else "fp32"
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file (the model hash in the TensorRT cache key)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 #: Least share of labels an fp16 export must keep equal to PyTorch fp32 (``liteseg export --precision

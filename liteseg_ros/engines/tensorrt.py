@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import Engine, EngineError, EngineInfo, EngineOutput
-from .cache import default_cache_dir  # defined once, in cache.py
+from .cache import default_cache_dir, file_digest  # defined once, in cache.py
 
 #: Bump when the exported graph or the build settings change in a way the key does not capture
 #: (2: strongly typed builds from precision-typed ONNX files).
@@ -295,12 +295,10 @@ def ensure_plan(onnx_path: str | os.PathLike, input_size: tuple[int, int], preci
     """Return (plan path, plan bytes) for the cache key, building (and caching) it when needed."""
     import tensorrt as trt
 
-    from .export import file_sha256
-
     onnx_path = Path(onnx_path)
     check_trt_version(trt.__version__)
     check_file_precision(onnx_path, precision)  # before a cached plan is trusted, too
-    key = engine_cache_key(file_sha256(onnx_path), input_size, precision, trt.__version__,
+    key = engine_cache_key(file_digest(onnx_path), input_size, precision, trt.__version__,
                            _gpu_name(device_index), max_batch)
     path = engine_cache_path(cache_dir or default_cache_dir(), key)
     plan, why = (None, "rebuild requested") if rebuild else cached_plan(path, key)
