@@ -1,8 +1,10 @@
 """Service and parameter fuzzer against the live node: lifecycle requests, parameter sets and frames at once.
 
-Starts ``liteseg_node`` as its own process (as a user or launch_ros does), then for ``--seconds``
-several client threads, each with its own rclpy node, send random requests while a camera thread
-publishes good frames:
+Starts one of the package's nodes as its own process (as a user or launch_ros does): ``--target
+segmentation`` (``liteseg_node``, the default; good frames are camera images, its output ``~/label``)
+or ``--target free_space`` (``liteseg_free_space``; good frames are a drivable mask, its camera_info
+and the camera's static TF, its output ``~/scan``). Then for ``--seconds`` several client threads,
+each with its own rclpy node, send random requests while a camera thread publishes good frames:
 
 * lifecycle ``change_state`` with every transition id (the nine public ones, the internal
   ``on_*`` ids, and random bytes), from whatever state the node is in; ``get_state`` and
@@ -17,16 +19,20 @@ Invariants, checked throughout and at the end:
 
 * the node never exits (until the final shutdown request, after which it must exit 0);
 * every request is answered (within ``--answer-timeout`` s; configure builds an engine, so it is long);
-* good frames keep being labelled: after the random phase the node is brought to ``active`` and must
-  label frames again within 60 s;
+* good frames keep being served: after the random phase the node is brought to ``active`` and must
+  publish its output for them again within 60 s (``labelled_after``);
 * memory is bounded: the node's resident memory grows by less than ``--rss-limit-mb`` past its size
-  after the first configure (torch and the engine loaded).
+  after the first configure (torch and the engine loaded);
+* the log stays readable and honest: at most one refusal line per 5 s, and no line that only a fault
+  inside the node writes (``INTERNAL_ERROR_LINES``: a batch or a publish lost to an exception, an
+  exception out of a callback, rclpy refusing a changed log throttle).
 
 Prints one summary line (``node fuzz: ...``) with the requests tried per kind and each invariant's
 result, and exits 1 on any violation. Seeded: ``--seed`` makes a run's request sequence repeatable
 (thread interleaving aside). In CI ``test/test_fuzz_node.py`` runs it for a few seconds; a long run::
 
     .venv/bin/python fuzz/fuzz_node.py --seconds 1800 --clients 4 --seed 1
+    .venv/bin/python fuzz/fuzz_node.py --target free_space --seconds 900 --clients 4 --seed 1
 """
 from __future__ import annotations
 
@@ -40,6 +46,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -49,7 +57,6 @@ from node_load import rss_mb  # noqa: E402 - the node harnesses' one RSS reader
 
 from liteseg_ros.interrupts import stop_child  # noqa: E402
 
-NODE = "liteseg_fuzz"
 NET = {"network_width": 96, "network_height": 64, "num_threads": 1}
 PUBLIC = {"create": 0, "configure": 1, "cleanup": 2, "activate": 3, "deactivate": 4, "destroy": 8}
 SHUTDOWN = (5, 6, 7)
@@ -60,8 +67,128 @@ KNOWN_INVALID_TRANSITION_CRASH = "Transition is not registered"
 #: What the node logs for a lifecycle request its state does not allow, at most once per period.
 REFUSAL_LINE = "is not allowed in state"
 REFUSAL_LOG_PERIOD_S = 5.0
+#: Lines that only a fault inside the node writes, whatever the requests: the frame worker losing a batch or a
+#: publish to an exception, an exception out of a callback that nobody saw (rclpy's executor prints "never
+#: retrieved"), rclpy's throttle refusing a changed period. Bad input has its own words ("rejected frame").
+INTERNAL_ERROR_LINES = ("batch failed:", "publishing failed:", "was never retrieved",
+                        "cannot be changed between calls")
 INTERNAL = (10, 11, 12, 20, 21, 22, 30, 31, 32, 40, 41, 42, 50, 51, 52, 60, 61, 62, 97, 98, 99)
 
+
+
+@dataclass(frozen=True)
+class Target:
+    """One node the fuzzer can drive: how it starts, what its parameters are, what good input it gets and
+    which of its outputs shows that it still serves."""
+
+    exe: str
+    node: str
+    table: Callable[[], list]  # the node's parameter table (objects with .name and .read_only)
+    group_prefix: str  # a family of names the node declares on demand ("" when none)
+    start_params: Callable[[Path, str], dict]  # (work folder, weights) -> the params file's ros__parameters
+    remaps: tuple[str, ...]
+    output: str  # topic under the node's name, published once per good frame
+    output_type: Callable[[], type]
+    feeder: Callable[..., Callable[[int], None]]  # (rclpy node) -> send(frame number)
+
+
+def _segmentation_table() -> list:
+    from liteseg_ros import params
+
+    return list(params.PARAMS)
+
+
+def _free_space_table() -> list:
+    from liteseg_ros import free_space_params
+
+    return list(free_space_params.FREE_SPACE_PARAMS)
+
+
+def _image_type() -> type:
+    from sensor_msgs.msg import Image
+
+    return Image
+
+
+def _scan_type() -> type:
+    from sensor_msgs.msg import LaserScan
+
+    return LaserScan
+
+
+def _camera_feeder(main) -> Callable[[int], None]:
+    """Random 64x48 colour frames on /fuzz/image."""
+    import numpy as np
+    from rclpy.qos import QoSProfile, QoSReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from liteseg_ros import image_codec
+
+    pub = main.create_publisher(Image, "/fuzz/image", QoSProfile(depth=1, reliability=QoSReliabilityPolicy.BEST_EFFORT))
+
+    def send(n: int) -> None:
+        m = Image()
+        img = np.random.default_rng(n).integers(0, 255, (48, 64, 3), np.uint8)
+        image_codec.fill_image(m, img, "bgr8")
+        m.header.stamp.sec = n
+        pub.publish(m)
+
+    return send
+
+
+def _mask_feeder(main) -> Callable[[int], None]:
+    """A generated scene's drivable mask on /fuzz/mask, its camera_info on /fuzz/camera_info, and the camera's
+    mount as a static TF (base_footprint -> fuzz_camera, level, at the scene's camera height)."""
+    import numpy as np
+    from geometry_msgs.msg import TransformStamped
+    from rclpy.qos import QoSProfile, QoSReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image
+    from tf2_ros import StaticTransformBroadcaster
+
+    from liteseg_ros.classes import ClassTable
+    from liteseg_ros.demo import LEVEL_OPTICAL_QUATERNION, synthetic_camera_info
+    from liteseg_ros.synthetic import SceneConfig, generate_scene
+
+    scene = generate_scene(3, SceneConfig(height=90, width=160))
+    road = ClassTable().resolve_groups({"drivable": ["road"]})["drivable"]
+    mask = np.where(np.isin(scene.label, road), 255, 0).astype(np.uint8)
+    cam = scene.meta["camera"]
+    mount = TransformStamped()
+    mount.header.frame_id, mount.child_frame_id = "base_footprint", "fuzz_camera"
+    mount.transform.translation.z = float(cam["height_m"])
+    r = mount.transform.rotation
+    r.x, r.y, r.z, r.w = LEVEL_OPTICAL_QUATERNION
+    main._fuzz_tf = StaticTransformBroadcaster(main)  # kept with the node: its latched /tf_static is the mount
+    main._fuzz_tf.sendTransform(mount)
+    best_effort = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.BEST_EFFORT)
+    info_pub = main.create_publisher(CameraInfo, "/fuzz/camera_info", best_effort)
+    mask_pub = main.create_publisher(Image, "/fuzz/mask", best_effort)
+
+    def send(n: int) -> None:
+        info = synthetic_camera_info(cam, mask.shape, "fuzz_camera")
+        info.header.stamp.sec = n
+        info_pub.publish(info)
+        m = Image(height=mask.shape[0], width=mask.shape[1], encoding="mono8", step=mask.shape[1])
+        m.data = mask.tobytes()
+        m.header.frame_id = "fuzz_camera"
+        m.header.stamp.sec = n
+        mask_pub.publish(m)
+
+    return send
+
+
+TARGETS: dict[str, Target] = {
+    "segmentation": Target(
+        exe="liteseg_node", node="liteseg_fuzz", table=_segmentation_table, group_prefix="mask_groups.",
+        start_params=lambda work, weights: {"weights": weights, **NET, "engine_cache_dir": str(work / "cache"),
+                                            "error_log_period": 1.0, "autostart": False, "diagnostics_period": 0.5},
+        remaps=("image:=/fuzz/image",), output="label", output_type=_image_type, feeder=_camera_feeder),
+    "free_space": Target(
+        exe="liteseg_free_space", node="liteseg_fuzz_free_space", table=_free_space_table, group_prefix="",
+        start_params=lambda work, weights: {"autostart": False, "diagnostics_period": 0.5, "error_log_period": 1.0},
+        remaps=("mask:=/fuzz/mask", "camera_info:=/fuzz/camera_info"), output="scan", output_type=_scan_type,
+        feeder=_mask_feeder),
+}
 
 class Stats:
     def __init__(self) -> None:
@@ -117,12 +244,12 @@ def random_value(rng: random.Random):
     return v
 
 
-def random_name(rng: random.Random, known: list[str]) -> str:
+def random_name(rng: random.Random, known: list[str], group_prefix: str = "mask_groups.") -> str:
     r = rng.random()
     if r < 0.7:
         return rng.choice(known)
     if r < 0.8:
-        return "mask_groups." + rng.choice(["drivable", "x", "1bad", "", "road.sub", "a" * 300])
+        return (group_prefix or "group.") + rng.choice(["drivable", "x", "1bad", "", "road.sub", "a" * 300])
     if r < 0.9:
         return rng.choice(["use_sim_time", "qos_overrides./image.subscription.depth", "start_type_description_service"])
     return rng.choice(["", "nope", ".", "a..b", "\x00", "x" * 1000, "weights ", "Weights"])
@@ -132,7 +259,7 @@ class Client(threading.Thread):
     """One client node sending random requests until ``stop`` is set."""
 
     def __init__(self, ctx, k: int, seed: int, stats: Stats, stop: threading.Event, answer_timeout: float,
-                 known: list[str], valid_only: bool = False) -> None:
+                 known: list[str], valid_only: bool = False, target: Target = TARGETS["segmentation"]) -> None:
         super().__init__(name=f"fuzz-client-{k}", daemon=True)
         import rclpy
         from lifecycle_msgs.srv import ChangeState, GetAvailableTransitions, GetState
@@ -146,9 +273,9 @@ class Client(threading.Thread):
 
         self.rng = random.Random(seed * 1000 + k)
         self.stats, self.stop, self.timeout, self.known = stats, stop, answer_timeout, known
-        self.k, self.valid_only = k, valid_only
+        self.k, self.valid_only, self.group_prefix = k, valid_only, target.group_prefix
         self.node = rclpy.create_node(f"liteseg_fuzz_client_{k}", context=ctx)
-        ns = f"/{NODE}"
+        ns = f"/{target.node}"
         self.clients = {
             "change_state": self.node.create_client(ChangeState, f"{ns}/change_state"),
             "get_state": self.node.create_client(GetState, f"{ns}/get_state"),
@@ -217,7 +344,7 @@ class Client(threading.Thread):
             params = []
             for _ in range(rng.choice([0, 1, 1, 1, 2, 3])):
                 p = Parameter()
-                p.name, p.value = random_name(rng, self.known), random_value(rng)
+                p.name, p.value = random_name(rng, self.known, self.group_prefix), random_value(rng)
                 params.append(p)
             if rng.random() < 0.7:
                 resp, ok = self.call("set_parameters", SetParameters.Request(parameters=params))
@@ -228,14 +355,14 @@ class Client(threading.Thread):
                 self.stats.add("set_parameters_atomically", ok, "" if resp is None else
                                ("ok" if resp.result.successful else "refused"))
         elif r < 0.92:
-            names = [random_name(rng, self.known) for _ in range(rng.randrange(4))]
+            names = [random_name(rng, self.known, self.group_prefix) for _ in range(rng.randrange(4))]
             resp, ok = self.call("get_parameters", GetParameters.Request(names=names))
             self.stats.add("get_parameters", ok)
         elif r < 0.96:
             resp, ok = self.call("list_parameters", ListParameters.Request(depth=rng.choice([0, 1, 5])))
             self.stats.add("list_parameters", ok)
         else:
-            names = [random_name(rng, self.known) for _ in range(rng.randrange(4))]
+            names = [random_name(rng, self.known, self.group_prefix) for _ in range(rng.randrange(4))]
             resp, ok = self.call("describe_parameters", DescribeParameters.Request(names=names))
             self.stats.add("describe_parameters", ok)
 
@@ -250,55 +377,46 @@ class Client(threading.Thread):
 
 
 def fuzz(seconds: float, seed: int, clients: int, answer_timeout: float, rss_limit_mb: float,
-         weights: str, log_path: Path, valid_only: bool = False) -> dict:
+         weights: str, log_path: Path, valid_only: bool = False, target: Target = TARGETS["segmentation"]) -> dict:
     """Run the node and the clients; returns the results (see the module docstring)."""
-    import numpy as np
     import rclpy
     from lifecycle_msgs.srv import ChangeState, GetState
     from rcl_interfaces.msg import Parameter
     from rcl_interfaces.srv import GetParameters, SetParameters
     from rclpy.context import Context
     from rclpy.executors import MultiThreadedExecutor
-    from rclpy.qos import QoSProfile, QoSReliabilityPolicy
-    from sensor_msgs.msg import Image
+    from rclpy.qos import qos_profile_sensor_data
 
-    from liteseg_ros import image_codec, params
-
-    READ_ONLY = {p.name for p in params.PARAMS if p.read_only}  # noqa: N806 - a constant of this run
+    table = target.table()
+    READ_ONLY = {p.name for p in table if p.read_only}  # noqa: N806 - a constant of this run
 
     work = Path(tempfile.mkdtemp(prefix="liteseg_fuzz_"))
     params_file = work / "params.yaml"
-    params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
-        "weights": weights, **NET, "engine_cache_dir": str(work / "cache"), "error_log_period": 1.0, "autostart": False,
-        "diagnostics_period": 0.5}}}))
-    exe = Path(sys.executable).parent / "liteseg_node"
+    params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": target.start_params(work, weights)}}))
+    exe = Path(sys.executable).parent / target.exe
+    remaps = [a for r in target.remaps for a in ("-r", r)]
     log = open(log_path, "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([str(exe), "--ros-args", "-r", f"__node:={NODE}", "--params-file", str(params_file),
-                             "-r", "image:=/fuzz/image"], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen([str(exe), "--ros-args", "-r", f"__node:={target.node}", "--params-file", str(params_file),
+                             *remaps], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     ctx = Context()
     rclpy.init(context=ctx, args=["liteseg_fuzz"])
     stats, stop = Stats(), threading.Event()
     executor = MultiThreadedExecutor(num_threads=4, context=ctx)
     main = rclpy.create_node("liteseg_fuzz_main", context=ctx)
     executor.add_node(main)
-    labels: list[int] = []
-    main.create_subscription(Image, f"/{NODE}/label", lambda m: labels.append(m.header.stamp.sec),
-                             QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE))
-    pub = main.create_publisher(Image, "/fuzz/image", QoSProfile(depth=1, reliability=QoSReliabilityPolicy.BEST_EFFORT))
+    labels: list[int] = []  # stamps of the outputs that came back (labels, scans)
+    main.create_subscription(target.output_type(), f"/{target.node}/{target.output}",
+                             lambda m: labels.append(m.header.stamp.sec), qos_profile_sensor_data)
+    send = target.feeder(main)
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()
-    result: dict = {"seconds": seconds, "seed": seed, "clients": clients}
+    result: dict = {"target": target.exe, "seconds": seconds, "seed": seed, "clients": clients}
     peak = 0.0
     frame_no = [0]
 
     def send_frame() -> None:
         frame_no[0] += 1
-        m = Image()
-        img = np.random.default_rng(frame_no[0]).integers(0, 255, (48, 64, 3), np.uint8)
-        image_codec.fill_image(m, img, "bgr8")
-        m.header.stamp.sec = frame_no[0]
-        pub.publish(m)
+        send(frame_no[0])
 
     def camera() -> None:
         while not stop.is_set():
@@ -306,7 +424,7 @@ def fuzz(seconds: float, seed: int, clients: int, answer_timeout: float, rss_lim
             time.sleep(0.1)
 
     try:
-        helper = Client(ctx, 99, seed, Stats(), stop, answer_timeout, [])
+        helper = Client(ctx, 99, seed, Stats(), stop, answer_timeout, [], target=target)
         executor.add_node(helper.node)
         for c in helper.clients.values():
             if not c.wait_for_service(timeout_sec=90.0):
@@ -316,9 +434,9 @@ def fuzz(seconds: float, seed: int, clients: int, answer_timeout: float, rss_lim
         if not (ok and resp.success):
             raise RuntimeError(f"the first configure failed; see {log_path}")
         baseline = rss_mb(proc.pid)
-        known = [p.name for p in params.PARAMS]
+        known = [p.name for p in table]
         start_values, _ok = helper.call("get_parameters", GetParameters.Request(names=known))
-        workers = [Client(ctx, k, seed, stats, stop, answer_timeout, known, valid_only) for k in range(clients)]
+        workers = [Client(ctx, k, seed, stats, stop, answer_timeout, known, valid_only, target) for k in range(clients)]
         for w in workers:
             executor.add_node(w.node)
         cam = threading.Thread(target=camera, daemon=True)
@@ -381,6 +499,10 @@ def fuzz(seconds: float, seed: int, clients: int, answer_timeout: float, rss_lim
                 result["exit_after_shutdown"] = proc.wait(30)
             except subprocess.TimeoutExpired:
                 result["exit_after_shutdown"] = None
+        # faults inside the node, over the whole run (the fuzz, the return to active, the shutdown)
+        internal = [line for line in log_path.read_text(errors="replace").splitlines()
+                    if any(w in line for w in INTERNAL_ERROR_LINES)]
+        result["internal_error_lines"], result["internal_error_example"] = len(internal), internal[:1]
         result.update(tried=dict(stats.tried), unanswered=dict(stats.unanswered), outcomes=dict(stats.outcomes),
                       labelled_after=labelled, rss_baseline_mb=round(baseline, 1), rss_peak_mb=round(peak, 1),
                       rss_limit_mb=rss_limit_mb)
@@ -423,6 +545,9 @@ def violations(res: dict) -> list[str]:
     if res.get("refusal_log_lines", 0) > most:
         out.append(f"{res['refusal_log_lines']} refusal lines in the node's log in {res.get('seconds')} s: the "
                    f"throttle allows one per {REFUSAL_LOG_PERIOD_S:g} s")
+    if res.get("internal_error_lines"):
+        out.append(f"{res['internal_error_lines']} lines of faults inside the node, e.g. "
+                   f"{(res.get('internal_error_example') or ['?'])[0][:200]!r}")
     if res.get("exit_after_shutdown") != 0:
         out.append(f"the shutdown transition ended the node with status {res.get('exit_after_shutdown')}, not 0")
     if res.get("outcomes", {}).get("client_error"):
@@ -440,20 +565,23 @@ def main(argv: list[str] | None = None) -> int:
                     help="most the node's RSS may grow past its size after the first configure (default 400)")
     ap.add_argument("--valid-transitions-only", action="store_true",
                     help="one client sends lifecycle requests, only transitions valid from the current state")
-    ap.add_argument("--weights", default="demo", help="the node's weights (default: the bundled demo model)")
+    ap.add_argument("--target", choices=sorted(TARGETS), default="segmentation",
+                    help="the node to fuzz: segmentation (liteseg_node, default) or free_space (liteseg_free_space)")
+    ap.add_argument("--weights", default="demo", help="the segmentation node's weights (default: the bundled demo model)")
     ap.add_argument("--json", type=Path, help="also write the results and violations here")
     ap.add_argument("--log", type=Path, default=Path(tempfile.gettempdir()) / "liteseg_fuzz_node.log",
                     help="the node's output")
     args = ap.parse_args(argv)
     res = fuzz(args.seconds, args.seed, args.clients, args.answer_timeout, args.rss_limit_mb, args.weights, args.log,
-               args.valid_transitions_only)
+               args.valid_transitions_only, TARGETS[args.target])
     bad = violations(res)
     total = sum(res["tried"].values())
     res.setdefault("exit_after_shutdown", None)
-    print(f"node fuzz: {total} requests in {args.seconds:g} s ({', '.join(f'{k} {v}' for k, v in sorted(res['tried'].items()))}); "
+    print(f"node fuzz ({res['target']}): {total} requests in {args.seconds:g} s ({', '.join(f'{k} {v}' for k, v in sorted(res['tried'].items()))}); "
           f"unanswered {sum(res['unanswered'].values())}; node exited during fuzz: {res['exited_during_fuzz']}; "
           f"labelled after: {res['labelled_after']}; RSS {res['rss_baseline_mb']} -> peak {res['rss_peak_mb']} MB; "
-          f"refusal log lines: {res.get('refusal_log_lines')}; exit after shutdown: {res['exit_after_shutdown']}; "
+          f"refusal log lines: {res.get('refusal_log_lines')}; internal error lines: {res.get('internal_error_lines')}; "
+          f"exit after shutdown: {res['exit_after_shutdown']}; "
           f"violations: {len(bad)}")
     print("outcomes:", dict(sorted(res["outcomes"].items())))
     for b in bad:

@@ -39,6 +39,7 @@ from liteseg_ros import free_space_params as fsp
 from liteseg_ros import interfaces, node_guards, process, ros_params
 from liteseg_ros.free_space import CameraModelError, FreeSpace, Intrinsics, Pose
 from liteseg_ros.params import ParameterError, is_ros_builtin
+from liteseg_ros.throttle import ThrottledLog, ThrottledLogs
 
 #: Mask encodings read as one byte per pixel (nonzero = drivable).
 MASK_ENCODINGS = ("mono8", "8UC1")
@@ -58,6 +59,10 @@ class FreeSpaceNode(node_guards.GuardedLifecycleNode):
         super().__init__(node_name, **kwargs)
         self.values = self._declare_parameters()
         self.counters = fsp.FreeSpaceCounters()
+        # rejected masks (errors) and skipped ones (warnings, per reason): one line per error_log_period (read
+        # live), the next one counting those held back
+        self._rejected_log = ThrottledLog(node_guards.rcl_log(self.get_logger(), "error"), self._error_log_period)
+        self._skipped_log = ThrottledLogs(node_guards.rcl_log(self.get_logger(), "warning"), self._error_log_period)
         self._state_name = "unconfigured"
         self._info: CameraInfo | None = None
         self._intr_key: tuple | None = None
@@ -181,12 +186,13 @@ class FreeSpaceNode(node_guards.GuardedLifecycleNode):
         c = self.counters
         c.skipped += 1
         c.problem, c.problem_kind = why, kind
-        # rclpy ties a throttled log's severity to its call site: one call per severity
-        period = float(self.values["error_log_period"])
         if kind == "rejected":
-            self.get_logger().error(f"mask on {self._mask_topic} rejected: {why}", throttle_duration_sec=period)
+            self._rejected_log(f"mask on {self._mask_topic} rejected: {why}")
         else:
-            self.get_logger().warning(f"mask on {self._mask_topic} skipped: {why}", throttle_duration_sec=period)
+            self._skipped_log(kind, f"mask on {self._mask_topic} skipped: {why}")
+
+    def _error_log_period(self) -> float:
+        return float(self.values["error_log_period"])
 
     def _intrinsics(self, info: CameraInfo) -> Intrinsics:
         """camera_info -> Intrinsics, checked once per distinct camera_info (raises CameraModelError)."""

@@ -50,6 +50,7 @@ from liteseg_ros.interfaces import (
 )
 from liteseg_ros.process import StartupError
 from liteseg_ros.segmentation import Segmentation
+from liteseg_ros.throttle import ThrottledLogs
 from liteseg_ros.worker import Camera, Hooks, Job, Worker
 
 __all__ = ["NODE_NAME", "LiteSegNode", "StartupError", "main"]
@@ -78,6 +79,11 @@ class LiteSegNode(node_guards.GuardedLifecycleNode):
         self._input_group = MutuallyExclusiveCallbackGroup()
         #: set when the lifecycle reaches finalized (``ros2 lifecycle set ... shutdown``): main() exits.
         self.finished = threading.Event()
+        # frames lost in DDS, per camera: an error per error_log_period (read live) when every frame counts,
+        # else a warning each 30 s; the next line counts the ones held back
+        self._lost_errors = ThrottledLogs(node_guards.rcl_log(self.get_logger(), "error"),
+                                          lambda: float(self.values["error_log_period"]))
+        self._lost_warnings = ThrottledLogs(node_guards.rcl_log(self.get_logger(), "warning"), 30.0)
         # /diagnostics lives as long as the node, in every lifecycle state, on a steady-clock timer:
         # a node waiting for /clock (sim time) or for its configure transition still reports why.
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -190,8 +196,8 @@ class LiteSegNode(node_guards.GuardedLifecycleNode):
             cam.slot.open()
         hooks = Hooks(deserialise=self._deserialise, age_ms=self._age_ms, wants=self._wants, send=self._publish,
                       send_stats=self._publish_stats, engine_changed=self._publish_info)
-        self._worker = Worker(self.cameras, self._cv, lambda: self.values, self.pipeline, hooks, self.get_logger(),
-                              self._int8)
+        self._worker = Worker(self.cameras, self._cv, lambda: self.values, self.pipeline, hooks,
+                              node_guards.rcl_log(self.get_logger(), "error"), self._int8)
         self._worker.start()
         self._subscribe()
         self._warn_unmatched_qos_overrides()
@@ -325,10 +331,7 @@ class LiteSegNode(node_guards.GuardedLifecycleNode):
         cam.counters.lost_in_dds = int(info.total_count)
         lossless = bool(self.values["process_all_frames"])
         text = node_guards.frames_lost_text(cam.input_topic, info.total_count_change, info.total_count, lossless)
-        if lossless:
-            self.get_logger().error(text, throttle_duration_sec=float(self.values["error_log_period"]))
-        else:
-            self.get_logger().warning(text, throttle_duration_sec=30.0)
+        (self._lost_errors if lossless else self._lost_warnings)(cam.input_topic, text)
 
     def _unsubscribe(self) -> None:
         for cam in self.cameras:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from liteseg_ros.defaults import (
     fastdds_profile_variable_for,
 )
 from liteseg_ros.share import share_dir
+from liteseg_ros.throttle import ThrottledLog
 
 # ------------------------------------------------------------------------------------------ params files
 
@@ -134,32 +134,22 @@ def file_forms(changes: list, declared: Callable[[str], Any] | None = None) -> l
 # ------------------------------------------------------------------------------------------ lifecycle
 
 
-class ThrottledLog:
-    """At most one line per ``period_s``; the lines held back meanwhile are counted in the next one.
+def rcl_log(logger: Any, severity: str) -> Callable[[str], None]:
+    """One severity of an rclpy logger as a plain ``log(text)`` function, for :class:`ThrottledLog`.
 
-    A client that sends refused requests in a loop (a misconfigured manager, a fuzzer) must not fill
-    the log - one request each millisecond would be a line each millisecond - yet the operator must
-    still see that it happens, and how often. rclpy's own throttling keeps the first line of a period
-    and drops the rest without a trace, hence this.
+    rclpy remembers the severity (and throttle settings) of each source line that calls a logger and
+    raises ValueError when that line calls it with another ("Logger severity cannot be changed between
+    calls"). The throttle calls every log function from its one line, so handing it ``logger.error``
+    in one place and ``logger.warning`` in another raises inside whatever callback logs second; here
+    each severity is called from its own line.
     """
-
-    def __init__(self, log: Callable[[str], None], period_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._log = log
-        self.period_s = period_s
-        self._clock = clock
-        self._last: float | None = None
-        self.held = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, message: str) -> None:
-        now = self._clock()
-        with self._lock:
-            if self._last is not None and now - self._last < self.period_s:
-                self.held += 1
-                return
-            held, self.held, self._last = self.held, 0, now
-        self._log(message + (f" (and {held} more like it in the {self.period_s:g} s before)" if held else ""))
+    if severity == "error":
+        return lambda text: logger.error(text)
+    if severity == "warning":
+        return lambda text: logger.warning(text)
+    if severity == "info":
+        return lambda text: logger.info(text)
+    raise ValueError(f"severity {severity!r}: one of error, warning, info")
 
 
 def guard_change_state(node: Any, log: Callable[[str], None], period_s: float = 5.0) -> None:
@@ -211,7 +201,7 @@ class GuardedLifecycleNode(LifecycleNode):
 
     def __init__(self, node_name: str, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        guard_change_state(self, self.get_logger().warning)
+        guard_change_state(self, rcl_log(self.get_logger(), "warning"))
         if hasattr(self, "add_pre_set_parameters_callback"):  # Jazzy and later
             self.add_pre_set_parameters_callback(self._file_forms)
 

@@ -22,6 +22,7 @@ from typing import Any
 from liteseg_ros import contract, diagnostics, frames, image_codec
 from liteseg_ros.frames import FrameSlot
 from liteseg_ros.segmentation import Segmentation, Wants
+from liteseg_ros.throttle import ThrottledLogs
 
 
 class Camera:
@@ -122,13 +123,15 @@ class Worker:
     """The worker and publisher threads of one activation (``start`` ... ``stop``)."""
 
     def __init__(self, cameras: list[Camera], cv: threading.Condition, values: Callable[[], dict[str, Any]],
-                 pipeline: Any, hooks: Hooks, log: Any, int8: Any = None) -> None:
+                 pipeline: Any, hooks: Hooks, log_error: Callable[[str], None], int8: Any = None) -> None:
         self.cameras = cameras
         self._cv = cv
         self._values = values  # read per batch: live parameter changes swap the node's dict
         self.pipeline = pipeline
         self.hooks = hooks
-        self.log = log  # an rclpy logger (error(msg, throttle_duration_sec=...))
+        #: errors per kind and per camera, one line per error_log_period (read live) with a count of the rest;
+        #: ``log_error`` writes one error line (the node's: node_guards.rcl_log(logger, "error"))
+        self._errors = ThrottledLogs(log_error, self._throttle)
         self.int8 = int8  # background_int8: int8 from received frames, swapped in between batches
         self._rr = 0  # round-robin start for batch_cameras: false
         self._stop = threading.Event()
@@ -211,8 +214,7 @@ class Worker:
                 except Exception as exc:  # never let one batch kill the worker
                     for cam, _ in batch:
                         cam.counters.rejected += 1
-                    self.log.error(f"batch failed: {type(exc).__name__}: {exc}",
-                                   throttle_duration_sec=self._throttle())
+                    self._errors("batch", f"batch failed: {type(exc).__name__}: {exc}")
                     continue
                 while done is not None and publisher.is_alive():
                     try:
@@ -297,8 +299,7 @@ class Worker:
                 self._finish(job, seg, t1)
             except Exception as exc:  # a failed publish loses this frame, never the thread
                 job.camera.counters.rejected += 1
-                self.log.error(f"publishing failed: {type(exc).__name__}: {exc}",
-                               throttle_duration_sec=self._throttle())
+                self._errors("publish", f"publishing failed: {type(exc).__name__}: {exc}")
 
     def _finish(self, job: Job, seg: Segmentation, t1: float) -> None:
         """Publish one frame's outputs and account for it (latency counts from before the forward)."""
@@ -314,4 +315,4 @@ class Worker:
 
     def reject(self, cam: Camera, why: str) -> None:
         cam.counters.rejected += 1
-        self.log.error(f"rejected frame on {cam.input_topic}: {why}", throttle_duration_sec=self._throttle())
+        self._errors(f"reject {cam.name}", f"rejected frame on {cam.input_topic}: {why}")

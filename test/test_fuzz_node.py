@@ -1,11 +1,12 @@
 """The service and parameter fuzzer (fuzz/fuzz_node.py) against the live node, briefly, in CI.
 
 ``LITESEG_NODE_FUZZ_SECONDS`` (default 6) sets the random phase; the long run is in fuzz/README.md.
-Two runs: lifecycle requests restricted to transitions valid from the node's state (one lifecycle
+Three runs: lifecycle requests restricted to transitions valid from the node's state (one lifecycle
 client, two parameter clients), which must break no invariant; and every transition id from every
 state with concurrent lifecycle clients, where a transition the state does not allow must be answered
 with success=false while the node keeps serving (rclpy 7.1's own lifecycle service would end the node:
-the fuzzer names that ``KNOWN_INVALID_TRANSITION_CRASH`` in its report, and here it fails the test).
+the fuzzer names that ``KNOWN_INVALID_TRANSITION_CRASH`` in its report, and here it fails the test); and the
+latter against the free-space node.
 """
 from __future__ import annotations
 
@@ -50,6 +51,15 @@ def test_every_transition_id_from_every_state_with_concurrent_clients(tmp_path):
     assert res["refusal_log_lines"] <= SECONDS / 5 + 5, res["node_log"]
 
 
+def test_the_free_space_node_under_every_transition_id_and_random_parameters(tmp_path):
+    """The free-space node gets the same treatment: its own parameter table, a mask with camera_info and TF
+    as good input, and ``~/scan`` must come back after the fuzz."""
+    res = run_fuzzer(tmp_path, "--target", "free_space", "--clients", "3")
+    assert res["violations"] == [], res["stdout"] + res["node_log"]
+    assert res["target"] == "liteseg_free_space" and sum(res["tried"].values()) > 10
+    assert res["labelled_after"] and res["exit_after_shutdown"] == 0
+
+
 def test_the_invariants_catch_what_they_are_for():
     """The fuzzer's judgement on made-up results: a flooded log, an exit, a lost answer, memory growth."""
     sys.path.insert(0, str(REPO / "fuzz"))
@@ -60,6 +70,8 @@ def test_the_invariants_catch_what_they_are_for():
     assert violations(good) == []
     for change, words in (({"refusal_log_lines": 43000}, "refusal lines"), ({"exited_during_fuzz": 1}, "exited"),
                           ({"unanswered": {"change_state": 1}}, "unanswered"), ({"rss_peak_mb": 1400}, "RSS grew"),
-                          ({"labelled_after": False}, "not labelled"), ({"exit_after_shutdown": 1}, "status 1")):
+                          ({"labelled_after": False}, "not labelled"), ({"exit_after_shutdown": 1}, "status 1"),
+                          ({"internal_error_lines": 382, "internal_error_example": ["batch failed: ValueError"]},
+                           "faults inside the node")):
         found = violations({**good, **change})
         assert any(words in v for v in found), (change, found)

@@ -17,7 +17,7 @@ RINGS = {
     "liteseg_ros": 0,  # the package __init__: only extends __path__
     "liteseg_ros.classes": 0, "liteseg_ros.synthetic": 0, "liteseg_ros.share": 0, "liteseg_ros.weights": 0,
     "liteseg_ros.interrupts": 0, "liteseg_ros.defaults": 0, "liteseg_ros.metrics": 0, "liteseg_ros.settings": 0,
-    "liteseg_ros.safe_files": 0,
+    "liteseg_ros.safe_files": 0, "liteseg_ros.throttle": 0,
     "liteseg_ros.segmentation": 2,
     "liteseg_ros.model": 1,
     "liteseg_ros.engines": 2, "liteseg_ros.pipeline": 2, "liteseg_ros.pipeline_torch": 2,

@@ -6,6 +6,7 @@ spin loop that survives a raising callback (with the real rclpy executor).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -89,7 +90,7 @@ def test_an_exception_in_a_callback_is_logged_once_and_spinning_goes_on():
 
 def test_throttled_log_keeps_one_line_per_period_and_counts_the_rest():
     """Refused requests in a loop make one line per period, and the next line says how many were held."""
-    from liteseg_ros.node_guards import ThrottledLog
+    from liteseg_ros.throttle import ThrottledLog
 
     now = [100.0]
     lines: list[str] = []
@@ -100,7 +101,67 @@ def test_throttled_log_keeps_one_line_per_period_and_counts_the_rest():
     assert lines == ["refused 0"] and log.held == 999
     now[0] = 105.5
     log("refused again")
-    assert lines[-1] == "refused again (and 999 more like it in the 5 s before)" and log.held == 0
+    assert lines[-1] == "refused again (and 999 more like it in the 5.5 s before)" and log.held == 0
     now[0] = 200.0
     log("quiet since")
     assert lines[-1] == "quiet since"
+
+
+def test_throttled_lines_of_every_severity_reach_one_rclpy_logger():
+    """rclpy ties a calling line to one severity: handing the throttle ``logger.error`` and ``logger.warning``
+    raised inside the callback that logged second. ``rcl_log`` gives each severity its own line, and no
+    node hands the throttle a logger method directly (checked over the package's source)."""
+    import ast
+
+    import rclpy.logging
+
+    from liteseg_ros.node_guards import rcl_log
+    from liteseg_ros.throttle import ThrottledLog
+
+    logger = rclpy.logging.get_logger("liteseg_throttle_test")
+    bare = [ThrottledLog(logger.error, 0.0), ThrottledLog(logger.warning, 0.0)]
+    bare[0]("an error")
+    with pytest.raises(ValueError, match="severity cannot be changed"):
+        bare[1]("a warning")  # what rclpy does to a bare logger method: why rcl_log exists
+    logger = rclpy.logging.get_logger("liteseg_throttle_test_2")
+    for severity in ("error", "warning", "info", "error", "warning"):
+        ThrottledLog(rcl_log(logger, severity), 0.0)(f"a line at {severity}")
+
+    package = Path(__file__).resolve().parents[1] / "liteseg_ros"
+    log_argument = {"ThrottledLog": 0, "ThrottledLogs": 0, "guard_change_state": 1}  # where the log function goes
+    bad = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            i = log_argument.get(name)
+            if i is None or len(node.args) <= i:
+                continue
+            arg = node.args[i]
+            if isinstance(arg, ast.Attribute) and arg.attr in ("debug", "info", "warning", "error", "fatal"):
+                bad.append(f"{path.name}:{node.lineno}: {ast.unparse(arg)}")
+    assert not bad, "give the throttle node_guards.rcl_log(logger, severity), not a logger method: " + ", ".join(bad)
+
+
+def test_throttled_logs_follow_a_live_period_and_keep_cameras_apart():
+    """The period is read at each line (a live error_log_period change applies at once, where rclpy's
+    throttle raises), 0 logs every line, and one key's flood never hides another key's first line."""
+    from liteseg_ros.throttle import ThrottledLogs
+
+    now, period = [0.0], [5.0]
+    lines: list[str] = []
+    logs = ThrottledLogs(lines.append, lambda: period[0], clock=lambda: now[0])
+    for i in range(10):
+        now[0] = i * 0.1
+        logs("front", f"front bad {i}")
+    logs("rear", "rear bad")
+    assert lines == ["front bad 0", "rear bad"]
+    period[0] = 0.5  # ros2 param set ... error_log_period 0.5
+    now[0] = 1.0
+    logs("front", "front bad again")
+    assert lines[-1] == "front bad again (and 9 more like it in the 1.0 s before)"
+    period[0] = 0.0
+    for i in range(3):
+        logs("front", f"every one {i}")
+    assert lines[-3:] == ["every one 0", "every one 1", "every one 2"]

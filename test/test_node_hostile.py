@@ -117,3 +117,33 @@ def test_node_runs_onnx_weights(start_node, ros, tiny_checkpoint, tmp_path):
     ros.wait_for(lambda: labels, 60, "a label from the ONNX engine")
     assert (labels[0].height, labels[0].width) == (48, 80)
     assert "pickled" not in node.output()
+
+
+def test_a_live_error_log_period_change_never_breaks_the_worker(start_node, ros, tiny_checkpoint):
+    """rclpy's throttled logging raises ("logging filters cannot be changed between calls") when one call site
+    is called with another period. With rejections logged through it, a live ``error_log_period`` change made
+    the next rejected frame fail its batch, and the next change made the batch-failure line itself raise, out
+    of the worker thread: the node served no frame after that. The package's own throttle follows the live
+    period and counts what it holds back."""
+    from rclpy.parameter import Parameter
+
+    node = start_node({"weights": str(tiny_checkpoint), **NET, "input_transport": "compressed",
+                       "process_all_frames": True, "error_log_period": 0.0})
+    labels = ros.collect(Image, "/liteseg/label", RELIABLE)
+    pub = ros.node.create_publisher(CompressedImage, "/image/compressed", RELIABLE)
+    wait_matched(ros, pub, node, 90)
+    set_params = ros.parameter_setter("/liteseg")
+    good, sec = _good_jpeg(), 0
+    for period in (0.0, 0.5, 3.0, 0.0, 7.5, 0.25):
+        assert set_params(Parameter("error_log_period", value=period)) == [(True, "")]
+        for _ in range(2):
+            sec += 1
+            pub.publish(_jpeg_msg(b"\xff\xd8 not a jpeg", sec))
+        sec += 1
+        pub.publish(_jpeg_msg(good, sec))
+        ros.wait_for(lambda want=sec: any(m.header.stamp.sec == want for m in labels) or not node.alive(), 60,
+                     f"the label of good frame {sec} after error_log_period := {period}")
+        assert node.alive(), node.output()[-3000:]
+    out = node.output()
+    assert "cannot be changed between calls" not in out and "batch failed" not in out, out[-3000:]
+    assert out.count("rejected frame on /image/compressed") >= 3, out[-3000:]

@@ -34,12 +34,12 @@ def pipeline(values):
 
 
 class Log:
-    """Records what the worker logs (the rclpy logger's error signature)."""
+    """Records the error lines the worker logs."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
 
-    def error(self, msg: str, throttle_duration_sec: float = 0.0) -> None:
+    def error(self, msg: str) -> None:
         self.lines.append(msg)
 
 
@@ -88,7 +88,7 @@ def make(values, pipeline, rec: Recorder, names=("a", "b"), lossless=False, **ch
     cams = [Camera(n, FrameSlot(8 if lossless else 1, cv, lossless)) for n in names]
     vals = {**values, **changes}
     log = Log()
-    return Worker(cams, cv, lambda: vals, pipeline, rec.hooks(), log), cams, log
+    return Worker(cams, cv, lambda: vals, pipeline, rec.hooks(), log.error), cams, log
 
 
 def test_batch_cameras_takes_one_frame_per_camera_and_round_robin_takes_turns(values, pipeline):
@@ -203,7 +203,7 @@ def test_demand_follows_matched_events_and_is_counted_without_them():
 
 def test_an_invalid_stamp_or_a_failing_hook_rejects_that_frame_only(values, pipeline):
     rec = Recorder()
-    w, (a, b), log = make(values, pipeline, rec, batch_cameras=True)
+    w, (a, b), log = make(values, pipeline, rec, batch_cameras=True, error_log_period=0.0)  # every line logged
     bad = wire.parse_image(frame(1))
     bad.header.stamp.nanosec = 2_000_000_000  # rclpy's Time refuses it
     w.hooks.deserialise = lambda raw: bad if raw == b"bad stamp" else wire.parse_image(raw)
@@ -220,3 +220,20 @@ def test_an_invalid_stamp_or_a_failing_hook_rejects_that_frame_only(values, pipe
     jobs, _, _ = w.process([(a, frame(3)), (b, frame(4))])
     assert [j.camera.name for j in jobs] == ["b"] and a.counters.rejected == 2 and b.counters.rejected == 0
     assert any("OverflowError: stamp out of range" in line for line in log.lines)
+
+
+def test_rejections_are_throttled_per_camera_and_counted(values, pipeline):
+    """One camera sending bad frames in a stream logs one line per error_log_period; another camera's first
+    bad frame is still said; the next line of the first camera counts what was held back."""
+    rec = Recorder()
+    period = {"error_log_period": 3600.0}
+    w, (a, b), log = make(values, pipeline, rec, batch_cameras=True)
+    w._values = lambda: {**values, **period}  # the node's live values, as a parameter change swaps them
+    for _ in range(5):
+        w.reject(a, "bad")
+    w.reject(b, "bad")
+    assert [line.split(":")[0] for line in log.lines] == [f"rejected frame on {a.input_topic}",
+                                                          f"rejected frame on {b.input_topic}"]
+    period["error_log_period"] = 0.0
+    w.reject(a, "bad")
+    assert "(and 4 more like it in the " in log.lines[-1] and a.counters.rejected == 6
