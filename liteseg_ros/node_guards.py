@@ -99,29 +99,21 @@ def given_value(name: str, value: Any) -> Any:
     return value
 
 
-def file_forms(changes: list, declared: Callable[[str], Any] | None = None) -> list:
+def file_forms(changes: list, declared: Callable[[str], Any]) -> list:
     """A live ``ros2 param set`` accepts what a params file accepts (an rclpy pre-set callback).
 
     ``ros2 param set /liteseg overlay_alpha 1`` sends an integer and ``mask_groups.drivable road`` one
     string; rclpy refuses both against the declared double and string-array types before our
     validation runs, although a params file may say either. They are converted to the declared type
     here, then validated like every other change. ``declared(name)`` gives a parameter's declared
-    ``Parameter.Type`` (None when undeclared); without it the segmentation node's table says. A new
-    ``mask_groups.<group>`` (not declared yet) is a list of class names too.
+    ``Parameter.Type`` (None when undeclared); a new ``mask_groups.<group>`` (not declared yet) is a
+    list of class names too.
     """
     from rclpy.parameter import Parameter
 
-    def declared_type(name: str):
-        if declared is not None:
-            return declared(name)
-        spec = params.PARAMS_BY_NAME.get(name)
-        if spec is None:
-            return None
-        return {"float": Parameter.Type.DOUBLE, "string[]": Parameter.Type.STRING_ARRAY}.get(spec.type_name)
-
     out = []
     for p in changes:
-        want = declared_type(p.name)
+        want = declared(p.name)
         if want == Parameter.Type.DOUBLE and p.type_ == Parameter.Type.INTEGER:
             p = Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
         elif p.type_ == Parameter.Type.STRING and (want == Parameter.Type.STRING_ARRAY
