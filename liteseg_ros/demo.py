@@ -36,6 +36,7 @@ from liteseg_ros.defaults import (
     parse_size,
     positive_float,
 )
+from liteseg_ros.free_space_params import NODE_NAME as FREE_SPACE_NODE
 from liteseg_ros.interrupts import stop_child
 from liteseg_ros.share import ShareFileError, share_file
 from liteseg_ros.train.config import HELD_OUT_FIRST_SEED
@@ -97,6 +98,9 @@ def synthetic_camera_info(camera: dict, size: tuple[int, int], frame_id: str):
     info.header.frame_id = frame_id
     return info
 
+
+#: The segmentation node's drivable mask as the demo names it (``-r __node:=liteseg``): the free-space node's input.
+DRIVABLE_TOPIC = "/liteseg/masks/drivable"
 
 #: The REP-103 optical frame (x right, y down, z forward) of a level camera in base_footprint, as (x, y, z, w).
 LEVEL_OPTICAL_QUATERNION = (-0.5, 0.5, -0.5, 0.5)
@@ -299,7 +303,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if cameras is not None:  # the free-space node on the segmentation node's drivable mask
         fs_exe = Path(sys.executable).parent / "liteseg_free_space"
         fs_cmd = [str(fs_exe) if fs_exe.exists() else "liteseg_free_space", "--ros-args",
-                  "-r", "mask:=/liteseg/masks/drivable", "-r", "camera_info:=/liteseg/label/camera_info"]
+                  "-r", f"mask:={DRIVABLE_TOPIC}", "-r", "camera_info:=/liteseg/label/camera_info"]
         fs_log_path = args.out / "free_space.log"
         print(f"[demo] starting the free-space node: {shlex.join(fs_cmd)}  (log: {fs_log_path})", flush=True)
         fs_log = safe_files.open_streaming(fs_log_path)  # closed in finally
@@ -314,7 +318,7 @@ def run_demo(args: argparse.Namespace) -> int:
     ros_node = rclpy.create_node("liteseg_demo")
     col = Collected()
     reliable = QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE)
-    topics = {"color": "/liteseg/color", "overlay": "/liteseg/overlay", "drivable": "/liteseg/masks/drivable",
+    topics = {"color": "/liteseg/color", "overlay": "/liteseg/overlay", "drivable": DRIVABLE_TOPIC,
               "label": "/liteseg/label"}
 
     def keep(kind):
@@ -348,7 +352,7 @@ def run_demo(args: argparse.Namespace) -> int:
         from tf2_ros import StaticTransformBroadcaster
 
         for kind, msgtype in (("grid", OccupancyGrid), ("scan", LaserScan)):
-            ros_node.create_subscription(msgtype, f"/liteseg_free_space/{kind}", keep(kind), reliable)
+            ros_node.create_subscription(msgtype, f"/{FREE_SPACE_NODE}/{kind}", keep(kind), reliable)
         from liteseg_ros.synthetic import SceneConfig, generate_scene
 
         # the drive's camera rides at one height; the static TF says where it is mounted on the robot
@@ -449,8 +453,7 @@ def _free_space_ready(ros_node, fs_proc) -> bool:
     """
     if fs_proc is None:
         return True
-    return any(info.node_name == "liteseg_free_space"
-               for info in ros_node.get_subscriptions_info_by_topic("/liteseg/masks/drivable"))
+    return any(info.node_name == FREE_SPACE_NODE for info in ros_node.get_subscriptions_info_by_topic(DRIVABLE_TOPIC))
 
 
 def _last_mask_has_a_grid(col: Collected) -> bool:
